@@ -1,0 +1,15 @@
+//! estate agent: collects this host's inventory, runs the configured checks and reports both to
+//! an estate collector over gRPC.
+//!
+//! Entry points: [`schedule::run`] (the service loop) and [`schedule::once`] (one report).
+//! The agent never talks to a database and never listens on a port.
+
+pub mod config;
+pub mod identity;
+pub mod inventory;
+pub mod report;
+pub mod schedule;
+pub mod sender;
+
+/// The agent's version, reported in every report.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
