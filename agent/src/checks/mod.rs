@@ -1,0 +1,348 @@
+//! Checks: the registry of check kinds (a closed set), their shared config shape, and the runner
+//! that applies the timeout and the concurrency limit the same way to every kind.
+//!
+//! Adding a kind: one module beside `tcp.rs` (its config with `deny_unknown_fields`, a pure
+//! `validate` into a ready check, the probe, its tests), then one variant in [`CheckConfig`] and
+//! one in [`Check`]; the exhaustive matches below point at every other place to touch.
+//!
+//! Invariant: a check never panics and never returns `Err`. What went wrong is an
+//! [`Outcome::Fail`] or [`Outcome::Skipped`] with a reason, reported like any other result.
+
+pub mod tcp;
+
+use estate_proto::v1::{self as proto, Measurement};
+use serde::Deserialize;
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::Semaphore;
+
+/// One `[[checks]]` entry of the config file: the fields every kind shares, then the kind and
+/// its own fields.
+///
+/// No `deny_unknown_fields` here: serde does not support it beside `flatten`. Unknown keys are
+/// still rejected, by the kind's struct, which receives every key this struct does not take.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckEntry {
+    /// Unique name of the check on this agent; it identifies the check's series in reports
+    /// and metrics, so renaming it starts new series.
+    pub name: String,
+    /// How often the check runs.
+    #[serde(default = "default_check_interval", with = "crate::config::duration")]
+    pub interval: Duration,
+    /// How long one run may take before it counts as failed.
+    #[serde(default = "default_check_timeout", with = "crate::config::duration")]
+    pub timeout: Duration,
+    /// The kind (`kind = "tcp"`) and the kind's own fields.
+    #[serde(flatten)]
+    pub config: CheckConfig,
+}
+
+/// A check runs every minute unless told otherwise.
+pub fn default_check_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A probe that takes longer than five seconds is as good as down for most services.
+pub fn default_check_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The kind-specific config of a check, chosen by its `kind` field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CheckConfig {
+    /// Opens a TCP connection to a host and port.
+    Tcp(tcp::TcpCheckConfig),
+}
+
+/// Every kind name, as written in `kind = "..."`. A test keeps it in step with [`CheckConfig`].
+pub const CHECK_KINDS: &[&str] = &["tcp"];
+
+impl CheckConfig {
+    /// The kind's name as written in the config and reported in results.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CheckConfig::Tcp(_) => tcp::KIND,
+        }
+    }
+
+    /// Validates the kind's fields into a ready check. Pure: no I/O, no name resolution.
+    pub fn validate(&self) -> Result<Check, String> {
+        match self {
+            CheckConfig::Tcp(config) => config.validate().map(Check::Tcp),
+        }
+    }
+}
+
+/// A validated check of any kind, ready to probe.
+#[derive(Debug, Clone)]
+pub enum Check {
+    Tcp(tcp::TcpCheck),
+}
+
+impl Check {
+    /// The kind's name, as in [`CheckConfig::kind`].
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Check::Tcp(_) => tcp::KIND,
+        }
+    }
+
+    /// What the check probes, named in a result that has no target of its own (a timeout).
+    pub fn target(&self) -> String {
+        match self {
+            Check::Tcp(check) => check.target(),
+        }
+    }
+
+    /// Runs the probe once, without timeout or concurrency limit (the runner adds both).
+    pub async fn probe(&self) -> Vec<TargetResult> {
+        match self {
+            Check::Tcp(check) => check.probe().await,
+        }
+    }
+}
+
+/// How one probe of one target went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    Fail { reason: String },
+    Skipped { reason: String },
+}
+
+/// The result of probing one target, before the runner adds the check's name, kind and times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetResult {
+    pub target: String,
+    pub outcome: Outcome,
+    pub measurements: Vec<Measurement>,
+}
+
+/// A named numeric measurement, the usual case.
+pub fn measurement(name: &str, value: f64) -> Measurement {
+    Measurement {
+        name: name.to_owned(),
+        value,
+        text: String::new(),
+    }
+}
+
+/// A configured, validated check with its schedule.
+#[derive(Debug, Clone)]
+pub struct ScheduledCheck {
+    pub name: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub check: Check,
+}
+
+impl ScheduledCheck {
+    /// Runs the check once under `limit` and its timeout; always yields at least one result.
+    pub async fn run(&self, limit: &Semaphore) -> Vec<proto::CheckResult> {
+        run_limited(
+            &self.name,
+            self.check.kind(),
+            &self.check.target(),
+            self.timeout,
+            limit,
+            self.check.probe(),
+        )
+        .await
+    }
+}
+
+/// Applies the concurrency limit and the timeout to one probe and turns its results into wire
+/// results. Kept apart from [`ScheduledCheck::run`] so tests can feed it any future.
+pub async fn run_limited<F>(
+    name: &str,
+    kind: &str,
+    target: &str,
+    timeout: Duration,
+    limit: &Semaphore,
+    probe: F,
+) -> Vec<proto::CheckResult>
+where
+    F: Future<Output = Vec<TargetResult>>,
+{
+    let result = |target: &str, outcome: Outcome, measurements, started, duration: Duration| {
+        let (outcome, reason) = match outcome {
+            Outcome::Pass => (proto::Outcome::Pass, String::new()),
+            Outcome::Fail { reason } => (proto::Outcome::Fail, reason),
+            Outcome::Skipped { reason } => (proto::Outcome::Skipped, reason),
+        };
+        proto::CheckResult {
+            check: name.to_owned(),
+            kind: kind.to_owned(),
+            target: target.to_owned(),
+            outcome: outcome as i32,
+            reason,
+            started_unix_ms: started,
+            duration_seconds: duration.as_secs_f64(),
+            measurements,
+        }
+    };
+    // The permit is held for the whole probe; the timeout starts once the probe may run, so
+    // waiting for a permit never counts against the check.
+    let _permit = match limit.acquire().await {
+        Ok(permit) => permit,
+        Err(_closed) => {
+            let reason = "the agent is shutting down".to_owned();
+            return vec![result(
+                target,
+                Outcome::Skipped { reason },
+                Vec::new(),
+                unix_ms(SystemTime::now()),
+                Duration::ZERO,
+            )];
+        }
+    };
+    let started = unix_ms(SystemTime::now());
+    let clock = Instant::now();
+    let outcome = tokio::time::timeout(timeout, probe).await;
+    let duration = clock.elapsed();
+    match outcome {
+        Ok(targets) if !targets.is_empty() => targets
+            .into_iter()
+            .map(|t| result(&t.target, t.outcome, t.measurements, started, duration))
+            .collect(),
+        Ok(_) => {
+            // A kind that found nothing to probe says so instead of vanishing from reports.
+            let reason = "the check found no target to probe".to_owned();
+            vec![result(
+                target,
+                Outcome::Skipped { reason },
+                Vec::new(),
+                started,
+                duration,
+            )]
+        }
+        Err(_elapsed) => {
+            let reason = format!("timed out after {}", humantime::format_duration(timeout));
+            vec![result(
+                target,
+                Outcome::Fail { reason },
+                Vec::new(),
+                started,
+                duration,
+            )]
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch; 0 for a clock set before 1970.
+pub(crate) fn unix_ms(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn semaphore() -> Semaphore {
+        Semaphore::new(1)
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_outlives_its_timeout_fails_with_the_timeout_as_reason() {
+        let probe = std::future::pending::<Vec<TargetResult>>();
+        let results = run_limited(
+            "slow",
+            "tcp",
+            "db:5432",
+            Duration::from_millis(20),
+            &semaphore(),
+            probe,
+        )
+        .await;
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].check, "slow");
+        assert_eq!(results[0].kind, "tcp");
+        assert_eq!(results[0].target, "db:5432");
+        assert_eq!(results[0].outcome, proto::Outcome::Fail as i32);
+        assert_eq!(results[0].reason, "timed out after 20ms");
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_finds_no_target_is_reported_as_skipped() {
+        let results = run_limited(
+            "empty",
+            "tcp",
+            "x:1",
+            Duration::from_secs(5),
+            &semaphore(),
+            async { Vec::new() },
+        )
+        .await;
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].outcome, proto::Outcome::Skipped as i32);
+        assert_eq!(results[0].reason, "the check found no target to probe");
+    }
+
+    #[tokio::test]
+    async fn every_target_becomes_one_result_with_its_measurements() {
+        let probe = async {
+            vec![
+                TargetResult {
+                    target: "a:1".into(),
+                    outcome: Outcome::Pass,
+                    measurements: vec![measurement("connect_seconds", 0.5)],
+                },
+                TargetResult {
+                    target: "b:1".into(),
+                    outcome: Outcome::Fail {
+                        reason: "refused".into(),
+                    },
+                    measurements: Vec::new(),
+                },
+            ]
+        };
+        let results = run_limited(
+            "two",
+            "tcp",
+            "",
+            Duration::from_secs(5),
+            &semaphore(),
+            probe,
+        )
+        .await;
+        let summary: Vec<_> = results
+            .iter()
+            .map(|r| {
+                (
+                    r.target.as_str(),
+                    r.outcome,
+                    r.reason.as_str(),
+                    r.measurements.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("a:1", proto::Outcome::Pass as i32, "", 1),
+                ("b:1", proto::Outcome::Fail as i32, "refused", 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn every_kind_is_listed_once_and_parses() {
+        let mut seen = std::collections::BTreeSet::new();
+        for kind in CHECK_KINDS {
+            assert!(seen.insert(kind), "kind `{kind}` listed twice");
+            // Each kind must at least be recognised by the tag; its own fields are tested in
+            // its module and in the example config.
+            let text = format!("name = \"x\"\nkind = \"{kind}\"\n");
+            match toml::from_str::<CheckEntry>(&text) {
+                Ok(entry) => assert_eq!(entry.config.kind(), *kind),
+                Err(error) => assert!(
+                    !error.message().contains("unknown variant"),
+                    "kind `{kind}` is not in `CheckConfig`: {error}"
+                ),
+            }
+        }
+    }
+}
