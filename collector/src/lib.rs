@@ -1,1 +1,108 @@
-//! Placeholder.
+//! estate collector: receives agents' reports over gRPC, keeps the inventory in a database,
+//! exposes Prometheus metrics from memory and serves a JSON API and a small web UI.
+//!
+//! Entry point: [`run`]. Only [`store`] knows SQL; `/metrics` never queries the database; a
+//! report is acknowledged only once the transaction holding it is durable.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod document;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+pub mod state;
+pub mod store;
+pub mod validate;
+pub mod writer;
+
+use crate::config::CollectorConfig;
+use crate::ingest::{IngestService, MAX_REPORT_BYTES};
+use crate::metrics::IngestMetrics;
+use crate::state::HostStates;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, WritePolicy};
+use crate::writer::BatchWriter;
+use anyhow::Context as _;
+use estate_proto::v1::ingest_server::IngestServer;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The collector's version, shown by `/healthz`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs the collector on already-bound listeners until `shutdown` resolves, then stops
+/// accepting, lets the writer commit what is queued, and returns.
+pub async fn run(
+    config: CollectorConfig,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let database = config.database.clone();
+    let store: Arc<dyn Store> = Arc::new(
+        tokio::task::spawn_blocking(move || SqliteStore::open(&database))
+            .await
+            .context("failed to open the store")??,
+    );
+    let loader = Arc::clone(&store);
+    let records = tokio::task::spawn_blocking(move || loader.load_hosts())
+        .await
+        .context("failed to load hosts")??;
+    tracing::info!(hosts = records.len(), database = %config.database.display(), "store opened");
+    let states = Arc::new(HostStates::from_records(records));
+    let metrics = Arc::new(IngestMetrics::new());
+    let policy = WritePolicy {
+        stale_after_ms: config.stale_after.as_millis() as i64,
+    };
+    let (writer, writer_task) =
+        BatchWriter::start(Arc::clone(&store), policy, Arc::clone(&metrics));
+
+    let (stop_sender, stop) = watch::channel(false);
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    };
+
+    let ingest = IngestService {
+        writer,
+        states: Arc::clone(&states),
+        metrics: Arc::clone(&metrics),
+        limits: validate::Limits::default(),
+    };
+    let grpc = tonic::transport::Server::builder()
+        .add_service(
+            IngestServer::new(ingest)
+                .max_decoding_message_size(MAX_REPORT_BYTES)
+                .max_encoding_message_size(64 * 1024),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            stopped(stop.clone()),
+        );
+
+    let app = api::router(api::ApiState {
+        store,
+        states,
+        metrics,
+        liveness: metrics::Liveness {
+            stale_after: config.stale_after,
+            expire_after: config.expire_after,
+        },
+    });
+    let http = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop.clone()));
+
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_sender.send(true);
+    });
+    let (grpc_result, http_result) = tokio::join!(grpc, http);
+    signal.abort();
+    // Both servers are down, so every writer handle is dropped: the task drains and ends.
+    writer_task.await.context("the store writer failed")?;
+    grpc_result.context("gRPC server failed")?;
+    http_result.context("HTTP server failed")?;
+    tracing::info!("collector stopped");
+    Ok(())
+}

@@ -1,0 +1,393 @@
+//! HTTP side of the collector: `/metrics`, `/healthz`, the JSON API under `/api/v1` and the web
+//! UI at `/`. Handlers parse and check the query, call the store on a blocking thread, and
+//! shape the JSON; errors are `{"code": …, "message": …}` with a matching status.
+
+use crate::clock::{now_ms, parse_rfc3339, rfc3339};
+use crate::document::known_fields;
+use crate::error::ApiError;
+use crate::metrics::{IngestMetrics, Liveness};
+use crate::state::HostStates;
+use crate::store::{
+    ChangeQuery, FieldFilter, HostCursor, HostQuery, HostRecord, Liveness as HostLiveness, Store,
+    ValuePattern,
+};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub states: Arc<HostStates>,
+    pub metrics: Arc<IngestMetrics>,
+    pub liveness: Liveness,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").finish_non_exhaustive()
+    }
+}
+
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(ui))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/hosts", get(list_hosts))
+        .route("/api/v1/hosts/{id}", get(host_detail))
+        .route("/api/v1/hosts/{id}/changes", get(host_changes))
+        .route("/api/v1/fields", get(fields))
+        .fallback(|| async {
+            ApiError::not_found("no such resource; the API lives under `/api/v1`")
+        })
+        .with_state(state)
+}
+
+async fn ui() -> Html<&'static str> {
+    Html(include_str!("ui.html"))
+}
+
+async fn healthz(State(state): State<ApiState>) -> Json<Value> {
+    Json(json!({ "status": "ok", "version": crate::VERSION, "hosts": state.states.len() }))
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let body = crate::metrics::render(&state.states, &state.metrics, state.liveness, now_ms());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn fields() -> Json<Value> {
+    Json(json!({ "fields": known_fields() }))
+}
+
+/// Splits a raw query string into decoded `(name, value)` pairs.
+fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    Ok(form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect())
+}
+
+fn parse_limit(value: &str) -> Result<usize, ApiError> {
+    match value.parse::<usize>() {
+        Ok(limit) if (1..=MAX_PAGE_SIZE).contains(&limit) => Ok(limit),
+        _ => Err(ApiError::invalid(format!(
+            "`limit` `{value}` must be a number from 1 to {MAX_PAGE_SIZE}"
+        ))),
+    }
+}
+
+/// Turns `/api/v1/hosts` query parameters into a [`HostQuery`].
+pub fn parse_host_query(
+    pairs: &[(String, String)],
+    now_ms: i64,
+    liveness: Liveness,
+) -> Result<HostQuery, ApiError> {
+    let mut query = HostQuery {
+        limit: DEFAULT_PAGE_SIZE,
+        stale_before_ms: now_ms - liveness.stale_after.as_millis() as i64,
+        ..Default::default()
+    };
+    for (name, value) in pairs {
+        match name.as_str() {
+            "hostname" => query.hostname = Some(value.clone()),
+            "os" => query.os = Some(value.clone()),
+            "state" => {
+                query.liveness = Some(match value.as_str() {
+                    "up" => HostLiveness::Up,
+                    "stale" => HostLiveness::Stale,
+                    other => {
+                        return Err(ApiError::invalid(format!(
+                            "`state` `{other}` must be `up` or `stale`"
+                        )));
+                    }
+                });
+            }
+            "identity_conflict" => {
+                query.identity_conflict = Some(match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(ApiError::invalid(format!(
+                            "`identity_conflict` `{other}` must be `true` or `false`"
+                        )));
+                    }
+                });
+            }
+            "limit" => query.limit = parse_limit(value)?,
+            "cursor" => query.after = Some(decode_cursor(value)?),
+            field if field.contains('.') => {
+                if !known_fields().contains(field) {
+                    return Err(ApiError::invalid(format!(
+                        "unknown inventory field `{field}`; `GET /api/v1/fields` lists them"
+                    )));
+                }
+                query.fields.push(FieldFilter {
+                    field: field.to_owned(),
+                    pattern: ValuePattern::parse(value),
+                });
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter `{other}`; expected `hostname`, `os`, `state`, \
+                     `identity_conflict`, `limit`, `cursor` or an inventory field such as \
+                     `bios.smanufacturer`"
+                )));
+            }
+        }
+    }
+    Ok(query)
+}
+
+/// Cursors are opaque to clients: `<hex of the hostname>.<host id>`.
+fn encode_cursor(cursor: &HostCursor) -> String {
+    let mut text: String = cursor
+        .hostname
+        .bytes()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    text.push('.');
+    text.push_str(&cursor.id);
+    text
+}
+
+fn decode_cursor(text: &str) -> Result<HostCursor, ApiError> {
+    let invalid = || ApiError::invalid(format!("`cursor` `{text}` is not a cursor from this API"));
+    let (hex, id) = text.split_once('.').ok_or_else(invalid)?;
+    if hex.len() % 2 != 0 || id.is_empty() {
+        return Err(invalid());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&hex[at..at + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| invalid())?;
+    Ok(HostCursor {
+        hostname: String::from_utf8(bytes).map_err(|_| invalid())?,
+        id: id.to_owned(),
+    })
+}
+
+/// The API's view of a host.
+pub fn host_json(host: &HostRecord, now_ms: i64, liveness: Liveness) -> Value {
+    let up = now_ms - host.last_seen_ms < liveness.stale_after.as_millis() as i64;
+    json!({
+        "id": host.id,
+        "hostname": host.hostname,
+        "fqdn": host.fqdn,
+        "state": if up { "up" } else { "stale" },
+        "first_seen": rfc3339(host.first_seen_ms),
+        "last_seen": rfc3339(host.last_seen_ms),
+        "os": {
+            "name": host.os_name,
+            "version": host.os_version,
+            "full_name": host.os_full_name,
+            "kernel_version": host.kernel_version,
+            "arch": host.arch,
+        },
+        "hardware": {
+            "manufacturer": host.manufacturer,
+            "model": host.model,
+            "serial_number": host.serial_number,
+            "chassis_type": host.chassis_type,
+            "vmsystem": host.vmsystem,
+            "memory_bytes": host.memory_bytes,
+            "swap_bytes": host.swap_bytes,
+            "cpu_threads": host.cpu_threads,
+        },
+        "identity": {
+            "machine_id": host.machine_id,
+            "smbios_uuid": host.smbios_uuid,
+            "primary_mac": host.primary_mac,
+            "conflict": host.identity_conflict,
+            "conflict_detail": host.identity_conflict_detail,
+        },
+        "agent": {
+            "version": host.agent_version,
+            "last_sequence": host.last_sequence,
+            "clock_skew_seconds": host.clock_skew_ms as f64 / 1000.0,
+            "dropped_reports_total": host.dropped_reports_total,
+        },
+        "inventory_hash": host.inventory_hash,
+        "vitals": host.vitals,
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| ApiError::internal(&error))?
+        .map_err(|error| ApiError::internal(&error))
+}
+
+async fn list_hosts(
+    State(state): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let now = now_ms();
+    let query = parse_host_query(&query_pairs(raw.as_deref())?, now, state.liveness)?;
+    let store = Arc::clone(&state.store);
+    let page = blocking(move || store.list_hosts(&query)).await?;
+    let hosts: Vec<Value> = page
+        .hosts
+        .iter()
+        .map(|host| host_json(host, now, state.liveness))
+        .collect();
+    Ok(Json(json!({
+        "hosts": hosts,
+        "next_cursor": page.next.as_ref().map(encode_cursor),
+    })))
+}
+
+async fn host_detail(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = Arc::clone(&state.store);
+    let lookup = id.clone();
+    let detail = blocking(move || store.host_detail(&lookup))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no host with id `{id}`")))?;
+    let mut body = host_json(&detail.host, now_ms(), state.liveness);
+    body["inventory"] = detail.inventory.unwrap_or(Value::Null);
+    body["inventory_received"] = detail
+        .inventory_received_ms
+        .map_or(Value::Null, |at| Value::String(rfc3339(at)));
+    body["checks"] = Value::Array(detail.checks);
+    Ok(Json(body))
+}
+
+async fn host_changes(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let mut query = ChangeQuery {
+        limit: DEFAULT_PAGE_SIZE,
+        ..Default::default()
+    };
+    for (name, value) in query_pairs(raw.as_deref())? {
+        match name.as_str() {
+            "since" => {
+                query.since_ms = Some(parse_rfc3339(&value).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "`since` `{value}` is not an RFC 3339 time such as `2026-11-01T00:00:00Z`"
+                    ))
+                })?);
+            }
+            "limit" => query.limit = parse_limit(&value)?,
+            "cursor" => {
+                query.after_id = Some(value.parse().map_err(|_| {
+                    ApiError::invalid(format!("`cursor` `{value}` is not a cursor from this API"))
+                })?);
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter `{other}`; expected `since`, `limit` or `cursor`"
+                )));
+            }
+        }
+    }
+    let store = Arc::clone(&state.store);
+    let lookup = id.clone();
+    let page = blocking(move || store.host_changes(&lookup, &query))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no host with id `{id}`")))?;
+    let changes: Vec<Value> = page
+        .changes
+        .iter()
+        .map(|change| {
+            json!({
+                "at": rfc3339(change.at_ms),
+                "field": change.field,
+                "change": change.kind.as_str(),
+                "old": change.old,
+                "new": change.new,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "changes": changes,
+        "next_cursor": page.next_after_id.map(|id| id.to_string()),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const LIVENESS: Liveness = Liveness {
+        stale_after: Duration::from_secs(300),
+        expire_after: Duration::from_secs(3600),
+    };
+
+    /// Parses `raw` as a host query and renders the result (or the error message).
+    fn check(raw: &str, expected: &str) {
+        let got = match query_pairs(Some(raw))
+            .and_then(|pairs| parse_host_query(&pairs, 1_000_000, LIVENESS))
+        {
+            Ok(query) => format!("{query:?}"),
+            Err(error) => error.message,
+        };
+        assert!(got.contains(expected), "expected `{expected}` in:\n{got}");
+    }
+
+    #[test]
+    fn host_queries_parse_filters() {
+        check("hostname=web&state=up", "hostname: Some(\"web\")");
+        check("state=stale", "liveness: Some(Stale)");
+        check("state=up", "stale_before_ms: 700000");
+        check(
+            "bios.smanufacturer=Dell*",
+            "FieldFilter { field: \"bios.smanufacturer\", pattern: Glob(\"Dell*\") }",
+        );
+        check(
+            "operatingsystem.name=Debian+GNU%2FLinux",
+            "Exact(\"Debian GNU/Linux\")",
+        );
+        check("limit=5", "limit: 5");
+    }
+
+    #[test]
+    fn bad_host_queries_name_the_parameter() {
+        check("state=down", "`state` `down` must be `up` or `stale`");
+        check("limit=0", "`limit` `0` must be a number from 1 to 1000");
+        check(
+            "limit=many",
+            "`limit` `many` must be a number from 1 to 1000",
+        );
+        check(
+            "bios.colour=red",
+            "unknown inventory field `bios.colour`; `GET /api/v1/fields` lists them",
+        );
+        check("colour=red", "unknown query parameter `colour`");
+        check("cursor=zz", "`cursor` `zz` is not a cursor from this API");
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let cursor = HostCursor {
+            hostname: "web.example/1".into(),
+            id: "abc-1".into(),
+        };
+        assert_eq!(decode_cursor(&encode_cursor(&cursor)).unwrap(), cursor);
+    }
+}

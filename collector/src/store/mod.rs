@@ -1,0 +1,220 @@
+//! The inventory store: one [`Store`] trait, one implementation per database. Only this module
+//! and its children know SQL.
+//!
+//! Writes arrive in batches from the [`crate::writer`] (group commit: many reports, one
+//! transaction, one sync); reads serve the API and the start-up load of the host state.
+
+pub mod sqlite;
+
+use crate::document::ChangeKind;
+use crate::validate::ValidReport;
+use estate_proto::v1::HostVitals;
+use serde::Serialize;
+use serde_json::Value;
+
+/// A database failure. The message names the database and what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct StoreError {
+    pub context: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl StoreError {
+    pub fn new(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// A validated report with the collector's clock at receipt.
+#[derive(Debug, Clone)]
+pub struct IncomingReport {
+    pub report: ValidReport,
+    pub received_ms: i64,
+}
+
+/// What the store did with one report of a batch.
+#[derive(Debug, Clone)]
+pub enum WriteOutcome {
+    /// Stored durably. `host` is the host's record after this report.
+    Stored {
+        need_full_inventory: bool,
+        host: Box<HostRecord>,
+    },
+    /// This (agent id, sequence) or a later one was already stored; nothing was written.
+    Duplicate,
+    /// The agent id is in use by another live machine; the host was flagged, the report refused.
+    IdentityConflict {
+        message: String,
+        host: Box<HostRecord>,
+    },
+}
+
+/// Settings the store needs to decide what a report means.
+#[derive(Debug, Clone, Copy)]
+pub struct WritePolicy {
+    /// A host not heard from for this long is stale: another machine may then take over its
+    /// agent id (a replaced motherboard) without being called a clone.
+    pub stale_after_ms: i64,
+}
+
+/// What the collector keeps about a host besides its inventory document: the identity, the
+/// inventory facts that metrics and lists need, liveness and the latest vitals.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct HostRecord {
+    pub id: String,
+    pub hostname: String,
+    pub fqdn: String,
+    pub os_name: String,
+    pub os_version: String,
+    pub os_full_name: String,
+    pub kernel_version: String,
+    pub arch: String,
+    pub vmsystem: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub chassis_type: String,
+    pub serial_number: String,
+    pub machine_id: String,
+    pub smbios_uuid: String,
+    pub primary_mac: String,
+    pub agent_version: String,
+    pub memory_bytes: u64,
+    pub swap_bytes: u64,
+    pub cpu_threads: u32,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub last_sequence: u64,
+    /// Agent clock minus collector clock at receipt, in milliseconds (network delay included).
+    pub clock_skew_ms: i64,
+    pub identity_conflict: bool,
+    pub identity_conflict_detail: String,
+    pub inventory_hash: String,
+    pub dropped_reports_total: u64,
+    pub vitals: HostVitals,
+}
+
+/// How a filter value is matched: exactly (case-insensitive) or as a `*` glob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValuePattern {
+    Exact(String),
+    Glob(String),
+}
+
+impl ValuePattern {
+    pub fn parse(text: &str) -> Self {
+        if text.contains('*') {
+            ValuePattern::Glob(text.to_owned())
+        } else {
+            ValuePattern::Exact(text.to_owned())
+        }
+    }
+}
+
+/// `field=value` on any inventory field, e.g. `bios.smanufacturer=Dell*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldFilter {
+    pub field: String,
+    pub pattern: ValuePattern,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Up,
+    Stale,
+}
+
+/// A page of the host list.
+#[derive(Debug, Clone, Default)]
+pub struct HostQuery {
+    /// Substring of the hostname or FQDN, case-insensitive.
+    pub hostname: Option<String>,
+    /// Substring of the OS name, version or full name, case-insensitive.
+    pub os: Option<String>,
+    pub liveness: Option<Liveness>,
+    pub fields: Vec<FieldFilter>,
+    /// Only hosts flagged for an identity conflict.
+    pub identity_conflict: Option<bool>,
+    /// Continue after this position (from a previous page's `next_cursor`).
+    pub after: Option<HostCursor>,
+    pub limit: usize,
+    /// Hosts last seen before this instant are stale.
+    pub stale_before_ms: i64,
+}
+
+/// Keyset position in the host list, which is ordered by hostname then id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCursor {
+    pub hostname: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HostPage {
+    pub hosts: Vec<HostRecord>,
+    pub next: Option<HostCursor>,
+}
+
+/// A host with its full inventory document and latest check results.
+#[derive(Debug, Clone)]
+pub struct HostDetail {
+    pub host: HostRecord,
+    pub inventory: Option<Value>,
+    pub inventory_received_ms: Option<i64>,
+    pub checks: Vec<Value>,
+}
+
+/// One recorded inventory change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRecord {
+    pub id: i64,
+    pub at_ms: i64,
+    pub field: String,
+    pub kind: ChangeKind,
+    pub old: Value,
+    pub new: Value,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ChangeQuery {
+    /// Only changes recorded at or after this instant.
+    pub since_ms: Option<i64>,
+    /// Continue after this change id.
+    pub after_id: Option<i64>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ChangePage {
+    pub changes: Vec<ChangeRecord>,
+    pub next_after_id: Option<i64>,
+}
+
+/// A storage backend. Methods block: callers run them on a blocking thread.
+pub trait Store: Send + Sync + 'static {
+    /// Writes a batch of reports in one transaction and returns one outcome per report, in
+    /// order. Returns only once the transaction is durable.
+    fn write_batch(
+        &self,
+        reports: &[IncomingReport],
+        policy: WritePolicy,
+    ) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    /// Every host, to rebuild the in-memory state at start-up.
+    fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+
+    fn list_hosts(&self, query: &HostQuery) -> Result<HostPage, StoreError>;
+
+    fn host_detail(&self, id: &str) -> Result<Option<HostDetail>, StoreError>;
+
+    /// `None` when the host does not exist.
+    fn host_changes(&self, id: &str, query: &ChangeQuery)
+    -> Result<Option<ChangePage>, StoreError>;
+}

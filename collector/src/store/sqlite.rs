@@ -1,0 +1,721 @@
+//! The embedded store: one SQLite file in WAL mode, one writer connection committing whole
+//! batches (`synchronous = FULL`, so a commit is on disk before any report of it is
+//! acknowledged), and a few reader connections for the API.
+
+use super::{
+    ChangePage, ChangeQuery, ChangeRecord, HostCursor, HostDetail, HostPage, HostQuery, HostRecord,
+    IncomingReport, Liveness, Store, StoreError, ValuePattern, WriteOutcome, WritePolicy,
+};
+use crate::document::{self, ChangeKind};
+use estate_proto::v1::{HostIdentity, Inventory, ReportRequest};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE hosts (
+    id TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    fqdn TEXT NOT NULL DEFAULT '',
+    os_name TEXT NOT NULL DEFAULT '',
+    os_version TEXT NOT NULL DEFAULT '',
+    os_full_name TEXT NOT NULL DEFAULT '',
+    kernel_version TEXT NOT NULL DEFAULT '',
+    arch TEXT NOT NULL DEFAULT '',
+    vmsystem TEXT NOT NULL DEFAULT '',
+    manufacturer TEXT NOT NULL DEFAULT '',
+    model TEXT NOT NULL DEFAULT '',
+    chassis_type TEXT NOT NULL DEFAULT '',
+    serial_number TEXT NOT NULL DEFAULT '',
+    machine_id TEXT NOT NULL DEFAULT '',
+    smbios_uuid TEXT NOT NULL DEFAULT '',
+    primary_mac TEXT NOT NULL DEFAULT '',
+    agent_version TEXT NOT NULL DEFAULT '',
+    memory_bytes INTEGER NOT NULL DEFAULT 0,
+    swap_bytes INTEGER NOT NULL DEFAULT 0,
+    cpu_threads INTEGER NOT NULL DEFAULT 0,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    last_sequence INTEGER NOT NULL,
+    clock_skew_ms INTEGER NOT NULL DEFAULT 0,
+    identity_conflict INTEGER NOT NULL DEFAULT 0,
+    identity_conflict_detail TEXT NOT NULL DEFAULT '',
+    inventory_hash TEXT NOT NULL DEFAULT '',
+    dropped_reports_total INTEGER NOT NULL DEFAULT 0,
+    vitals TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX hosts_by_hostname ON hosts (hostname COLLATE NOCASE, id);
+CREATE INDEX hosts_by_last_seen ON hosts (last_seen_ms);
+
+CREATE TABLE inventories (
+    host_id TEXT PRIMARY KEY REFERENCES hosts (id) ON DELETE CASCADE,
+    hash TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    document TEXT NOT NULL
+);
+
+CREATE TABLE inventory_fields (
+    host_id TEXT NOT NULL REFERENCES hosts (id) ON DELETE CASCADE,
+    field TEXT NOT NULL,
+    value TEXT NOT NULL
+);
+CREATE INDEX inventory_fields_by_value ON inventory_fields (field, value COLLATE NOCASE, host_id);
+CREATE INDEX inventory_fields_by_host ON inventory_fields (host_id);
+
+CREATE TABLE inventory_changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host_id TEXT NOT NULL REFERENCES hosts (id) ON DELETE CASCADE,
+    at_ms INTEGER NOT NULL,
+    field TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    old TEXT NOT NULL,
+    new TEXT NOT NULL
+);
+CREATE INDEX inventory_changes_by_host ON inventory_changes (host_id, id);
+
+CREATE TABLE check_results (
+    host_id TEXT NOT NULL REFERENCES hosts (id) ON DELETE CASCADE,
+    check_name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    PRIMARY KEY (host_id, check_name, target)
+);
+"#];
+
+const READER_CONNECTIONS: usize = 4;
+
+/// SQLite implementation of [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let shown = path.display().to_string();
+        let writer = Connection::open(path)
+            .map_err(|e| StoreError::new(format!("failed to open database `{shown}`"), e))?;
+        configure(&writer)
+            .map_err(|e| StoreError::new(format!("failed to configure database `{shown}`"), e))?;
+        migrate(&writer)
+            .map_err(|e| StoreError::new(format!("failed to migrate database `{shown}`"), e))?;
+        let mut readers = Vec::with_capacity(READER_CONNECTIONS);
+        for _ in 0..READER_CONNECTIONS {
+            let reader = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| StoreError::new(format!("failed to open database `{shown}`"), e))?;
+            reader
+                .busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(|e| StoreError::new(format!("failed to configure `{shown}`"), e))?;
+            readers.push(Mutex::new(reader));
+        }
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    fn read<T>(
+        &self,
+        what: &str,
+        body: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        let connection = self.readers[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        body(&connection).map_err(|e| {
+            StoreError::new(format!("failed to {what} in `{}`", self.path.display()), e)
+        })
+    }
+}
+
+fn configure(connection: &Connection) -> rusqlite::Result<()> {
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode, "sqlite refused WAL mode; writes will be slower");
+    }
+    // FULL: the WAL is synced at every commit, so an acknowledged report survives power loss.
+    connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    Ok(())
+}
+
+fn migrate(connection: &Connection) -> rusqlite::Result<()> {
+    let applied: usize = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = connection.unchecked_transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", index + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// `LIKE` pattern for a case-insensitive substring match.
+fn like_substring(text: &str) -> String {
+    format!("%{}%", escape_like(text))
+}
+
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Turns a `*` glob into a `LIKE` pattern; everything else matches literally.
+fn like_glob(text: &str) -> String {
+    escape_like(text).replace('*', "%")
+}
+
+const HOST_COLUMNS: &str = "id, hostname, fqdn, os_name, os_version, os_full_name, kernel_version, \
+    arch, vmsystem, manufacturer, model, chassis_type, serial_number, machine_id, smbios_uuid, \
+    primary_mac, agent_version, memory_bytes, swap_bytes, cpu_threads, first_seen_ms, \
+    last_seen_ms, last_sequence, clock_skew_ms, identity_conflict, identity_conflict_detail, \
+    inventory_hash, dropped_reports_total, vitals";
+
+fn host_from_row(row: &Row<'_>) -> rusqlite::Result<HostRecord> {
+    let vitals: String = row.get(28)?;
+    Ok(HostRecord {
+        id: row.get(0)?,
+        hostname: row.get(1)?,
+        fqdn: row.get(2)?,
+        os_name: row.get(3)?,
+        os_version: row.get(4)?,
+        os_full_name: row.get(5)?,
+        kernel_version: row.get(6)?,
+        arch: row.get(7)?,
+        vmsystem: row.get(8)?,
+        manufacturer: row.get(9)?,
+        model: row.get(10)?,
+        chassis_type: row.get(11)?,
+        serial_number: row.get(12)?,
+        machine_id: row.get(13)?,
+        smbios_uuid: row.get(14)?,
+        primary_mac: row.get(15)?,
+        agent_version: row.get(16)?,
+        memory_bytes: row.get::<_, i64>(17)? as u64,
+        swap_bytes: row.get::<_, i64>(18)? as u64,
+        cpu_threads: row.get(19)?,
+        first_seen_ms: row.get(20)?,
+        last_seen_ms: row.get(21)?,
+        last_sequence: row.get::<_, i64>(22)? as u64,
+        clock_skew_ms: row.get(23)?,
+        identity_conflict: row.get(24)?,
+        identity_conflict_detail: row.get(25)?,
+        inventory_hash: row.get(26)?,
+        dropped_reports_total: row.get::<_, i64>(27)? as u64,
+        // Written by this store from a validated message; unreadable only if edited by hand.
+        vitals: serde_json::from_str(&vitals).unwrap_or_default(),
+    })
+}
+
+fn load_host(tx: &Connection, id: &str) -> rusqlite::Result<Option<HostRecord>> {
+    tx.prepare_cached(&format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = ?1"))?
+        .query_row([id], host_from_row)
+        .optional()
+}
+
+fn save_host(tx: &Connection, host: &HostRecord) -> rusqlite::Result<()> {
+    let vitals = serde_json::to_string(&host.vitals).unwrap_or_else(|_| "{}".into());
+    tx.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO hosts ({HOST_COLUMNS}) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+          ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
+    ))?
+    .execute(params![
+        host.id,
+        host.hostname,
+        host.fqdn,
+        host.os_name,
+        host.os_version,
+        host.os_full_name,
+        host.kernel_version,
+        host.arch,
+        host.vmsystem,
+        host.manufacturer,
+        host.model,
+        host.chassis_type,
+        host.serial_number,
+        host.machine_id,
+        host.smbios_uuid,
+        host.primary_mac,
+        host.agent_version,
+        host.memory_bytes as i64,
+        host.swap_bytes as i64,
+        host.cpu_threads,
+        host.first_seen_ms,
+        host.last_seen_ms,
+        host.last_sequence as i64,
+        host.clock_skew_ms,
+        host.identity_conflict,
+        host.identity_conflict_detail,
+        host.inventory_hash,
+        host.dropped_reports_total as i64,
+        vitals,
+    ])?;
+    Ok(())
+}
+
+/// Fingerprint parts that two reports of one machine always agree on, when both have them.
+fn other_machine(host: &HostRecord, identity: &HostIdentity) -> Option<String> {
+    let differs = |stored: &str, reported: &str| {
+        !stored.is_empty() && !reported.is_empty() && !stored.eq_ignore_ascii_case(reported)
+    };
+    if differs(&host.machine_id, &identity.machine_id) {
+        Some(format!(
+            "machine-id `{}` (stored: `{}`)",
+            identity.machine_id, host.machine_id
+        ))
+    } else if differs(&host.smbios_uuid, &identity.smbios_uuid) {
+        Some(format!(
+            "SMBIOS UUID `{}` (stored: `{}`)",
+            identity.smbios_uuid, host.smbios_uuid
+        ))
+    } else {
+        None
+    }
+}
+
+/// Copies the inventory facts that lists and metrics use into the host record.
+fn apply_inventory(host: &mut HostRecord, inventory: &Inventory) {
+    if let Some(os) = &inventory.operatingsystem {
+        host.fqdn.clone_from(&os.fqdn);
+        host.os_name.clone_from(&os.name);
+        host.os_version.clone_from(&os.version);
+        host.os_full_name.clone_from(&os.full_name);
+        host.kernel_version.clone_from(&os.kernel_version);
+        host.arch.clone_from(&os.arch);
+    }
+    if let Some(bios) = &inventory.bios {
+        host.manufacturer.clone_from(&bios.smanufacturer);
+        host.model.clone_from(&bios.smodel);
+        host.serial_number.clone_from(&bios.ssn);
+    }
+    if let Some(hardware) = &inventory.hardware {
+        host.vmsystem.clone_from(&hardware.vmsystem);
+        host.chassis_type.clone_from(&hardware.chassis_type);
+        host.memory_bytes = hardware.memory_bytes;
+        host.swap_bytes = hardware.swap_bytes;
+    }
+    host.cpu_threads = inventory.cpus.iter().map(|cpu| cpu.thread).sum();
+}
+
+fn apply_identity(host: &mut HostRecord, report: &ReportRequest) {
+    let identity = report.identity.clone().unwrap_or_default();
+    host.hostname = identity.hostname;
+    host.machine_id = identity.machine_id;
+    host.smbios_uuid = identity.smbios_uuid;
+    host.primary_mac = identity.primary_mac;
+    host.agent_version.clone_from(&report.agent_version);
+}
+
+fn write_one(
+    tx: &Transaction<'_>,
+    incoming: &IncomingReport,
+    policy: WritePolicy,
+) -> rusqlite::Result<WriteOutcome> {
+    let report = &incoming.report.report;
+    let identity = report.identity.clone().unwrap_or_default();
+    let now = incoming.received_ms;
+    let existing = load_host(tx, &identity.agent_id)?;
+
+    let mut host = match existing {
+        Some(host) if report.sequence <= host.last_sequence => return Ok(WriteOutcome::Duplicate),
+        Some(mut host) => {
+            if let Some(clash) = other_machine(&host, &identity) {
+                let live = now - host.last_seen_ms < policy.stale_after_ms;
+                if live {
+                    let message = format!(
+                        "identity conflict: agent id `{}` already reports from another live \
+                         machine (`{}`); this machine has {clash}. Its agent state directory \
+                         was probably cloned: the agent must pick a new id",
+                        identity.agent_id, host.hostname
+                    );
+                    host.identity_conflict = true;
+                    host.identity_conflict_detail = format!(
+                        "second machine `{}` with {clash} at {}",
+                        identity.hostname,
+                        humantime::format_rfc3339_seconds(crate::clock::system_time(now))
+                    );
+                    save_host(tx, &host)?;
+                    return Ok(WriteOutcome::IdentityConflict {
+                        message,
+                        host: Box::new(host),
+                    });
+                }
+                // The old machine is gone: this is the same agent on new hardware.
+                record_changes(
+                    tx,
+                    &host.id,
+                    now,
+                    &[document::Change {
+                        field: "identity".into(),
+                        kind: ChangeKind::Changed,
+                        old: serde_json::json!({
+                            "machine_id": host.machine_id, "smbios_uuid": host.smbios_uuid }),
+                        new: serde_json::json!({
+                            "machine_id": identity.machine_id, "smbios_uuid": identity.smbios_uuid }),
+                    }],
+                )?;
+            }
+            host
+        }
+        None => HostRecord {
+            id: identity.agent_id.clone(),
+            first_seen_ms: now,
+            ..Default::default()
+        },
+    };
+
+    apply_identity(&mut host, report);
+    host.last_seen_ms = now;
+    host.last_sequence = report.sequence;
+    host.clock_skew_ms = report.agent_time_unix_ms.saturating_sub(now);
+    host.dropped_reports_total += report.dropped_reports;
+    host.vitals = report.vitals.clone().unwrap_or_default();
+
+    let mut need_full_inventory = false;
+    match &report.inventory {
+        Some(inventory) => {
+            apply_inventory(&mut host, inventory);
+            let document = incoming
+                .report
+                .json
+                .get("inventory")
+                .cloned()
+                .unwrap_or(Value::Null);
+            store_inventory(tx, &host.id, now, &report.inventory_hash, &document)?;
+            host.inventory_hash.clone_from(&report.inventory_hash);
+        }
+        None => {
+            need_full_inventory =
+                !report.inventory_hash.is_empty() && report.inventory_hash != host.inventory_hash;
+        }
+    }
+    save_host(tx, &host)?;
+    store_checks(tx, &host.id, now, &incoming.report.json)?;
+    Ok(WriteOutcome::Stored {
+        need_full_inventory,
+        host: Box::new(host),
+    })
+}
+
+fn store_inventory(
+    tx: &Transaction<'_>,
+    host_id: &str,
+    now: i64,
+    hash: &str,
+    document: &Value,
+) -> rusqlite::Result<()> {
+    let previous: Option<String> = tx
+        .prepare_cached("SELECT document FROM inventories WHERE host_id = ?1")?
+        .query_row([host_id], |row| row.get(0))
+        .optional()?;
+    if let Some(previous) = previous {
+        let previous: Value = serde_json::from_str(&previous).unwrap_or(Value::Null);
+        record_changes(tx, host_id, now, &document::diff(&previous, document))?;
+    }
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO inventories (host_id, hash, received_ms, document) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![host_id, hash, now, document.to_string()])?;
+    tx.prepare_cached("DELETE FROM inventory_fields WHERE host_id = ?1")?
+        .execute([host_id])?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO inventory_fields (host_id, field, value) VALUES (?1, ?2, ?3)",
+    )?;
+    for pair in document::flatten(document) {
+        insert.execute(params![host_id, pair.field, pair.value])?;
+    }
+    Ok(())
+}
+
+fn record_changes(
+    tx: &Transaction<'_>,
+    host_id: &str,
+    now: i64,
+    changes: &[document::Change],
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO inventory_changes (host_id, at_ms, field, kind, old, new) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for change in changes {
+        insert.execute(params![
+            host_id,
+            now,
+            change.field,
+            change.kind.as_str(),
+            change.old.to_string(),
+            change.new.to_string()
+        ])?;
+    }
+    Ok(())
+}
+
+/// Keeps the latest result per (check, target); outcome changes become events in a later step.
+fn store_checks(
+    tx: &Transaction<'_>,
+    host_id: &str,
+    now: i64,
+    report: &Value,
+) -> rusqlite::Result<()> {
+    let Some(checks) = report.get("checks").and_then(Value::as_array) else {
+        return Ok(());
+    };
+    let mut upsert = tx.prepare_cached(
+        "INSERT OR REPLACE INTO check_results (host_id, check_name, target, received_ms, result) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for check in checks {
+        let name = check
+            .get("check")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let target = check
+            .get("target")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        upsert.execute(params![host_id, name, target, now, check.to_string()])?;
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn write_batch(
+        &self,
+        reports: &[IncomingReport],
+        policy: WritePolicy,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut connection = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let context = || format!("failed to write a batch to `{}`", self.path.display());
+        let tx = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::new(context(), e))?;
+        let mut outcomes = Vec::with_capacity(reports.len());
+        for report in reports {
+            outcomes.push(write_one(&tx, report, policy).map_err(|e| {
+                StoreError::new(
+                    format!(
+                        "{} (report of agent `{}`)",
+                        context(),
+                        report.report.agent_id()
+                    ),
+                    e,
+                )
+            })?);
+        }
+        tx.commit().map_err(|e| StoreError::new(context(), e))?;
+        Ok(outcomes)
+    }
+
+    fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.read("load hosts", |connection| {
+            let mut statement = connection.prepare(&format!("SELECT {HOST_COLUMNS} FROM hosts"))?;
+            statement
+                .query_map([], host_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+    }
+
+    fn list_hosts(&self, query: &HostQuery) -> Result<HostPage, StoreError> {
+        let mut sql = SqlBuilder::new(format!("SELECT {HOST_COLUMNS} FROM hosts WHERE 1 = 1"));
+        if let Some(after) = &query.after {
+            // Keyset pagination over (hostname, id), the order of `hosts_by_hostname`.
+            let hostname = sql.bind(after.hostname.clone());
+            let id = sql.bind(after.id.clone());
+            sql.push(&format!(
+                " AND (hostname COLLATE NOCASE > {hostname} \
+                 OR (hostname COLLATE NOCASE = {hostname} AND id > {id}))"
+            ));
+        }
+        if let Some(hostname) = &query.hostname {
+            let pattern = sql.bind(like_substring(hostname));
+            sql.push(&format!(
+                " AND (hostname LIKE {pattern} ESCAPE '\\' OR fqdn LIKE {pattern} ESCAPE '\\')"
+            ));
+        }
+        if let Some(os) = &query.os {
+            let pattern = sql.bind(like_substring(os));
+            sql.push(&format!(
+                " AND (os_name || ' ' || os_version || ' ' || os_full_name) \
+                 LIKE {pattern} ESCAPE '\\'"
+            ));
+        }
+        if let Some(liveness) = query.liveness {
+            let threshold = sql.bind(query.stale_before_ms);
+            let comparison = match liveness {
+                Liveness::Up => ">=",
+                Liveness::Stale => "<",
+            };
+            sql.push(&format!(" AND last_seen_ms {comparison} {threshold}"));
+        }
+        if let Some(conflict) = query.identity_conflict {
+            let flag = sql.bind(i64::from(conflict));
+            sql.push(&format!(" AND identity_conflict = {flag}"));
+        }
+        for filter in &query.fields {
+            let field = sql.bind(filter.field.clone());
+            let comparison = match &filter.pattern {
+                ValuePattern::Exact(value) => format!("= {}", sql.bind(value.clone())),
+                ValuePattern::Glob(glob) => {
+                    format!("LIKE {} ESCAPE '\\'", sql.bind(like_glob(glob)))
+                }
+            };
+            sql.push(&format!(
+                " AND id IN (SELECT host_id FROM inventory_fields \
+                 WHERE field = {field} AND value COLLATE NOCASE {comparison})"
+            ));
+        }
+        let SqlBuilder {
+            text: mut sql,
+            args,
+        } = sql;
+        let limit = query.limit.max(1);
+        sql.push_str(&format!(
+            " ORDER BY hostname COLLATE NOCASE, id LIMIT {}",
+            limit + 1
+        ));
+        let mut hosts = self.read("list hosts", |connection| {
+            let mut statement = connection.prepare_cached(&sql)?;
+            statement
+                .query_map(rusqlite::params_from_iter(args.iter()), host_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let next = if hosts.len() > limit {
+            hosts.truncate(limit);
+            hosts.last().map(|host| HostCursor {
+                hostname: host.hostname.clone(),
+                id: host.id.clone(),
+            })
+        } else {
+            None
+        };
+        Ok(HostPage { hosts, next })
+    }
+
+    fn host_detail(&self, id: &str) -> Result<Option<HostDetail>, StoreError> {
+        self.read("read a host", |connection| {
+            let Some(host) = load_host(connection, id)? else {
+                return Ok(None);
+            };
+            let inventory: Option<(String, i64)> = connection
+                .prepare_cached("SELECT document, received_ms FROM inventories WHERE host_id = ?1")?
+                .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let checks = connection
+                .prepare_cached(
+                    "SELECT result FROM check_results WHERE host_id = ?1 \
+                     ORDER BY check_name, target",
+                )?
+                .query_map([id], |row| row.get::<_, String>(0))?
+                .map(|text| text.map(|text| serde_json::from_str(&text).unwrap_or(Value::Null)))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(HostDetail {
+                host,
+                inventory: inventory
+                    .as_ref()
+                    .map(|(text, _)| serde_json::from_str(text).unwrap_or(Value::Null)),
+                inventory_received_ms: inventory.map(|(_, at)| at),
+                checks,
+            }))
+        })
+    }
+
+    fn host_changes(
+        &self,
+        id: &str,
+        query: &ChangeQuery,
+    ) -> Result<Option<ChangePage>, StoreError> {
+        self.read("read inventory changes", |connection| {
+            if load_host(connection, id)?.is_none() {
+                return Ok(None);
+            }
+            let limit = query.limit.max(1);
+            let mut statement = connection.prepare_cached(
+                "SELECT id, at_ms, field, kind, old, new FROM inventory_changes \
+                 WHERE host_id = ?1 AND id > ?2 AND at_ms >= ?3 ORDER BY id LIMIT ?4",
+            )?;
+            let mut changes = statement
+                .query_map(
+                    params![
+                        id,
+                        query.after_id.unwrap_or(0),
+                        query.since_ms.unwrap_or(i64::MIN),
+                        (limit + 1) as i64
+                    ],
+                    |row| {
+                        let kind: String = row.get(3)?;
+                        let old: String = row.get(4)?;
+                        let new: String = row.get(5)?;
+                        Ok(ChangeRecord {
+                            id: row.get(0)?,
+                            at_ms: row.get(1)?,
+                            field: row.get(2)?,
+                            kind: ChangeKind::parse(&kind).unwrap_or(ChangeKind::Changed),
+                            old: serde_json::from_str(&old).unwrap_or(Value::Null),
+                            new: serde_json::from_str(&new).unwrap_or(Value::Null),
+                        })
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let next_after_id = if changes.len() > limit {
+                changes.truncate(limit);
+                changes.last().map(|change| change.id)
+            } else {
+                None
+            };
+            Ok(Some(ChangePage {
+                changes,
+                next_after_id,
+            }))
+        })
+    }
+}
+
+/// Builds a statement with numbered parameters, so each filter can refer to its own value.
+struct SqlBuilder {
+    text: String,
+    args: Vec<rusqlite::types::Value>,
+}
+
+impl SqlBuilder {
+    fn new(text: String) -> Self {
+        SqlBuilder {
+            text,
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds a parameter and returns its placeholder (`?3`).
+    fn bind(&mut self, value: impl Into<rusqlite::types::Value>) -> String {
+        self.args.push(value.into());
+        format!("?{}", self.args.len())
+    }
+
+    fn push(&mut self, fragment: &str) {
+        self.text.push_str(fragment);
+    }
+}
