@@ -191,6 +191,25 @@ const HOST_COLUMNS: &str = "id, hostname, fqdn, os_name, os_version, os_full_nam
     last_seen_ms, last_sequence, clock_skew_ms, identity_conflict, identity_conflict_detail, \
     inventory_hash, dropped_reports_total, vitals";
 
+fn upsert_host_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let columns: Vec<&str> = HOST_COLUMNS.split(',').map(str::trim).collect();
+        let placeholders: Vec<String> = (1..=columns.len()).map(|n| format!("?{n}")).collect();
+        let updates: Vec<String> = columns
+            .iter()
+            .skip(1)
+            .map(|column| format!("{column} = excluded.{column}"))
+            .collect();
+        format!(
+            "INSERT INTO hosts ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
+            columns.join(", "),
+            placeholders.join(", "),
+            updates.join(", ")
+        )
+    })
+}
+
 fn host_from_row(row: &Row<'_>) -> rusqlite::Result<HostRecord> {
     let vitals: String = row.get(28)?;
     Ok(HostRecord {
@@ -235,12 +254,9 @@ fn load_host(tx: &Connection, id: &str) -> rusqlite::Result<Option<HostRecord>> 
 
 fn save_host(tx: &Connection, host: &HostRecord) -> rusqlite::Result<()> {
     let vitals = serde_json::to_string(&host.vitals).unwrap_or_else(|_| "{}".into());
-    tx.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO hosts ({HOST_COLUMNS}) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-          ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
-    ))?
-    .execute(params![
+    // An upsert, not `INSERT OR REPLACE`: replacing deletes the row first, and the cascade
+    // would take the host's inventory, changes and check results with it.
+    tx.prepare_cached(upsert_host_sql())?.execute(params![
         host.id,
         host.hostname,
         host.fqdn,
@@ -392,25 +408,24 @@ fn write_one(
     host.dropped_reports_total += report.dropped_reports;
     host.vitals = report.vitals.clone().unwrap_or_default();
 
-    let mut need_full_inventory = false;
-    match &report.inventory {
+    let need_full_inventory = match &report.inventory {
         Some(inventory) => {
             apply_inventory(&mut host, inventory);
-            let document = incoming
-                .report
-                .json
-                .get("inventory")
-                .cloned()
-                .unwrap_or(Value::Null);
-            store_inventory(tx, &host.id, now, &report.inventory_hash, &document)?;
             host.inventory_hash.clone_from(&report.inventory_hash);
+            false
         }
-        None => {
-            need_full_inventory =
-                !report.inventory_hash.is_empty() && report.inventory_hash != host.inventory_hash;
-        }
-    }
+        None => !report.inventory_hash.is_empty() && report.inventory_hash != host.inventory_hash,
+    };
+    // The host row first: the inventory tables refer to it.
     save_host(tx, &host)?;
+    if report.inventory.is_some() {
+        let document = incoming
+            .report
+            .json
+            .get("inventory")
+            .unwrap_or(&Value::Null);
+        store_inventory(tx, &host.id, now, &report.inventory_hash, document)?;
+    }
     store_checks(tx, &host.id, now, &incoming.report.json)?;
     Ok(WriteOutcome::Stored {
         need_full_inventory,

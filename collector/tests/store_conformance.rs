@@ -1,0 +1,585 @@
+//! The store conformance suite: every backend must behave the same. The suite is written once in
+//! `store_conformance_suite!` and instantiated per backend below.
+
+use estate_collector::store::sqlite::SqliteStore;
+use estate_collector::store::{
+    ChangeQuery, FieldFilter, HostCursor, HostQuery, IncomingReport, Liveness, Store, ValuePattern,
+    WriteOutcome, WritePolicy,
+};
+use estate_collector::validate::{Limits, validate_report};
+use estate_proto::v1::{
+    Bios, CheckResult, Hardware, HostIdentity, HostVitals, Inventory, OperatingSystem, Outcome,
+    ReportRequest, Software,
+};
+
+const POLICY: WritePolicy = WritePolicy {
+    stale_after_ms: 300_000,
+};
+
+/// A report from `agent_id` at `sequence`, with a full inventory when `inventory` is given.
+fn report(agent_id: &str, sequence: u64, inventory: Option<(&str, Inventory)>) -> ReportRequest {
+    ReportRequest {
+        identity: Some(HostIdentity {
+            agent_id: agent_id.into(),
+            hostname: format!("host-{agent_id}"),
+            machine_id: format!("machine-{agent_id}"),
+            ..Default::default()
+        }),
+        agent_version: "0.1.0".into(),
+        sequence,
+        agent_time_unix_ms: 1_000,
+        inventory_hash: inventory
+            .as_ref()
+            .map(|(hash, _)| (*hash).into())
+            .unwrap_or_default(),
+        inventory: inventory.map(|(_, inventory)| inventory),
+        vitals: Some(HostVitals {
+            memory_available_bytes: 1 << 30,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn inventory(os: &str, version: &str, manufacturer: &str, packages: &[(&str, &str)]) -> Inventory {
+    Inventory {
+        bios: Some(Bios {
+            smanufacturer: manufacturer.into(),
+            ..Default::default()
+        }),
+        hardware: Some(Hardware {
+            memory_bytes: 8 << 30,
+            vmsystem: "Physical".into(),
+            ..Default::default()
+        }),
+        operatingsystem: Some(OperatingSystem {
+            name: os.into(),
+            version: version.into(),
+            ..Default::default()
+        }),
+        softwares: packages
+            .iter()
+            .map(|(name, version)| Software {
+                name: (*name).into(),
+                version: (*version).into(),
+                arch: "amd64".into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn write(store: &dyn Store, at_ms: i64, reports: Vec<ReportRequest>) -> Vec<WriteOutcome> {
+    let incoming: Vec<IncomingReport> = reports
+        .into_iter()
+        .map(|report| IncomingReport {
+            report: validate_report(report, &Limits::default()).expect("valid report"),
+            received_ms: at_ms,
+        })
+        .collect();
+    store.write_batch(&incoming, POLICY).expect("batch written")
+}
+
+fn stored(outcome: &WriteOutcome) -> bool {
+    matches!(outcome, WriteOutcome::Stored { .. })
+}
+
+fn need_full(outcome: &WriteOutcome) -> bool {
+    matches!(
+        outcome,
+        WriteOutcome::Stored {
+            need_full_inventory: true,
+            ..
+        }
+    )
+}
+
+fn query(now_ms: i64) -> HostQuery {
+    HostQuery {
+        limit: 100,
+        stale_before_ms: now_ms - POLICY.stale_after_ms,
+        ..Default::default()
+    }
+}
+
+fn ids(store: &dyn Store, query: &HostQuery) -> Vec<String> {
+    store
+        .list_hosts(query)
+        .unwrap()
+        .hosts
+        .into_iter()
+        .map(|host| host.id)
+        .collect()
+}
+
+pub fn first_report_creates_the_host(store: &dyn Store) {
+    let debian = inventory("Debian GNU/Linux", "12", "Dell Inc.", &[("curl", "7.88")]);
+    let outcomes = write(
+        store,
+        10_000,
+        vec![report("a", 1, Some(("sha256:1", debian)))],
+    );
+    assert!(stored(&outcomes[0]) && !need_full(&outcomes[0]));
+    let detail = store.host_detail("a").unwrap().expect("host stored");
+    assert_eq!(detail.host.hostname, "host-a");
+    assert_eq!(detail.host.os_name, "Debian GNU/Linux");
+    assert_eq!(detail.host.memory_bytes, 8 << 30);
+    assert_eq!(detail.host.first_seen_ms, 10_000);
+    assert_eq!(detail.host.clock_skew_ms, 1_000 - 10_000);
+    assert_eq!(detail.host.vitals.memory_available_bytes, 1 << 30);
+    let document = detail.inventory.expect("inventory stored");
+    assert_eq!(document["softwares"][0]["name"], "curl");
+    assert_eq!(detail.inventory_received_ms, Some(10_000));
+}
+
+pub fn a_replayed_sequence_is_a_duplicate_and_changes_nothing(store: &dyn Store) {
+    let debian = inventory("Debian GNU/Linux", "12", "Dell Inc.", &[]);
+    write(
+        store,
+        10_000,
+        vec![report("a", 5, Some(("sha256:1", debian.clone())))],
+    );
+    let outcomes = write(
+        store,
+        20_000,
+        vec![
+            report("a", 5, None),
+            report("a", 4, Some(("sha256:2", inventory("Other", "1", "", &[])))),
+        ],
+    );
+    assert!(matches!(outcomes[0], WriteOutcome::Duplicate));
+    assert!(matches!(outcomes[1], WriteOutcome::Duplicate));
+    let host = store.host_detail("a").unwrap().unwrap().host;
+    assert_eq!(host.last_seen_ms, 10_000);
+    assert_eq!(host.os_name, "Debian GNU/Linux");
+    assert_eq!(host.last_sequence, 5);
+}
+
+pub fn an_unknown_hash_asks_for_the_full_inventory(store: &dyn Store) {
+    let debian = inventory("Debian GNU/Linux", "12", "", &[]);
+    write(
+        store,
+        1_000,
+        vec![report("a", 1, Some(("sha256:1", debian)))],
+    );
+    let mut same = report("a", 2, None);
+    same.inventory_hash = "sha256:1".into();
+    let mut other = report("a", 3, None);
+    other.inventory_hash = "sha256:2".into();
+    let mut unknown_host = report("b", 1, None);
+    unknown_host.inventory_hash = "sha256:9".into();
+    let outcomes = write(store, 2_000, vec![same, other, unknown_host]);
+    assert!(stored(&outcomes[0]) && !need_full(&outcomes[0]));
+    assert!(need_full(&outcomes[1]));
+    assert!(need_full(&outcomes[2]));
+    // A heartbeat keeps the stored inventory.
+    let detail = store.host_detail("a").unwrap().unwrap();
+    assert_eq!(detail.host.inventory_hash, "sha256:1");
+    assert_eq!(detail.host.last_seen_ms, 2_000);
+}
+
+pub fn a_changed_inventory_records_what_changed(store: &dyn Store) {
+    let before = inventory("Debian GNU/Linux", "12", "Dell Inc.", &[("curl", "7.88")]);
+    let after = inventory(
+        "Debian GNU/Linux",
+        "13",
+        "Dell Inc.",
+        &[("curl", "8.1"), ("vim", "9")],
+    );
+    write(
+        store,
+        1_000,
+        vec![report("a", 1, Some(("sha256:1", before.clone())))],
+    );
+    write(
+        store,
+        2_000,
+        vec![report("a", 2, Some(("sha256:1", before)))],
+    );
+    write(
+        store,
+        3_000,
+        vec![report("a", 3, Some(("sha256:2", after)))],
+    );
+    let page = store
+        .host_changes(
+            "a",
+            &ChangeQuery {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .expect("host exists");
+    let seen: Vec<(String, i64, String, String)> = page
+        .changes
+        .iter()
+        .map(|c| {
+            (
+                c.field.clone(),
+                c.at_ms,
+                c.old.to_string(),
+                c.new.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "operatingsystem.version".into(),
+                3_000,
+                "\"12\"".into(),
+                "\"13\"".into()
+            ),
+            (
+                "softwares[curl:amd64].version".into(),
+                3_000,
+                "\"7.88\"".into(),
+                "\"8.1\"".into()
+            ),
+            (
+                "softwares[vim:amd64]".into(),
+                3_000,
+                "null".into(),
+                page.changes[2].new.to_string()
+            ),
+        ]
+    );
+    assert_eq!(
+        store.host_detail("a").unwrap().unwrap().host.os_version,
+        "13"
+    );
+
+    // Paging and `since`.
+    let first = store
+        .host_changes(
+            "a",
+            &ChangeQuery {
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.changes.len(), 2);
+    let rest = store
+        .host_changes(
+            "a",
+            &ChangeQuery {
+                limit: 2,
+                after_id: first.next_after_id,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest.changes.len(), 1);
+    assert_eq!(rest.next_after_id, None);
+    let later = store
+        .host_changes(
+            "a",
+            &ChangeQuery {
+                limit: 10,
+                since_ms: Some(3_001),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert!(later.changes.is_empty());
+    assert!(
+        store
+            .host_changes("nobody", &ChangeQuery::default())
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub fn a_second_live_machine_with_the_same_id_is_flagged(store: &dyn Store) {
+    write(store, 1_000, vec![report("a", 1, None)]);
+    let mut clone = report("a", 2, None);
+    clone.identity.as_mut().unwrap().machine_id = "machine-other".into();
+    clone.identity.as_mut().unwrap().hostname = "clone".into();
+    let outcomes = write(store, 2_000, vec![clone.clone()]);
+    match &outcomes[0] {
+        WriteOutcome::IdentityConflict { message, host } => {
+            assert!(
+                message.starts_with("identity conflict: agent id `a`"),
+                "{message}"
+            );
+            assert!(message.contains("machine-other"), "{message}");
+            assert!(host.identity_conflict);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let host = store.host_detail("a").unwrap().unwrap().host;
+    assert!(host.identity_conflict);
+    assert_eq!(
+        host.hostname, "host-a",
+        "the clone must not overwrite the record"
+    );
+    let flagged = HostQuery {
+        identity_conflict: Some(true),
+        ..query(2_000)
+    };
+    assert_eq!(ids(store, &flagged), vec!["a"]);
+
+    // Once the first machine is stale, the same id on other hardware is a replacement.
+    clone.sequence = 3;
+    let outcomes = write(store, 2_000 + POLICY.stale_after_ms + 1, vec![clone]);
+    assert!(stored(&outcomes[0]), "{outcomes:?}");
+    let changes = store
+        .host_changes(
+            "a",
+            &ChangeQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(changes.changes[0].field, "identity");
+}
+
+pub fn hosts_are_filtered_and_paged(store: &dyn Store) {
+    let now = 1_000_000;
+    let hosts = [
+        ("a", "Debian GNU/Linux", "12", "Dell Inc.", now),
+        ("b", "Debian GNU/Linux", "11", "HPE", now),
+        (
+            "c",
+            "Microsoft Windows Server 2012 R2",
+            "6.3",
+            "Dell Inc.",
+            now,
+        ),
+        ("d", "Rocky Linux", "9", "VMware, Inc.", now - 400_000),
+    ];
+    for (id, os, version, manufacturer, at) in hosts {
+        let inv = inventory(os, version, manufacturer, &[("openssl", "3")]);
+        write(store, at, vec![report(id, 1, Some(("sha256:1", inv)))]);
+    }
+    let filter = |field: &str, pattern: ValuePattern| FieldFilter {
+        field: field.into(),
+        pattern,
+    };
+    let cases: Vec<(HostQuery, Vec<&str>)> = vec![
+        (query(now), vec!["a", "b", "c", "d"]),
+        (
+            HostQuery {
+                hostname: Some("HOST-C".into()),
+                ..query(now)
+            },
+            vec!["c"],
+        ),
+        (
+            HostQuery {
+                os: Some("windows server 2012".into()),
+                ..query(now)
+            },
+            vec!["c"],
+        ),
+        (
+            HostQuery {
+                os: Some("Debian GNU/Linux 12".into()),
+                ..query(now)
+            },
+            vec!["a"],
+        ),
+        (
+            HostQuery {
+                liveness: Some(Liveness::Stale),
+                ..query(now)
+            },
+            vec!["d"],
+        ),
+        (
+            HostQuery {
+                liveness: Some(Liveness::Up),
+                ..query(now)
+            },
+            vec!["a", "b", "c"],
+        ),
+        (
+            HostQuery {
+                fields: vec![filter(
+                    "bios.smanufacturer",
+                    ValuePattern::Exact("dell inc.".into()),
+                )],
+                ..query(now)
+            },
+            vec!["a", "c"],
+        ),
+        (
+            HostQuery {
+                fields: vec![
+                    filter("bios.smanufacturer", ValuePattern::Glob("Dell*".into())),
+                    filter("operatingsystem.name", ValuePattern::Glob("*Linux".into())),
+                ],
+                ..query(now)
+            },
+            vec!["a"],
+        ),
+        (
+            HostQuery {
+                fields: vec![filter(
+                    "softwares.name",
+                    ValuePattern::Exact("openssl".into()),
+                )],
+                ..query(now)
+            },
+            vec!["a", "b", "c", "d"],
+        ),
+        (
+            HostQuery {
+                // `%` and `_` are literal, not wildcards.
+                fields: vec![filter(
+                    "bios.smanufacturer",
+                    ValuePattern::Glob("D%".into()),
+                )],
+                ..query(now)
+            },
+            vec![],
+        ),
+    ];
+    for (query, expected) in cases {
+        assert_eq!(ids(store, &query), expected, "query {query:?}");
+    }
+
+    // Paging visits every host once, in hostname order.
+    let mut seen = Vec::new();
+    let mut after: Option<HostCursor> = None;
+    loop {
+        let page = store
+            .list_hosts(&HostQuery {
+                limit: 3,
+                after: after.clone(),
+                ..query(now)
+            })
+            .unwrap();
+        seen.extend(page.hosts.into_iter().map(|host| host.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["a", "b", "c", "d"]);
+}
+
+pub fn latest_check_results_are_kept(store: &dyn Store) {
+    let result = |outcome: Outcome, reason: &str| CheckResult {
+        check: "dc1-ldap".into(),
+        kind: "tcp".into(),
+        target: "dc1:389".into(),
+        outcome: outcome as i32,
+        reason: reason.into(),
+        ..Default::default()
+    };
+    let mut first = report("a", 1, None);
+    first.checks = vec![result(Outcome::Fail, "connection refused")];
+    let mut second = report("a", 2, None);
+    second.checks = vec![result(Outcome::Pass, "")];
+    write(store, 1_000, vec![first, second]);
+    let checks = store.host_detail("a").unwrap().unwrap().checks;
+    assert_eq!(checks.len(), 1);
+    assert_eq!(checks[0]["outcome"], "pass");
+}
+
+pub fn hosts_load_back_for_the_in_memory_state(store: &dyn Store) {
+    write(
+        store,
+        1_000,
+        vec![report("a", 1, None), report("b", 1, None)],
+    );
+    let mut loaded: Vec<String> = store
+        .load_hosts()
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    loaded.sort();
+    assert_eq!(loaded, vec!["a", "b"]);
+}
+
+/// Instantiates every conformance test for one backend. `$open` makes a fresh, empty store and
+/// returns it with whatever keeps it alive (a temporary directory).
+macro_rules! store_conformance_suite {
+    ($backend:ident, $open:expr) => {
+        mod $backend {
+            use super::*;
+
+            fn check(test: fn(&dyn Store)) {
+                let (store, _guard) = $open();
+                test(&store);
+            }
+
+            #[test]
+            fn first_report_creates_the_host() {
+                check(super::first_report_creates_the_host);
+            }
+            #[test]
+            fn a_replayed_sequence_is_a_duplicate_and_changes_nothing() {
+                check(super::a_replayed_sequence_is_a_duplicate_and_changes_nothing);
+            }
+            #[test]
+            fn an_unknown_hash_asks_for_the_full_inventory() {
+                check(super::an_unknown_hash_asks_for_the_full_inventory);
+            }
+            #[test]
+            fn a_changed_inventory_records_what_changed() {
+                check(super::a_changed_inventory_records_what_changed);
+            }
+            #[test]
+            fn a_second_live_machine_with_the_same_id_is_flagged() {
+                check(super::a_second_live_machine_with_the_same_id_is_flagged);
+            }
+            #[test]
+            fn hosts_are_filtered_and_paged() {
+                check(super::hosts_are_filtered_and_paged);
+            }
+            #[test]
+            fn latest_check_results_are_kept() {
+                check(super::latest_check_results_are_kept);
+            }
+            #[test]
+            fn hosts_load_back_for_the_in_memory_state() {
+                check(super::hosts_load_back_for_the_in_memory_state);
+            }
+        }
+    };
+}
+
+fn open_sqlite() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("estate.db")).unwrap();
+    (store, dir)
+}
+
+store_conformance_suite!(sqlite, open_sqlite);
+
+#[test]
+fn sqlite_keeps_committed_reports_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("estate.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        write(&store, 1_000, vec![report("a", 1, None)]);
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.load_hosts().unwrap().len(), 1);
+    let outcomes = write(&store, 2_000, vec![report("a", 1, None)]);
+    assert!(matches!(outcomes[0], WriteOutcome::Duplicate));
+}
+
+#[test]
+fn sqlite_open_names_the_file_it_cannot_open() {
+    let error = SqliteStore::open(std::path::Path::new("/nonexistent-dir/estate.db")).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("failed to open database `/nonexistent-dir/estate.db`"),
+        "{error}"
+    );
+}
