@@ -1,34 +1,120 @@
 //! Inventory of the host, in the GLPI vocabulary (see `proto/estate/v1/report.proto`).
 //!
-//! INTERFACE STUB: the real readers are being written; the signatures below are the contract.
+//! The generated `estate_proto::v1` types are the data model: every area builds them directly.
+//! Each area is one module that reads its sources through [`source::Source`] (so a fixture tree
+//! can stand in for `/`) and hands the text to pure parsers. An area that cannot be read becomes
+//! a `Problem` in the inventory: `collect` never fails and never panics.
+//!
+//! The inventory holds only what is stable between runs (its hash changes on real change);
+//! figures that move all the time (free memory, free space, boot time, load) are in [`vitals`].
 
-use estate_proto::v1::{HostVitals, Inventory};
+mod bios;
+mod cpus;
+mod drives;
+mod fingerprints;
+mod memory;
+mod networks;
+mod operatingsystem;
+mod softwares;
+pub mod source;
+mod storages;
+mod users;
+
+use estate_proto::v1::{HostVitals, Inventory, Problem};
+use source::Source;
 use std::path::Path;
 
-/// The host fingerprints that go into `HostIdentity` (everything but the agent id).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Fingerprints {
-    pub hostname: String,
-    pub machine_id: String,
-    pub smbios_uuid: String,
-    pub serial_number: String,
-    pub primary_mac: String,
+pub use fingerprints::Fingerprints;
+
+/// Builds SMBIOS tables for fixtures and tests (not part of the agent's interface).
+#[doc(hidden)]
+pub use memory::table_builder as smbios_table_builder;
+
+/// One inventory area: its name (the `area` of its problems) and the function that fills its
+/// part of the inventory, pushing a message for everything it could not read.
+struct Area {
+    name: &'static str,
+    collect: fn(&Source, &mut Inventory, &mut Vec<String>),
 }
+
+/// Every area, in one place. The order does not matter: each area writes its own fields.
+const AREAS: &[Area] = &[
+    Area {
+        name: "bios",
+        collect: bios::collect,
+    },
+    Area {
+        name: "cpus",
+        collect: cpus::collect,
+    },
+    Area {
+        name: "memories",
+        collect: memory::collect,
+    },
+    Area {
+        name: "storages",
+        collect: storages::collect,
+    },
+    Area {
+        name: "drives",
+        collect: drives::collect,
+    },
+    Area {
+        name: "networks",
+        collect: networks::collect,
+    },
+    Area {
+        name: "operatingsystem",
+        collect: operatingsystem::collect,
+    },
+    Area {
+        name: "softwares",
+        collect: softwares::collect,
+    },
+    Area {
+        name: "users",
+        collect: users::collect,
+    },
+];
 
 /// Collects the full inventory from the filesystem tree at `root` (`/` on a live host).
 /// Never fails: an area that cannot be read becomes an entry in `inventory.problems`.
-pub fn collect(_root: &Path) -> Inventory {
-    Inventory::default()
+pub fn collect(root: &Path) -> Inventory {
+    let source = Source::new(root);
+    let mut inventory = Inventory::default();
+    for area in AREAS {
+        let mut messages = Vec::new();
+        // A bug in one area's parser must cost that area, not the whole report.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (area.collect)(&source, &mut inventory, &mut messages)
+        }));
+        if outcome.is_err() {
+            messages.push(format!("area `{}` panicked; this is a bug", area.name));
+        }
+        inventory
+            .problems
+            .extend(messages.into_iter().map(|message| Problem {
+                area: area.name.to_string(),
+                message,
+            }));
+    }
+    inventory
 }
 
-/// Collects the fast-changing figures sent with every report.
-pub fn vitals(_root: &Path) -> HostVitals {
-    HostVitals::default()
+/// Collects the fast-changing figures sent with every report. Sources that cannot be read
+/// leave their figure at zero: vitals carry no problems (the inventory reports them).
+pub fn vitals(root: &Path) -> HostVitals {
+    let source = Source::new(root);
+    let mut vitals = HostVitals::default();
+    memory::vitals(&source, &mut vitals);
+    operatingsystem::vitals(&source, &mut vitals);
+    drives::vitals(&source, &mut vitals);
+    vitals
 }
 
 /// Reads the host fingerprints, reusing what `inventory` already holds.
-pub fn fingerprints(_root: &Path, _inventory: &Inventory) -> Fingerprints {
-    Fingerprints::default()
+pub fn fingerprints(root: &Path, inventory: &Inventory) -> Fingerprints {
+    fingerprints::read(&Source::new(root), inventory)
 }
 
 /// The inventory's hash as sent on the wire: `sha256:<hex>` of its protobuf encoding.
