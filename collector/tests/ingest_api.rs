@@ -1,0 +1,256 @@
+//! The collector in-process over real sockets: gRPC ingest on `127.0.0.1:0`, then the JSON API
+//! and `/metrics` over HTTP. Covers what an agent or an API user sees, including bad input.
+
+use estate_collector::config::CollectorConfig;
+use estate_proto::v1::ingest_client::IngestClient;
+use estate_proto::v1::{
+    Bios, HostIdentity, HostVitals, Inventory, OperatingSystem, ReportRequest, Software,
+    VolumeUsage,
+};
+use serde_json::Value;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A running collector; dropping `stop` shuts it down, `task` is joined by [`Collector::stop`].
+struct Collector {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Collector {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CollectorConfig {
+            database: dir.path().join("estate.db"),
+            ..Default::default()
+        };
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (grpc_address, http_address) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(estate_collector::run(config, grpc, http, async move {
+            let _ = stopped.await;
+        }));
+        Collector {
+            grpc: grpc_address,
+            http: http_address,
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn client(&self) -> IngestClient<tonic::transport::Channel> {
+        IngestClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.http))
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    async fn get_json(&self, path: &str) -> (u16, Value) {
+        let (status, body) = self.get(path).await;
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
+    }
+
+    async fn stop(mut self) {
+        drop(self.stop.take());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn report(sequence: u64, with_inventory: bool) -> ReportRequest {
+    let inventory = Inventory {
+        bios: Some(Bios {
+            smanufacturer: "Dell Inc.".into(),
+            ..Default::default()
+        }),
+        operatingsystem: Some(OperatingSystem {
+            name: "Debian GNU/Linux".into(),
+            version: "12".into(),
+            ..Default::default()
+        }),
+        softwares: vec![Software {
+            name: "openssl".into(),
+            version: "3.0.1".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    ReportRequest {
+        identity: Some(HostIdentity {
+            agent_id: "7f2c1d9e-0000-4000-8000-000000000001".into(),
+            hostname: "web-01".into(),
+            machine_id: "m1".into(),
+            ..Default::default()
+        }),
+        agent_version: "0.1.0".into(),
+        sequence,
+        inventory_hash: "sha256:aa".into(),
+        inventory: with_inventory.then_some(inventory),
+        vitals: Some(HostVitals {
+            volumes: vec![VolumeUsage {
+                mount: "/".into(),
+                total_bytes: 1000,
+                free_bytes: 50,
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn reports_are_acknowledged_stored_and_served() {
+    let collector = Collector::start().await;
+    let mut client = collector.client().await;
+
+    let first = client.report(report(1, true)).await.unwrap().into_inner();
+    assert!(!first.need_full_inventory && !first.duplicate);
+    assert!(first.collector_time_unix_ms > 0);
+    let replay = client.report(report(1, true)).await.unwrap().into_inner();
+    assert!(replay.duplicate);
+    let heartbeat = client.report(report(2, false)).await.unwrap().into_inner();
+    assert!(!heartbeat.need_full_inventory);
+    let mut unknown = report(3, false);
+    unknown.inventory_hash = "sha256:bb".into();
+    assert!(
+        client
+            .report(unknown)
+            .await
+            .unwrap()
+            .into_inner()
+            .need_full_inventory
+    );
+
+    let (status, list) = collector
+        .get_json("/api/v1/hosts?bios.smanufacturer=dell*&state=up")
+        .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["hosts"][0]["hostname"], "web-01");
+    assert_eq!(list["hosts"][0]["state"], "up");
+    assert_eq!(list["next_cursor"], Value::Null);
+    let id = list["hosts"][0]["id"].as_str().unwrap().to_owned();
+
+    let (status, detail) = collector.get_json(&format!("/api/v1/hosts/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(detail["inventory"]["softwares"][0]["name"], "openssl");
+    assert_eq!(detail["agent"]["last_sequence"], 3);
+
+    let (status, changes) = collector
+        .get_json(&format!("/api/v1/hosts/{id}/changes"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(changes["changes"], Value::Array(vec![]));
+
+    let (status, metrics) = collector.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("estate_host_up{host=\"web-01\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("estate_host_volume_free_bytes{host=\"web-01\",mount=\"/\"} 50\n"));
+    assert!(metrics.contains("estate_collector_reports_total{result=\"duplicate\"} 1\n"));
+    assert!(metrics.contains("estate_collector_reports_total{result=\"stored\"} 3\n"));
+
+    let (status, health) = collector.get_json("/healthz").await;
+    assert_eq!((status, health["hosts"].clone()), (200, Value::from(1)));
+    collector.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_reports_are_refused_naming_the_field_and_change_nothing() {
+    let collector = Collector::start().await;
+    let mut client = collector.client().await;
+    let cases: Vec<(ReportRequest, &str)> = vec![
+        (
+            {
+                let mut r = report(1, true);
+                r.identity.as_mut().unwrap().agent_id.clear();
+                r
+            },
+            "`identity.agent_id` must not be empty",
+        ),
+        (
+            {
+                let mut r = report(1, true);
+                r.identity.as_mut().unwrap().agent_id = "a".repeat(100);
+                r
+            },
+            "`identity.agent_id` is 100 bytes long, the limit is 64",
+        ),
+        (
+            {
+                let mut r = report(1, true);
+                r.inventory.as_mut().unwrap().softwares[0].version = "9".repeat(5000);
+                r
+            },
+            "`inventory.softwares[0].version` is 5000 bytes long, the limit is 1024",
+        ),
+        (
+            {
+                let mut r = report(1, true);
+                r.inventory.as_mut().unwrap().softwares = vec![Software::default(); 50_001];
+                r
+            },
+            "`inventory.softwares` has 50001 items, the limit is 50000",
+        ),
+    ];
+    for (bad, message) in cases {
+        let status = client.report(bad).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), message);
+    }
+    let (_, list) = collector.get_json("/api/v1/hosts").await;
+    assert_eq!(list["hosts"], Value::Array(vec![]), "nothing was stored");
+    let (_, metrics) = collector.get("/metrics").await;
+    assert!(metrics.contains("estate_collector_reports_total{result=\"invalid\"} 4\n"));
+    collector.stop().await;
+}
+
+#[tokio::test]
+async fn bad_api_requests_get_400_with_code_and_message() {
+    let collector = Collector::start().await;
+    for (path, status, message) in [
+        (
+            "/api/v1/hosts?state=down",
+            400,
+            "`state` `down` must be `up` or `stale`",
+        ),
+        (
+            "/api/v1/hosts?bios.colour=red",
+            400,
+            "unknown inventory field `bios.colour`; `GET /api/v1/fields` lists them",
+        ),
+        (
+            "/api/v1/hosts?limit=0",
+            400,
+            "`limit` `0` must be a number from 1 to 1000",
+        ),
+        (
+            "/api/v1/hosts/x/changes?since=yesterday",
+            400,
+            "`since` `yesterday` is not an RFC 3339 time such as `2026-11-01T00:00:00Z`",
+        ),
+        ("/api/v1/hosts/nope", 404, "no host with id `nope`"),
+    ] {
+        let (got, body) = collector.get_json(path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert_eq!(body["message"], message, "{path}");
+        assert!(body["code"].is_string());
+    }
+    collector.stop().await;
+}
