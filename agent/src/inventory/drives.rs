@@ -117,7 +117,7 @@ pub fn parse_mounts(text: &str) -> Vec<Mount> {
 }
 
 /// Keeps the real filesystems and drops bind mounts: the same device (and, for btrfs, the same
-/// subvolume) mounted twice is one drive, listed at its shortest mount point.
+/// subvolume) mounted twice is one drive, listed where it was mounted first.
 pub fn real_mounts(mounts: &[Mount]) -> Vec<Mount> {
     let mut by_volume: BTreeMap<(String, String), Mount> = BTreeMap::new();
     for mount in mounts {
@@ -134,13 +134,9 @@ pub fn real_mounts(mounts: &[Mount]) -> Vec<Mount> {
         } else {
             String::new()
         };
+        // A filesystem is mounted before it can be bound elsewhere: the first line wins.
         let key = (mount.device.clone(), subvolume);
-        let keep_existing = by_volume
-            .get(&key)
-            .is_some_and(|kept| kept.mount_point.len() <= mount.mount_point.len());
-        if !keep_existing {
-            by_volume.insert(key, mount.clone());
-        }
+        by_volume.entry(key).or_insert_with(|| mount.clone());
     }
     let mut kept: Vec<Mount> = by_volume.into_values().collect();
     kept.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
@@ -284,8 +280,8 @@ sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0
 proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
 /dev/mapper/vg0-root / ext4 rw,relatime,errors=remount-ro 0 0
 tmpfs /run tmpfs rw,nosuid,nodev,size=3273548k,mode=755 0 0
+/dev/sda1 /var/lib/boot\\040files ext4 rw,relatime 0 0
 /dev/sda1 /boot ext4 rw,relatime 0 0
-/dev/sda1 /var/lib/bound\\040dir ext4 rw,relatime 0 0
 /dev/nvme0n1p1 /srv/My\\040Data xfs rw,relatime 0 0
 /dev/sdb2 /home btrfs rw,relatime,subvolid=257,subvol=/@home 0 0
 /dev/sdb2 /data btrfs rw,relatime,subvolid=258,subvol=/@data 0 0
@@ -302,11 +298,11 @@ fileserver:/export /mnt/nfs nfs4 rw,vers=4.2 0 0
             .collect();
         let expect: Vec<(String, String)> = [
             ("/", "/dev/mapper/vg0-root"),
-            ("/boot", "/dev/sda1"),
             ("/data", "/dev/sdb2"),
             ("/home", "/dev/sdb2"),
             ("/mnt/nfs", "fileserver:/export"),
             ("/srv/My Data", "/dev/nvme0n1p1"),
+            ("/var/lib/boot files", "/dev/sda1"),
         ]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -306,7 +306,7 @@ pub mod table_builder {
     }
 
     /// A type 17 structure of SMBIOS 2.8 layout (0x28 bytes).
-    pub fn memory_device(handle: u16, dimm: &Dimm<'_>) -> Vec<u8> {
+    pub fn memory_device<'a>(handle: u16, dimm: &Dimm<'a>) -> Vec<u8> {
         let mut body = vec![0u8; 0x28 - 4];
         let mut put = |offset: usize, bytes: &[u8]| {
             body[offset - 4..offset - 4 + bytes.len()].copy_from_slice(bytes);
@@ -317,19 +317,29 @@ pub mod table_builder {
         put(0x0a, &64u16.to_le_bytes()); // data width
         put(0x0c, &dimm.size.to_le_bytes());
         put(0x0e, &[0x09]); // DIMM
-        put(0x10, &[1, 2]); // device locator, bank locator
-        put(0x12, &[dimm.memory_type]);
+        // SMBIOS has no empty strings: an absent one is string index 0.
+        let mut strings = Vec::new();
+        let mut index_of = |text: &'a str| -> u8 {
+            if text.is_empty() {
+                return 0;
+            }
+            strings.push(text);
+            strings.len() as u8
+        };
+        let locators = [index_of(dimm.locator), index_of(dimm.bank)];
+        let memory_type = dimm.memory_type;
+        let labels = [
+            index_of(dimm.manufacturer),
+            index_of(dimm.serial),
+            0, // asset tag
+            index_of(dimm.part),
+        ];
+        put(0x10, &locators);
+        put(0x12, &[memory_type]);
         put(0x15, &dimm.speed.to_le_bytes());
-        put(0x17, &[3, 4, 0, 5]); // manufacturer, serial, asset tag, part number
+        put(0x17, &labels);
         put(0x1c, &dimm.extended_mib.to_le_bytes());
         put(0x20, &dimm.speed.to_le_bytes()); // configured speed
-        let strings = [
-            dimm.locator,
-            dimm.bank,
-            dimm.manufacturer,
-            dimm.serial,
-            dimm.part,
-        ];
         structure(17, handle, &body, &strings)
     }
 

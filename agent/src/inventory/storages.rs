@@ -54,8 +54,13 @@ fn read_storage(source: &Source, name: &str) -> Storage {
             .read_trimmed(&format!("{dir}/{file}"))
             .unwrap_or_default()
     };
+    // Only the part inside the tree counts: a fixture's own location must not look like USB.
+    let root = std::fs::canonicalize(source.root()).unwrap_or_default();
     let device_path = std::fs::canonicalize(source.path(&format!("{dir}/device")))
-        .map(|path| path.to_string_lossy().into_owned())
+        .map(|path| {
+            let inside = path.strip_prefix(&root).unwrap_or(&path);
+            format!("/{}", inside.to_string_lossy())
+        })
         .unwrap_or_else(|_| {
             // In a fixture tree the links may point outside the tree: their text still says
             // whether the disk hangs off a USB or SAS host.
@@ -107,11 +112,13 @@ pub fn storage_from_attributes(attributes: &BlockAttributes) -> Storage {
         .collect::<Vec<_>>()
         .join(" ");
     // libata reports every SATA disk's vendor as "ATA": the real maker is in the model.
-    let manufacturer = if vendor.is_empty() || vendor.eq_ignore_ascii_case("ATA") {
-        manufacturer_from_model(&model).to_string()
-    } else {
-        vendor.to_string()
-    };
+    // virtio and some NVMe attributes give a PCI vendor id (`0x1af4`), not a name.
+    let manufacturer =
+        if vendor.is_empty() || vendor.eq_ignore_ascii_case("ATA") || vendor.starts_with("0x") {
+            manufacturer_from_model(&model).to_string()
+        } else {
+            vendor.to_string()
+        };
     let serial = if attributes.serial.is_empty() {
         vpd_unit_serial(&attributes.vpd_serial)
     } else {
