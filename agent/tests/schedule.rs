@@ -1,0 +1,336 @@
+//! The agent's loop against an in-process fake collector: what each report carries, how the
+//! agent answers the collector, and that `run` stops when told to.
+
+use estate_agent::checks::{Check, CheckConfig, ScheduledCheck, tcp::TcpCheckConfig};
+use estate_agent::config::{AgentConfig, CollectorConfig, ScheduleConfig};
+use estate_agent::schedule;
+use estate_proto::v1::ingest_server::{Ingest, IngestServer};
+use estate_proto::v1::{Outcome, ReportRequest, ReportResponse};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status};
+
+/// Records every report and answers from a script, then with a plain acknowledgement.
+struct FakeCollector {
+    reports: mpsc::UnboundedSender<ReportRequest>,
+    answers: Mutex<VecDeque<Result<ReportResponse, Status>>>,
+}
+
+#[tonic::async_trait]
+impl Ingest for FakeCollector {
+    async fn report(
+        &self,
+        request: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let answer = self
+            .answers
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| Ok(ReportResponse::default()));
+        // The test may have stopped listening; the answer still goes out.
+        let _ = self.reports.send(request.into_inner());
+        answer.map(Response::new)
+    }
+}
+
+/// A running fake collector; dropped, it stops and its task is joined by `stop`.
+struct RunningCollector {
+    address: SocketAddr,
+    reports: mpsc::UnboundedReceiver<ReportRequest>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningCollector {
+    async fn start(answers: Vec<Result<ReportResponse, Status>>) -> RunningCollector {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (reports_sender, reports) = mpsc::unbounded_channel();
+        let service = FakeCollector {
+            reports: reports_sender,
+            answers: Mutex::new(answers.into()),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(IngestServer::new(service))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+                .unwrap();
+        });
+        RunningCollector {
+            address,
+            reports,
+            stop,
+            task,
+        }
+    }
+
+    /// The next report the collector received. The time limit only keeps a broken agent from
+    /// hanging the test suite; no assertion depends on timing.
+    async fn next_report(&mut self) -> ReportRequest {
+        tokio::time::timeout(Duration::from_secs(60), self.reports.recv())
+            .await
+            .expect("no report within 60s")
+            .expect("the fake collector stopped")
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+}
+
+/// A config for tests: tiny heartbeat, an empty fixture root, no jitter.
+fn config(state_dir: &Path, root: &Path, collector: SocketAddr) -> AgentConfig {
+    AgentConfig {
+        state_dir: state_dir.to_owned(),
+        root: root.to_owned(),
+        collector: CollectorConfig {
+            url: format!("http://{collector}"),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+        },
+        schedule: ScheduleConfig {
+            inventory_interval: Duration::from_secs(3600),
+            inventory_jitter: Duration::ZERO,
+            heartbeat_interval: Duration::from_millis(10),
+            max_concurrent_checks: 4,
+        },
+        checks: Vec::new(),
+    }
+}
+
+/// Runs the agent in a task; returns the shutdown trigger and the task.
+fn start_agent(
+    config: AgentConfig,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (shutdown, shutdown_received) = oneshot::channel::<()>();
+    let agent = tokio::spawn(schedule::run(config, async {
+        let _ = shutdown_received.await;
+    }));
+    (shutdown, agent)
+}
+
+fn agent_id(report: &ReportRequest) -> &str {
+    &report.identity.as_ref().unwrap().agent_id
+}
+
+#[tokio::test]
+async fn reports_carry_the_inventory_only_when_the_collector_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let answers = vec![
+        Ok(ReportResponse::default()),
+        Ok(ReportResponse {
+            need_full_inventory: true,
+            ..Default::default()
+        }),
+    ];
+    let mut collector = RunningCollector::start(answers).await;
+    let (shutdown, agent) = start_agent(config(dir.path(), root.path(), collector.address));
+
+    let first = collector.next_report().await;
+    assert!(
+        first.inventory.is_some(),
+        "the first report carries the inventory"
+    );
+    assert!(first.inventory_hash.starts_with("sha256:"));
+    assert!(first.vitals.is_some());
+    assert_eq!(first.agent_version, estate_agent::VERSION);
+    assert!(first.agent_time_unix_ms > 0);
+
+    let second = collector.next_report().await;
+    assert_eq!(
+        second.inventory, None,
+        "an unchanged inventory is sent as its hash"
+    );
+    assert_eq!(second.inventory_hash, first.inventory_hash);
+
+    // The second answer asked for the full inventory.
+    let third = collector.next_report().await;
+    assert!(
+        third.inventory.is_some(),
+        "sent after `need_full_inventory`"
+    );
+
+    let fourth = collector.next_report().await;
+    assert_eq!(fourth.inventory, None);
+
+    let reports = [&first, &second, &third, &fourth];
+    let sequences: Vec<u64> = reports.iter().map(|r| r.sequence).collect();
+    assert_eq!(sequences, [1, 2, 3, 4]);
+    assert!(reports.iter().all(|r| agent_id(r) == agent_id(&first)));
+
+    shutdown.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    collector.stop().await;
+
+    // A restart continues the sequence, with the same agent id, and sends the inventory again.
+    let mut collector = RunningCollector::start(Vec::new()).await;
+    let (shutdown, agent) = start_agent(config(dir.path(), root.path(), collector.address));
+    let after_restart = collector.next_report().await;
+    shutdown.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    collector.stop().await;
+    assert!(
+        after_restart.sequence > 4,
+        "sequence {}",
+        after_restart.sequence
+    );
+    assert_eq!(agent_id(&after_restart), agent_id(&first));
+    assert!(after_restart.inventory.is_some());
+}
+
+#[tokio::test]
+async fn an_identity_conflict_makes_the_agent_report_as_a_new_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let answers = vec![
+        Ok(ReportResponse::default()),
+        Err(Status::failed_precondition(
+            "identity conflict: agent id seen with another machine id",
+        )),
+    ];
+    let mut collector = RunningCollector::start(answers).await;
+    let (shutdown, agent) = start_agent(config(dir.path(), root.path(), collector.address));
+
+    let first = collector.next_report().await;
+    let conflicting = collector.next_report().await;
+    assert_eq!(agent_id(&conflicting), agent_id(&first));
+    let renewed = collector.next_report().await;
+    shutdown.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    collector.stop().await;
+
+    assert_ne!(agent_id(&renewed), agent_id(&first));
+    assert_eq!(renewed.sequence, 1, "a new agent id starts a new sequence");
+    assert!(
+        renewed.inventory.is_some(),
+        "a new host sends its inventory"
+    );
+    let stored = std::fs::read_to_string(dir.path().join("agent-id")).unwrap();
+    assert_eq!(stored.trim(), agent_id(&renewed));
+}
+
+#[tokio::test]
+async fn undelivered_reports_are_followed_by_the_full_inventory_and_the_check_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    // The collector acknowledges nothing at first, as when it is unreachable.
+    let unavailable = || Err(Status::unavailable("collector restarting"));
+    let mut collector = RunningCollector::start(vec![unavailable(), unavailable()]).await;
+    let mut config = config(dir.path(), root.path(), collector.address);
+    // A check against the collector's own port: it passes.
+    config.checks.push(ScheduledCheck {
+        name: "collector-port".into(),
+        interval: Duration::from_secs(3600),
+        timeout: Duration::from_secs(5),
+        check: tcp_check(collector.address),
+    });
+    let (shutdown, agent) = start_agent(config);
+
+    // Two unacknowledged reports, then an acknowledged one: all three carry the inventory.
+    let mut reports = Vec::new();
+    for _ in 0..4 {
+        reports.push(collector.next_report().await);
+    }
+    let full: Vec<bool> = reports.iter().map(|r| r.inventory.is_some()).collect();
+    assert_eq!(full, [true, true, true, false]);
+    // The check's result reaches an acknowledged report (sequence 3 on), even when it first
+    // rode with an undelivered one.
+    let delivered = |reports: &[ReportRequest]| {
+        reports
+            .iter()
+            .position(|r| r.sequence >= 3 && !r.checks.is_empty())
+    };
+    while delivered(&reports).is_none() {
+        reports.push(collector.next_report().await);
+    }
+    let with_result = &reports[delivered(&reports).unwrap()];
+    assert_eq!(with_result.checks.len(), 1);
+    let result = &with_result.checks[0];
+    assert_eq!(result.check, "collector-port");
+    assert_eq!(result.kind, "tcp");
+    assert_eq!(result.target, collector.address.to_string());
+    assert_eq!(
+        result.outcome,
+        Outcome::Pass as i32,
+        "reason: {}",
+        result.reason
+    );
+
+    shutdown.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    collector.stop().await;
+}
+
+fn tcp_check(address: SocketAddr) -> Check {
+    CheckConfig::Tcp(TcpCheckConfig {
+        host: None,
+        port: None,
+        address: Some(address.to_string()),
+    })
+    .validate()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn once_builds_a_full_report_without_sending_or_consuming_a_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), root.path(), "127.0.0.1:9".parse().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    config.checks.push(ScheduledCheck {
+        name: "local".into(),
+        interval: Duration::from_secs(60),
+        timeout: Duration::from_secs(5),
+        check: tcp_check(listener.local_addr().unwrap()),
+    });
+    let shown = schedule::once(config.clone(), false).await.unwrap();
+    assert!(shown.response.is_none());
+    assert_eq!(shown.request.sequence, 1);
+    assert!(shown.request.inventory.is_some());
+    assert_eq!(shown.request.checks.len(), 1);
+    assert_eq!(shown.request.checks[0].outcome, Outcome::Pass as i32);
+    let json = serde_json::to_value(&shown.request).unwrap();
+    assert_eq!(json["checks"][0]["outcome"], "pass");
+    // Showing a report did not take a sequence number.
+    let again = schedule::once(config, false).await.unwrap();
+    assert_eq!(again.request.sequence, 1);
+    assert_eq!(
+        again.request.identity.as_ref().unwrap().agent_id,
+        shown.request.identity.as_ref().unwrap().agent_id
+    );
+}
+
+#[tokio::test]
+async fn once_sends_one_report_and_returns_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let answer = ReportResponse {
+        collector_time_unix_ms: 42,
+        ..Default::default()
+    };
+    let mut collector = RunningCollector::start(vec![Ok(answer)]).await;
+    let config = config(dir.path(), root.path(), collector.address);
+    let sent = schedule::once(config.clone(), true).await.unwrap();
+    assert_eq!(sent.response.unwrap().collector_time_unix_ms, 42);
+    assert_eq!(collector.next_report().await, sent.request);
+    let second = schedule::once(config, true).await.unwrap();
+    assert_eq!(second.request.sequence, sent.request.sequence + 1);
+    collector.stop().await;
+}
