@@ -1,0 +1,447 @@
+//! End to end with the real binaries: `estate-collector` and `estate-agent` started as processes
+//! on loopback ports, the agent inventorying a fixture tree (a Dell server), then the API and
+//! `/metrics` checked over HTTP.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to this test
+//! (`target/<profile>/`); `ESTATE_BIN_DIR` points elsewhere.
+
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ESTATE_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/end_to_end-<hash> → target/<profile>
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_owned()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "`{}` is missing: run the tests with `cargo test --workspace` (which builds the \
+         binaries) or point ESTATE_BIN_DIR at them",
+        path.display()
+    );
+    path
+}
+
+/// A port that was free a moment ago (the listener is closed before returning).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../agent/tests/fixtures/inventory")
+        .join(name)
+}
+
+/// Copies a fixture tree (files, directories and symlinks) so a test can change it.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().unwrap();
+        if kind.is_symlink() {
+            #[cfg(unix)]
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target).unwrap();
+        } else if kind.is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    /// Sends SIGTERM and waits for the exit status (bounded).
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process {pid} ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+struct Collector {
+    process: Option<Running>,
+    grpc: String,
+    http: String,
+}
+
+impl Collector {
+    fn start(database: &Path) -> Self {
+        let (grpc, http) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        let child = Command::new(binary("estate-collector"))
+            .args(["--grpc-listen", &grpc, "--http-listen", &http, "--database"])
+            .arg(database)
+            .args(["--stale-after", "1m"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let collector = Collector {
+            process: Some(Running(child)),
+            grpc,
+            http,
+        };
+        // Readiness: the HTTP side answers once the store is open and both listeners are bound.
+        wait_until("the collector answers /healthz", || {
+            collector
+                .try_get("/healthz")
+                .is_some_and(|(status, _)| status == 200)
+        });
+        collector
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        plain_http::get(&format!("http://{}{path}", self.http))
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("GET {path} failed"))
+    }
+
+    fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn metric(&self, line_prefix: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find(|line| line.starts_with(line_prefix))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+    }
+}
+
+/// Polls `condition` every 50 ms for up to 20 s: the processes run on their own clocks.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A blocking HTTP GET over plain TCP, enough for loopback tests without a runtime.
+mod plain_http {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    pub fn get(url: &str) -> Option<(u16, String)> {
+        let rest = url.strip_prefix("http://")?;
+        let (host, path) = rest
+            .split_once('/')
+            .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+        let mut stream = TcpStream::connect(host).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).ok()?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        Some((status, body))
+    }
+
+    fn dechunk(mut body: &str) -> String {
+        let mut out = String::new();
+        while let Some((size, rest)) = body.split_once("\r\n") {
+            let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+                break;
+            };
+            if size == 0 || rest.len() < size {
+                break;
+            }
+            out.push_str(&rest[..size]);
+            body = rest[size..].trim_start_matches("\r\n");
+        }
+        out
+    }
+}
+
+fn agent_config(dir: &Path, root: &Path, collector_url: &str) -> PathBuf {
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[agent]
+state_dir = "{state}"
+root = "{root}"
+
+[collector]
+url = "{collector_url}"
+
+[schedule]
+inventory_interval = "1s"
+inventory_jitter = "0s"
+heartbeat_interval = "1s"
+
+[[checks]]
+name = "collector-grpc"
+kind = "tcp"
+address = "{address}"
+interval = "1s"
+timeout = "1s"
+"#,
+            state = dir.join("state").display(),
+            root = root.display(),
+            address = collector_url.trim_start_matches("http://"),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn agent(config: &Path, args: &[&str]) -> Output {
+    Command::new(binary("estate-agent"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn agent_reports_into_collector_and_the_api_and_metrics_show_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    copy_tree(&fixture("physical-server"), &root);
+    let collector = Collector::start(&dir.path().join("estate.db"));
+    let config = agent_config(dir.path(), &root, &collector.url());
+
+    // One report, sent by `once`.
+    let sent = agent(&config, &["once"]);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let list = collector.json("/api/v1/hosts?bios.smanufacturer=Dell*&state=up");
+    let hosts = list["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 1, "{list}");
+    assert_eq!(hosts[0]["hostname"], "db01");
+    let id = hosts[0]["id"].as_str().unwrap().to_owned();
+    let detail = collector.json(&format!("/api/v1/hosts/{id}"));
+    let packages: Vec<&str> = detail["inventory"]["softwares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|package| package["name"].as_str().unwrap())
+        .collect();
+    assert!(packages.contains(&"postgresql-15"), "{packages:?}");
+    assert_eq!(
+        collector.metric("estate_collector_inventories_total "),
+        Some(1.0)
+    );
+
+    // The service loop: heartbeats carry only the hash while nothing changes.
+    let run = Running(
+        Command::new(binary("estate-agent"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stored = |collector: &Collector| {
+        collector
+            .metric("estate_collector_reports_total{result=\"stored\"}")
+            .unwrap_or(0.0)
+    };
+    // The first report of `run` is a full inventory by design (the agent cannot know what the
+    // collector has); everything after it must be heartbeats.
+    wait_until("the agent sent heartbeats", || stored(&collector) >= 5.0);
+    assert_eq!(
+        collector.metric("estate_collector_inventories_total "),
+        Some(2.0),
+        "unchanged inventories must travel as a hash only"
+    );
+    let checks = collector.json(&format!("/api/v1/hosts/{id}"))["checks"].clone();
+    assert_eq!(checks[0]["check"], "collector-grpc", "{checks}");
+    assert_eq!(checks[0]["outcome"], "pass", "{checks}");
+
+    // A package upgrade on the host becomes one change record with old and new versions.
+    let status_file = root.join("var/lib/dpkg/status");
+    let status = std::fs::read_to_string(&status_file).unwrap();
+    let version = status
+        .split("\n\n")
+        .find(|stanza| stanza.contains("Package: openssh-server"))
+        .and_then(|stanza| stanza.lines().find(|line| line.starts_with("Version: ")))
+        .map(|line| line.trim_start_matches("Version: ").to_owned())
+        .unwrap();
+    std::fs::write(
+        &status_file,
+        status.replace(&format!("Version: {version}"), "Version: 1:99.0-1"),
+    )
+    .unwrap();
+    let changes_path = format!("/api/v1/hosts/{id}/changes");
+    wait_until("the upgrade is recorded", || {
+        collector.json(&changes_path)["changes"]
+            .as_array()
+            .is_some_and(|changes| !changes.is_empty())
+    });
+    let changes = collector.json(&changes_path);
+    let change = &changes["changes"][0];
+    assert_eq!(
+        change["field"], "softwares[openssh-server:amd64].version",
+        "{changes}"
+    );
+    assert_eq!(change["change"], "changed");
+    assert_eq!(change["old"], Value::String(version));
+    assert_eq!(change["new"], "1:99.0-1");
+
+    // SIGTERM stops the agent cleanly.
+    assert!(run.terminate().success());
+
+    // /metrics: the names and label sets are pinned by a golden file.
+    let (_, metrics) = collector.get("/metrics");
+    assert!(
+        metrics.contains("estate_host_up{host=\"db01\"} 1\n"),
+        "{metrics}"
+    );
+    check_golden("metrics.txt", &metric_shapes(&metrics));
+
+    let stopped = collector.process.unwrap().terminate();
+    assert!(stopped.success(), "collector exit: {stopped}");
+}
+
+/// Each metric line reduced to its name and label names (`estate_host_up{host}`), plus the
+/// HELP and TYPE lines: what dashboards depend on, without the values that vary per run.
+fn metric_shapes(text: &str) -> String {
+    let mut shapes: Vec<String> = text
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            if line.starts_with('#') {
+                return line.to_owned();
+            }
+            let series = line.rsplit_once(' ').map_or(line, |(series, _)| series);
+            match series.split_once('{') {
+                None => series.to_owned(),
+                Some((name, labels)) => {
+                    let keys: Vec<&str> = labels
+                        .trim_end_matches('}')
+                        .split("\",")
+                        .filter_map(|pair| pair.split_once('=').map(|(key, _)| key))
+                        .collect();
+                    format!("{name}{{{}}}", keys.join(","))
+                }
+            }
+        })
+        .collect();
+    shapes.dedup();
+    shapes.join("\n") + "\n"
+}
+
+/// Compares with `tests/golden/<name>`; `ESTATE_BLESS=1` rewrites the file instead.
+fn check_golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join(name);
+    if std::env::var_os("ESTATE_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == actual,
+        "`{}` differs from this run; if the change is intended, rerun with ESTATE_BLESS=1\n\
+         --- expected\n{expected}\n--- actual\n{actual}",
+        path.display()
+    );
+}
+
+#[test]
+fn once_json_prints_the_report_without_sending_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: `--json` must not try to send.
+    let config = agent_config(dir.path(), &fixture("vmware-guest"), "http://127.0.0.1:9");
+    let output = agent(&config, &["once", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["inventory"]["hardware"]["vmsystem"], "VMware");
+    assert_eq!(report["sequence"], 1);
+    assert!(
+        report["inventory_hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(report["identity"]["agent_id"].as_str().unwrap().len() >= 32);
+}
+
+#[test]
+fn a_config_error_names_the_file_the_line_and_the_allowed_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[agent]\nroot = \"/\"\n\n[colector]\nurl = \"http://x:1\"\n",
+    )
+    .unwrap();
+    let output = agent(&config, &["once", "--json"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&config.display().to_string()), "{stderr}");
+    assert!(stderr.contains("line 4"), "{stderr}");
+    assert!(stderr.contains("unknown field `colector`"), "{stderr}");
+    assert!(stderr.contains("`collector`"), "{stderr}");
+}
