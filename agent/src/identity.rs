@@ -80,23 +80,32 @@ impl AgentIdentity {
         })
     }
 
-    /// For a report that is only shown, never sent: the persisted id when there is one (created
-    /// if the state dir is writable), else a temporary one. Logs why it fell back.
+    /// For a report that is only shown, never sent: the persisted id when it can be read,
+    /// else a temporary one. Never writes; logs why it fell back.
     pub fn load_or_temporary(state_dir: &Path) -> AgentIdentity {
-        match AgentIdentity::load_or_create(state_dir) {
-            Ok(identity) => identity,
-            Err(error) => {
-                let agent_id = Uuid::new_v4();
-                tracing::warn!(
-                    error = %error_chain(&error),
-                    %agent_id,
-                    "cannot use the persisted agent id, using a temporary one for this report"
-                );
-                AgentIdentity {
+        let path = state_dir.join(AGENT_ID_FILE);
+        let agent_id = Uuid::new_v4();
+        match read_agent_id(&path) {
+            Ok(Some(agent_id)) => {
+                return AgentIdentity {
                     agent_id,
                     path: None,
-                }
+                };
             }
+            Ok(None) => tracing::info!(
+                path = %path.display(),
+                %agent_id,
+                "no agent id yet, using a temporary one for this report"
+            ),
+            Err(error) => tracing::warn!(
+                error = %error_chain(&error),
+                %agent_id,
+                "cannot read the agent id, using a temporary one for this report"
+            ),
+        }
+        AgentIdentity {
+            agent_id,
+            path: None,
         }
     }
 
@@ -339,22 +348,28 @@ mod tests {
     }
 
     #[test]
-    fn a_temporary_id_is_used_when_the_state_dir_cannot_be_created() {
+    fn a_preview_uses_the_existing_id_or_a_temporary_one_and_never_writes() {
         let dir = tempfile::tempdir().unwrap();
-        // A file where the state directory should be: creating it fails on every platform.
-        let blocker = dir.path().join("blocker");
-        std::fs::write(&blocker, "").unwrap();
-        let identity = AgentIdentity::load_or_temporary(&blocker.join("state"));
-        assert_eq!(identity.path, None);
-        assert!(!identity.agent_id().is_nil());
-    }
+        let first = AgentIdentity::load_or_temporary(dir.path());
+        let second = AgentIdentity::load_or_temporary(dir.path());
+        assert_ne!(first.agent_id(), second.agent_id());
+        assert!(!dir.path().join(AGENT_ID_FILE).exists());
 
-    #[test]
-    fn the_existing_id_is_used_for_a_preview() {
-        let dir = tempfile::tempdir().unwrap();
         let stored = AgentIdentity::load_or_create(dir.path()).unwrap();
-        let preview = AgentIdentity::load_or_temporary(dir.path());
+        let mut preview = AgentIdentity::load_or_temporary(dir.path());
         assert_eq!(preview.agent_id(), stored.agent_id());
+        // Even a regenerated preview id stays in memory.
+        preview.regenerate().unwrap();
+        assert_eq!(
+            AgentIdentity::load_or_create(dir.path())
+                .unwrap()
+                .agent_id(),
+            stored.agent_id()
+        );
+
+        std::fs::write(dir.path().join(AGENT_ID_FILE), "garbage").unwrap();
+        let fallback = AgentIdentity::load_or_temporary(dir.path());
+        assert!(!fallback.agent_id().is_nil());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use estate_agent::config::{ConfigError, ConfigFile};
 use estate_agent::schedule;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -71,6 +72,7 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     Ok(())
 }
@@ -98,12 +100,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(response) => serde_json::to_string_pretty(response)?,
                     None => serde_json::to_string_pretty(&outcome.request)?,
                 };
-                println!("{shown}");
-                Ok(())
+                print_stdout(&shown)
             }
             Command::Run => schedule::run(config, shutdown_signal()).await,
         }
     })
+}
+
+/// Prints `text` and a newline; a closed pipe (`| head`) is not an error.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("failed to write to stdout")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Resolves at the first SIGINT (Ctrl-C) or, on unix, SIGTERM (what service managers send).

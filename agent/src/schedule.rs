@@ -85,8 +85,8 @@ pub struct OnceReport {
 }
 
 /// Builds one full report (inventory, vitals, one run of every check) and sends it when `send`
-/// is true. Without sending, neither the sequence number nor (if it exists) the agent id
-/// changes, and an unusable state directory only means a temporary id.
+/// is true. Without sending, nothing is written: the persisted agent id is used when it can be
+/// read (else a temporary one), and no sequence number is taken.
 pub async fn once(config: AgentConfig, send: bool) -> anyhow::Result<OnceReport> {
     let (mut identity, mut sequence) = if send {
         (

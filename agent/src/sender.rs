@@ -48,8 +48,12 @@ impl SendError {
         let mut message = status.message().to_owned();
         let mut source = std::error::Error::source(&status);
         while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
+            // Layers often repeat their cause's text ("tcp connect error: tcp connect error").
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
             source = cause.source();
         }
         match code {
