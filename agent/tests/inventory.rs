@@ -178,10 +178,13 @@ fn check(name: &str, expect: &str) {
             out
         });
     if actual != expect {
+        let (actual_lines, expect_lines): (Vec<&str>, Vec<&str>) =
+            (actual.lines().collect(), expect.lines().collect());
         let mut report = String::new();
-        for (index, (a, e)) in actual.lines().zip(expect.lines()).enumerate() {
+        for index in 0..actual_lines.len().max(expect_lines.len()) {
+            let (a, e) = (actual_lines.get(index), expect_lines.get(index));
             if a != e {
-                let _ = writeln!(report, "line {index}:\n  expected {e}\n  actual   {a}");
+                let _ = writeln!(report, "line {index}:\n  expected {e:?}\n  actual   {a:?}");
             }
         }
         panic!("{name}: inventory differs\n{report}\nwhole actual summary:\n{actual}");
@@ -409,4 +412,290 @@ fn smbios_fixture_tables_are_fresh() {
             path.display()
         );
     }
+}
+
+/// A tree where every area is missing: each area says which path it could not read, and
+/// nothing panics.
+#[test]
+fn missing_areas_become_problems_naming_the_paths() {
+    let empty = tempfile::tempdir().expect("create a temporary directory");
+    let root = empty.path();
+    let inventory = inventory::collect(root);
+    let problems = summary(&inventory, root);
+    for expected in [
+        "problem: bios: no smbios data: `<root>/sys/class/dmi/id` is missing",
+        "problem: cpus: cannot read `<root>/proc/cpuinfo`: entity not found",
+        "problem: memories: cannot read `<root>/proc/meminfo`: entity not found",
+        "problem: memories: cannot read `<root>/sys/firmware/dmi/tables/DMI`: entity not found",
+        "problem: storages: cannot read `<root>/sys/block`: entity not found",
+        "problem: drives: cannot read `<root>/proc/self/mounts`: entity not found",
+        "problem: networks: cannot read `<root>/sys/class/net`: entity not found",
+        "problem: operatingsystem: cannot read `<root>/etc/os-release`: entity not found",
+        "problem: operatingsystem: cannot read `<root>/proc/sys/kernel/osrelease`: entity not found",
+        "problem: operatingsystem: no host name in `<root>/proc/sys/kernel/hostname` nor `<root>/etc/hostname`",
+        "problem: softwares: no package database found (`<root>/var/lib/dpkg/status`, `<root>/var/lib/rpm`)",
+        "problem: users: cannot read `<root>/etc/passwd`: entity not found",
+    ] {
+        assert!(
+            problems.contains(expected),
+            "missing {expected:?} in\n{problems}"
+        );
+    }
+    let vitals = inventory::vitals(root);
+    assert_eq!(vitals, Default::default());
+    let fingerprints = inventory::fingerprints(root, &inventory);
+    assert_eq!(fingerprints, Default::default());
+}
+
+/// Damaged sources (a truncated SMBIOS table, garbage in every text file) cost problems or
+/// empty values, never a panic.
+#[test]
+fn damaged_sources_do_not_panic() {
+    let tree = tempfile::tempdir().expect("create a temporary directory");
+    let root = tree.path();
+    let write = |relative: &str, bytes: &[u8]| {
+        let path = root.join(relative);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("create directories");
+        std::fs::write(path, bytes).expect("write a damaged file");
+    };
+    let table = inventory::smbios_table_builder::table(&fixture_dimms("physical-server"));
+    write("sys/firmware/dmi/tables/DMI", &table[..table.len() / 2]);
+    let garbage: &[u8] = b"\xff\xfe:::\n\x00\x01 garbage : more\n\n\t\tprocessor : x\n=\"\n";
+    for relative in [
+        "proc/cpuinfo",
+        "proc/meminfo",
+        "proc/mounts",
+        "proc/net/route",
+        "proc/net/ipv6_route",
+        "proc/net/if_inet6",
+        "proc/stat",
+        "proc/loadavg",
+        "etc/os-release",
+        "etc/passwd",
+        "etc/login.defs",
+        "etc/hosts",
+        "etc/resolv.conf",
+        "var/lib/dpkg/status",
+        "sys/class/dmi/id/chassis_type",
+        "sys/class/dmi/id/product_uuid",
+        "sys/block/sda/size",
+        "sys/block/sda/device/vpd_pg80",
+        "sys/class/net/eth0/type",
+        "sys/class/net/eth0/speed",
+        "sys/class/net/eth0/mtu",
+    ] {
+        write(relative, garbage);
+    }
+    let inventory = inventory::collect(root);
+    let problems = summary(&inventory, root);
+    assert!(
+        problems.contains("problem: memories: unterminated smbios strings at offset"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("problem: cpus: no processor found in `<root>/proc/cpuinfo`"),
+        "{problems}"
+    );
+    assert!(!problems.contains("panicked"), "{problems}");
+    let _ = inventory::vitals(root);
+    let _ = inventory::fingerprints(root, &inventory);
+}
+
+#[test]
+fn the_same_tree_gives_the_same_hash() {
+    for name in [
+        "physical-server",
+        "vmware-guest",
+        "kvm-guest",
+        "placeholder-serials",
+    ] {
+        let first = inventory::hash(&collect_fixture(name));
+        let second = inventory::hash(&collect_fixture(name));
+        assert_eq!(first, second, "{name}");
+        assert!(
+            first.starts_with("sha256:") && first.len() == 7 + 64,
+            "{first}"
+        );
+    }
+    let physical = inventory::hash(&collect_fixture("physical-server"));
+    let kvm = inventory::hash(&collect_fixture("kvm-guest"));
+    assert_ne!(physical, kvm);
+}
+
+#[test]
+fn vitals_of_a_fixture() {
+    let root = fixture("physical-server");
+    let vitals = inventory::vitals(&root);
+    assert_eq!(vitals.memory_available_bytes, 98_000_000 * 1024);
+    assert_eq!(vitals.swap_free_bytes, 8_388_604 * 1024);
+    assert_eq!(vitals.boot_time_unix, 1_714_000_000);
+    assert_eq!(vitals.load1, 0.72);
+    // Only the mount points present in the tree answer `statvfs`: the fixture root itself.
+    let mounts: Vec<&str> = vitals.volumes.iter().map(|v| v.mount.as_str()).collect();
+    assert_eq!(mounts, ["/"]);
+    assert!(vitals.volumes[0].total_bytes >= vitals.volumes[0].free_bytes);
+}
+
+#[test]
+fn fingerprints_of_the_fixtures() {
+    let check = |name: &str, expect: inventory::Fingerprints| {
+        let root = fixture(name);
+        let actual = inventory::fingerprints(&root, &collect_fixture(name));
+        assert_eq!(actual, expect, "{name}");
+    };
+    let fingerprints = |hostname: &str, machine_id: &str, uuid: &str, serial: &str, mac: &str| {
+        inventory::Fingerprints {
+            hostname: hostname.into(),
+            machine_id: machine_id.into(),
+            smbios_uuid: uuid.into(),
+            serial_number: serial.into(),
+            primary_mac: mac.into(),
+        }
+    };
+    // The default route goes through the bond, whose MAC is its first member's.
+    check(
+        "physical-server",
+        fingerprints(
+            "db01",
+            "5f3c9a1e2b4d4c6e8f0a1b2c3d4e5f60",
+            "4c4c4544-0058-4a10-8032-b7c04f4b4d33",
+            "7XJ2KM3",
+            "b0:26:28:aa:bb:01",
+        ),
+    );
+    // No /etc/machine-id: the D-Bus copy is used.
+    check(
+        "vmware-guest",
+        fingerprints(
+            "app01.corp.example.com",
+            "0b5e4f6a1c2d4e3f9a8b7c6d5e4f3a2b",
+            "421a2b3c-4d5e-6f70-8192-a3b4c5d6e7f8",
+            "VMware-42 1a 2b 3c 4d 5e 6f 70-81 92 a3 b4 c5 d6 e7 f8",
+            "00:50:56:9a:1b:2c",
+        ),
+    );
+    // No default route and only placeholders in SMBIOS: the first physical interface's MAC.
+    check(
+        "placeholder-serials",
+        fingerprints(
+            "whitebox",
+            "c0ffee00c0ffee00c0ffee00c0ffee00",
+            "",
+            "",
+            "70:85:c2:aa:bb:cc",
+        ),
+    );
+}
+
+/// The inventory of the machine running the tests. Asserts only what every Debian host
+/// has; prints the rest so a human can judge it.
+#[test]
+fn live_host() {
+    let root = Path::new("/");
+    let started = std::time::Instant::now();
+    let inventory = inventory::collect(root);
+    let elapsed = started.elapsed();
+    let vitals = inventory::vitals(root);
+    let fingerprints = inventory::fingerprints(root, &inventory);
+    let hardware = inventory.hardware.clone().unwrap_or_default();
+    let os = inventory.operatingsystem.clone().unwrap_or_default();
+    println!(
+        "collected in {elapsed:?}, hash {}",
+        inventory::hash(&inventory)
+    );
+    println!(
+        "os: {} {} ({}), kernel {}, arch {}, host {} fqdn {}",
+        os.name, os.version, os.full_name, os.kernel_version, os.arch, os.hostname, os.fqdn
+    );
+    println!(
+        "hardware: vmsystem {:?}, chassis {:?}, sockets {}, memory {} bytes, swap {} bytes",
+        hardware.vmsystem,
+        hardware.chassis_type,
+        hardware.sockets,
+        hardware.memory_bytes,
+        hardware.swap_bytes
+    );
+    for cpu in &inventory.cpus {
+        println!(
+            "cpu: {} ({}) {} cores {} threads {} MHz",
+            cpu.name, cpu.manufacturer, cpu.core, cpu.thread, cpu.speed_mhz
+        );
+    }
+    println!(
+        "memories {}, storages {:?}, drives {:?}",
+        inventory.memories.len(),
+        inventory
+            .storages
+            .iter()
+            .map(|s| format!("{} {} {}", s.name, s.interface, s.disksize_bytes))
+            .collect::<Vec<_>>(),
+        inventory
+            .drives
+            .iter()
+            .map(|d| format!("{} {}", d.mount, d.filesystem))
+            .collect::<Vec<_>>()
+    );
+    for network in &inventory.networks {
+        let addresses: Vec<String> = network
+            .addresses
+            .iter()
+            .map(|a| format!("{}/{}", a.address, a.prefix_length))
+            .collect();
+        println!(
+            "network: {} {} {} {:?} gw {:?} dhcp {:?}",
+            network.description,
+            network.r#type,
+            network.macaddr,
+            addresses,
+            network.ipgateway,
+            network.ipdhcp
+        );
+    }
+    println!(
+        "softwares {}, users {:?}",
+        inventory.softwares.len(),
+        inventory
+            .local_users
+            .iter()
+            .map(|u| &u.login)
+            .collect::<Vec<_>>()
+    );
+    for problem in &inventory.problems {
+        println!("problem: {}: {}", problem.area, problem.message);
+    }
+    println!("vitals: {vitals:?}");
+    println!("fingerprints: {fingerprints:?}");
+
+    if Path::new("/proc/cpuinfo").exists() {
+        assert!(!inventory.cpus.is_empty(), "no cpu");
+    }
+    if Path::new("/proc/meminfo").exists() {
+        assert!(hardware.memory_bytes > 0, "no memory");
+        assert!(vitals.memory_available_bytes > 0, "no available memory");
+    }
+    if Path::new("/sys/class/net").exists() {
+        assert!(
+            inventory
+                .networks
+                .iter()
+                .any(|network| !network.macaddr.is_empty()),
+            "no network with a mac"
+        );
+    }
+    if Path::new("/var/lib/dpkg/status").exists() {
+        assert!(
+            inventory
+                .softwares
+                .iter()
+                .any(|software| software.from == "dpkg"),
+            "no dpkg package"
+        );
+    }
+    assert!(
+        inventory
+            .problems
+            .iter()
+            .all(|p| !p.message.contains("panicked")),
+        "an area panicked"
+    );
 }

@@ -94,8 +94,14 @@ pub fn parse_cpuinfo(cpuinfo: &str, max_mhz: Option<u32>, arch: &str) -> Vec<Cpu
     if !current.fields.is_empty() {
         processors.push(current);
     }
+    // A logical processor block starts with `processor : <number>`; anything else is a header
+    // shared by all processors, or garbage.
     processors.retain(|processor| {
-        if processor.fields.contains_key("processor") {
+        if processor
+            .fields
+            .get("processor")
+            .is_some_and(|number| number.parse::<u32>().is_ok())
+        {
             true
         } else {
             shared.extend(processor.fields.iter().map(|(k, v)| (*k, *v)));

@@ -471,6 +471,47 @@ mod tests {
         assert_eq!(network_manager_lease_interface("timestamps"), None);
     }
 
+    /// IPv4 addresses cannot come from a fixture tree (they come from `getifaddrs`): the test
+    /// hands them to the area directly.
+    #[test]
+    fn fixture_tree_with_given_ipv4_addresses() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/inventory/physical-server");
+        let ipv4 = [
+            ("bond0".to_string(), Ipv4Addr::new(10, 20, 0, 10), 24),
+            ("lo".to_string(), Ipv4Addr::LOCALHOST, 8),
+            ("absent0".to_string(), Ipv4Addr::new(192, 0, 2, 1), 24),
+        ];
+        let mut inventory = Inventory::default();
+        let mut problems = Vec::new();
+        collect_with_ipv4(&Source::new(&root), &mut inventory, &mut problems, &ipv4);
+        assert_eq!(problems, Vec::<String>::new());
+        let addresses = |name: &str| -> Vec<String> {
+            inventory
+                .networks
+                .iter()
+                .find(|network| network.description == name)
+                .map(|network| {
+                    network
+                        .addresses
+                        .iter()
+                        .map(|a| format!("{}/{}", a.address, a.prefix_length))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            addresses("bond0"),
+            [
+                "10.20.0.10/24",
+                "2001:db8:20::10/64",
+                "fe80::b226:28ff:feaa:bb01/64"
+            ]
+        );
+        assert_eq!(addresses("lo"), ["127.0.0.1/8", "::1/128"]);
+        assert_eq!(addresses("eno1"), Vec::<String>::new());
+    }
+
     #[test]
     fn link_facts() {
         assert_eq!(link_speed("-1"), 0);

@@ -280,6 +280,40 @@ Version: 5.2.15-2+b2
         assert_eq!(packages[2].installdate, "");
     }
 
+    /// `rpm -qa` output of the `vmware-guest` fixture (RHEL 8, two kernels, multilib glibc).
+    #[test]
+    fn rpm_fixture_output() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/inventory/vmware-guest.rpm-qa.txt");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut packages = parse_rpm_query(&text);
+        sort_softwares(&mut packages);
+        let summary: Vec<String> = packages
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {} {} {:?}",
+                    p.name, p.version, p.arch, p.installdate, p.publisher
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "bash 4.4.20-4.el8_6 x86_64 2024-04-25 \"Red Hat, Inc.\"",
+                "glibc 2.28-236.el8 i686 2024-04-25 \"Red Hat, Inc.\"",
+                "glibc 2.28-236.el8 x86_64 2024-04-25 \"Red Hat, Inc.\"",
+                "gpg-pubkey fd431d51-4ae0493b  2024-04-25 \"\"",
+                "kernel 4.18.0-477.27.1.el8_8 x86_64 2023-11-14 \"Red Hat, Inc.\"",
+                "kernel 4.18.0-513.5.1.el8_9 x86_64 2024-04-25 \"Red Hat, Inc.\"",
+                "open-vm-tools 12.2.5-3.el8 x86_64 2024-04-25 \"Red Hat, Inc.\"",
+                "perl-Time-HiRes 4:1.9758-2.el8 x86_64 2024-04-25 \"Red Hat, Inc.\"",
+            ]
+        );
+        assert!(packages.iter().all(|p| p.from == "rpm"));
+        assert_eq!(packages[0].filesize_bytes, 7_050_374);
+    }
+
     #[test]
     fn rpm_database_without_rpm_program_is_a_problem() {
         let empty_path = std::ffi::OsString::from("/nonexistent-estate-bin");

@@ -184,9 +184,15 @@ pub fn vpd_unit_serial(page: &[u8]) -> String {
         return String::new();
     };
     let end = (4 + usize::from(*length)).min(page.len());
-    String::from_utf8_lossy(page.get(4..end).unwrap_or_default())
+    let serial = String::from_utf8_lossy(page.get(4..end).unwrap_or_default())
         .trim_matches(|c: char| c.is_whitespace() || c == '\0')
-        .to_string()
+        .to_string();
+    // A page that is not what it should be must not put binary noise in the inventory.
+    if serial.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+        serial
+    } else {
+        String::new()
+    }
 }
 
 /// The maker of a disk whose model string starts with it ("WDC WD40EFRX" → "Western Digital").
@@ -300,6 +306,7 @@ mod tests {
         assert_eq!(vpd_unit_serial(b"\x00\x80\x00\x0a  S3Z9NB0K"), "S3Z9NB0K");
         assert_eq!(vpd_unit_serial(b"\x00\x80\x00\xffABC"), "ABC");
         assert_eq!(vpd_unit_serial(b"\x00"), "");
+        assert_eq!(vpd_unit_serial(b"\x00\x80\x00\x04\x01\xffAB"), "");
     }
 
     #[test]
