@@ -445,3 +445,51 @@ fn a_config_error_names_the_file_the_line_and_the_allowed_keys() {
     assert!(stderr.contains("unknown field `colector`"), "{stderr}");
     assert!(stderr.contains("`collector`"), "{stderr}");
 }
+
+#[test]
+fn a_cloned_agent_is_flagged_and_takes_a_new_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&dir.path().join("estate.db"));
+    let original = dir.path().join("original");
+    let clone = dir.path().join("clone");
+    std::fs::create_dir_all(&original).unwrap();
+    let original_config = agent_config(&original, &fixture("physical-server"), &collector.url());
+    let sent = agent(&original_config, &["once"]);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+
+    // The clone: the original's state directory copied onto another machine (another tree,
+    // so another machine-id).
+    copy_tree(&original.join("state"), &clone.join("state"));
+    let clone_config = agent_config(&clone, &fixture("kvm-guest"), &collector.url());
+    let sent = agent(&clone_config, &["once"]);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+
+    let hosts = collector.json("/api/v1/hosts")["hosts"].clone();
+    assert_eq!(
+        hosts.as_array().unwrap().len(),
+        2,
+        "the clone became its own host: {hosts}"
+    );
+    let flagged = collector.json("/api/v1/hosts?identity_conflict=true")["hosts"].clone();
+    assert_eq!(flagged[0]["hostname"], "db01", "{flagged}");
+    let original_id = std::fs::read_to_string(original.join("state/agent-id")).unwrap();
+    let clone_id = std::fs::read_to_string(clone.join("state/agent-id")).unwrap();
+    assert_ne!(
+        original_id.trim(),
+        clone_id.trim(),
+        "the clone must pick a new id"
+    );
+    assert_eq!(
+        collector.metric("estate_collector_reports_total{result=\"identity_conflict\"}"),
+        Some(1.0)
+    );
+    collector.process.unwrap().terminate();
+}
