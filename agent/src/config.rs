@@ -187,6 +187,13 @@ pub struct AgentConfig {
     pub checks: Vec<ScheduledCheck>,
 }
 
+impl AgentConfig {
+    /// The names of every configured check, in config order.
+    pub fn check_names(&self) -> Vec<String> {
+        self.checks.iter().map(|check| check.name.clone()).collect()
+    }
+}
+
 /// Where and how to reach the collector.
 #[derive(Debug, Clone)]
 pub struct CollectorConfig {

@@ -46,6 +46,7 @@ pub fn build_report(
     part: InventoryPart,
     vitals: HostVitals,
     checks: Vec<CheckResult>,
+    check_names: Vec<String>,
 ) -> ReportRequest {
     ReportRequest {
         identity: Some(identity),
@@ -62,6 +63,7 @@ pub fn build_report(
         // Nothing is dropped whole yet: undelivered check results go back into the pending
         // queue (see `schedule`). The disk spool will count the reports it drops here.
         dropped_reports: 0,
+        check_names,
     }
 }
 
@@ -95,6 +97,7 @@ mod tests {
             InventoryPart::Full,
             HostVitals::default(),
             vec![CheckResult::default()],
+            vec!["dc".to_owned()],
         );
         assert_eq!(report.identity, Some(identity));
         assert_eq!(report.sequence, 7);
@@ -117,6 +120,7 @@ mod tests {
             &inventory,
             InventoryPart::HashOnly,
             HostVitals::default(),
+            Vec::new(),
             Vec::new(),
         );
         assert_eq!(report.inventory, None);

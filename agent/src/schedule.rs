@@ -64,6 +64,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         acknowledged_hash: None,
         pending: VecDeque::new(),
         dropped_results: 0,
+        check_names: config.check_names(),
     };
     // Dropping the loop at shutdown cancels a report in flight (its sequence number is already
     // persisted, so nothing is reused) and detaches an inventory collection in progress, which
@@ -100,6 +101,7 @@ pub async fn once(config: AgentConfig, send: bool) -> anyhow::Result<OnceReport>
         )
     };
 
+    let check_names = config.check_names();
     let limit = Arc::new(Semaphore::new(config.schedule.max_concurrent_checks));
     let mut runs = JoinSet::new();
     for check in config.checks {
@@ -124,6 +126,7 @@ pub async fn once(config: AgentConfig, send: bool) -> anyhow::Result<OnceReport>
             InventoryPart::Full,
             vitals.clone(),
             checks.clone(),
+            check_names.clone(),
         )
     };
     let request = build(&identity, sequence.take_next()?);
@@ -187,6 +190,8 @@ struct Agent {
     pending: VecDeque<CheckResult>,
     /// Check results dropped because `pending` was full, since the last log line about it.
     dropped_results: u64,
+    /// Every configured check, sent with each report so the collector forgets removed ones.
+    check_names: Vec<String>,
 }
 
 impl Agent {
@@ -278,6 +283,7 @@ impl Agent {
                 part,
                 vitals.clone(),
                 checks.clone(),
+                self.check_names.clone(),
             );
             match self.sender.send(request).await {
                 Ok(response) => {
@@ -350,6 +356,7 @@ impl Agent {
             InventoryPart::Full,
             vitals,
             Vec::new(),
+            self.check_names.clone(),
         );
         match self.sender.send(request).await {
             Ok(_) => self.acknowledged_hash = Some(inventory.hash),

@@ -257,6 +257,7 @@ fn simulated_report(agent: usize, sequence: u64, inventory: Option<&Inventory>) 
         }),
         checks: check_results(),
         dropped_reports: 0,
+        check_names: (0..12).map(|index| format!("check-{index}")).collect(),
     }
 }
 
