@@ -8,8 +8,8 @@ use crate::error::ApiError;
 use crate::metrics::{IngestMetrics, Liveness};
 use crate::state::HostStates;
 use crate::store::{
-    ChangeQuery, FieldFilter, HostCursor, HostQuery, HostRecord, Liveness as HostLiveness, Store,
-    ValuePattern,
+    ChangeQuery, CheckEvent, CheckQuery, CheckState, EventQuery, FieldFilter, HostCursor,
+    HostQuery, HostRecord, Liveness as HostLiveness, Store, ValuePattern,
 };
 use axum::extract::{Path, RawQuery, State};
 use axum::http::header;
@@ -46,6 +46,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/hosts/{id}", get(host_detail))
         .route("/api/v1/hosts/{id}/changes", get(host_changes))
         .route("/api/v1/fields", get(fields))
+        .route("/api/v1/checks", get(list_checks))
+        .route("/api/v1/events", get(list_events))
         .fallback(|| async {
             ApiError::not_found("no such resource; the API lives under `/api/v1`")
         })
@@ -156,29 +158,17 @@ pub fn parse_host_query(
 
 /// Cursors are opaque to clients: `<hex of the hostname>.<host id>`.
 fn encode_cursor(cursor: &HostCursor) -> String {
-    let mut text: String = cursor
-        .hostname
-        .bytes()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    text.push('.');
-    text.push_str(&cursor.id);
-    text
+    format!("{}.{}", encode_hex(&cursor.hostname), cursor.id)
 }
 
 fn decode_cursor(text: &str) -> Result<HostCursor, ApiError> {
     let invalid = || ApiError::invalid(format!("`cursor` `{text}` is not a cursor from this API"));
     let (hex, id) = text.split_once('.').ok_or_else(invalid)?;
-    if hex.len() % 2 != 0 || id.is_empty() {
+    if id.is_empty() {
         return Err(invalid());
     }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|at| u8::from_str_radix(&hex[at..at + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| invalid())?;
     Ok(HostCursor {
-        hostname: String::from_utf8(bytes).map_err(|_| invalid())?,
+        hostname: decode_hex(hex).ok_or_else(invalid)?,
         id: id.to_owned(),
     })
 }
@@ -270,7 +260,11 @@ async fn host_detail(
     body["inventory_received"] = detail
         .inventory_received_ms
         .map_or(Value::Null, |at| Value::String(rfc3339(at)));
-    body["checks"] = Value::Array(detail.checks);
+    body["checks"] = detail
+        .checks
+        .iter()
+        .map(|check| check_json(None, check))
+        .collect();
     Ok(Json(body))
 }
 
@@ -285,13 +279,7 @@ async fn host_changes(
     };
     for (name, value) in query_pairs(raw.as_deref())? {
         match name.as_str() {
-            "since" => {
-                query.since_ms = Some(parse_rfc3339(&value).ok_or_else(|| {
-                    ApiError::invalid(format!(
-                        "`since` `{value}` is not an RFC 3339 time such as `2026-11-01T00:00:00Z`"
-                    ))
-                })?);
-            }
+            "since" => query.since_ms = Some(parse_since(&value)?),
             "limit" => query.limit = parse_limit(&value)?,
             "cursor" => {
                 query.after_id = Some(value.parse().map_err(|_| {
@@ -326,6 +314,183 @@ async fn host_changes(
     Ok(Json(json!({
         "changes": changes,
         "next_cursor": page.next_after_id.map(|id| id.to_string()),
+    })))
+}
+
+/// The API's view of one check target's latest result.
+pub fn check_json(hostname: Option<&str>, check: &CheckState) -> Value {
+    let mut body = json!({
+        "host_id": check.host_id,
+        "check": check.check,
+        "kind": check.kind,
+        "target": check.target,
+        "outcome": check.outcome,
+        "reason": check.reason,
+        "since": rfc3339(check.since_ms),
+        "received": rfc3339(check.received_ms),
+        "started": rfc3339(check.started_ms),
+        "duration_seconds": check.duration_seconds,
+        "measurements": check.measurements,
+    });
+    if let Some(hostname) = hostname {
+        body["hostname"] = Value::from(hostname);
+    }
+    body
+}
+
+fn event_json(event: &CheckEvent) -> Value {
+    json!({
+        "id": event.id,
+        "at": rfc3339(event.at_ms),
+        "host_id": event.host_id,
+        "hostname": event.hostname,
+        "check": event.check,
+        "kind": event.kind,
+        "target": event.target,
+        "old_outcome": event.old_outcome,
+        "new_outcome": event.new_outcome,
+        "reason": event.reason,
+    })
+}
+
+const OUTCOMES: &[&str] = &["pass", "fail", "skipped"];
+
+/// Turns `/api/v1/checks` query parameters into a [`CheckQuery`].
+pub fn parse_check_query(pairs: &[(String, String)]) -> Result<CheckQuery, ApiError> {
+    let mut query = CheckQuery {
+        limit: DEFAULT_PAGE_SIZE,
+        ..Default::default()
+    };
+    for (name, value) in pairs {
+        match name.as_str() {
+            "host" => query.host_id = Some(value.clone()),
+            "kind" => query.kind = Some(value.clone()),
+            "check" => query.check = Some(value.clone()),
+            "outcome" if OUTCOMES.contains(&value.as_str()) => {
+                query.outcome = Some(value.clone());
+            }
+            "outcome" => {
+                return Err(ApiError::invalid(format!(
+                    "`outcome` `{value}` must be `pass`, `fail` or `skipped`"
+                )));
+            }
+            "failing" => match value.as_str() {
+                "true" => query.outcome = Some("fail".into()),
+                "false" => {}
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "`failing` `{other}` must be `true` or `false`"
+                    )));
+                }
+            },
+            "limit" => query.limit = parse_limit(value)?,
+            "cursor" => {
+                let decoded = decode_hex(value).and_then(|text| {
+                    let mut parts = text.splitn(3, '\n');
+                    Some((
+                        parts.next()?.to_owned(),
+                        parts.next()?.to_owned(),
+                        parts.next()?.to_owned(),
+                    ))
+                });
+                query.after = Some(decoded.ok_or_else(|| {
+                    ApiError::invalid(format!("`cursor` `{value}` is not a cursor from this API"))
+                })?);
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter `{other}`; expected `host`, `kind`, `check`, \
+                     `outcome`, `failing`, `limit` or `cursor`"
+                )));
+            }
+        }
+    }
+    Ok(query)
+}
+
+fn encode_hex(text: &str) -> String {
+    text.bytes().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn decode_hex(text: &str) -> Option<String> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+async fn list_checks(
+    State(state): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let query = parse_check_query(&query_pairs(raw.as_deref())?)?;
+    let store = Arc::clone(&state.store);
+    let page = blocking(move || store.list_checks(&query)).await?;
+    let checks: Vec<Value> = page
+        .checks
+        .iter()
+        .map(|(hostname, check)| check_json(Some(hostname), check))
+        .collect();
+    Ok(Json(json!({
+        "checks": checks,
+        "next_cursor": page
+            .next
+            .map(|(host, check, target)| encode_hex(&format!("{host}\n{check}\n{target}"))),
+    })))
+}
+
+/// Turns `/api/v1/events` query parameters into an [`EventQuery`].
+pub fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery, ApiError> {
+    let mut query = EventQuery {
+        limit: DEFAULT_PAGE_SIZE,
+        ..Default::default()
+    };
+    for (name, value) in pairs {
+        match name.as_str() {
+            "host" => query.host_id = Some(value.clone()),
+            "kind" => query.kind = Some(value.clone()),
+            "check" => query.check = Some(value.clone()),
+            "since" => query.since_ms = Some(parse_since(value)?),
+            "limit" => query.limit = parse_limit(value)?,
+            "cursor" => {
+                query.before_id = Some(value.parse().map_err(|_| {
+                    ApiError::invalid(format!("`cursor` `{value}` is not a cursor from this API"))
+                })?);
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter `{other}`; expected `host`, `kind`, `check`, \
+                     `since`, `limit` or `cursor`"
+                )));
+            }
+        }
+    }
+    Ok(query)
+}
+
+fn parse_since(value: &str) -> Result<i64, ApiError> {
+    parse_rfc3339(value).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "`since` `{value}` is not an RFC 3339 time such as `2026-11-01T00:00:00Z`"
+        ))
+    })
+}
+
+async fn list_events(
+    State(state): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let query = parse_event_query(&query_pairs(raw.as_deref())?)?;
+    let store = Arc::clone(&state.store);
+    let page = blocking(move || store.list_events(&query)).await?;
+    let events: Vec<Value> = page.events.iter().map(event_json).collect();
+    Ok(Json(json!({
+        "events": events,
+        "next_cursor": page.next_before_id.map(|id| id.to_string()),
     })))
 }
 

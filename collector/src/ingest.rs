@@ -72,14 +72,15 @@ impl IngestService {
             Ok(WriteOutcome::Stored {
                 need_full_inventory,
                 host,
+                checks,
             }) => {
-                self.states.update(*host);
+                self.states.update(*host, checks);
                 (ReportResult::Stored, Ok(answer(need_full_inventory, false)))
             }
             Ok(WriteOutcome::Duplicate) => (ReportResult::Duplicate, Ok(answer(false, true))),
             Ok(WriteOutcome::IdentityConflict { message, host }) => {
                 tracing::warn!(agent_id, %message, "report refused");
-                self.states.update(*host);
+                self.states.update(*host, None);
                 (
                     ReportResult::IdentityConflict,
                     Err(ApiError::new(

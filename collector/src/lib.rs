@@ -48,11 +48,13 @@ pub async fn run(
             .context("failed to open the store")??,
     );
     let loader = Arc::clone(&store);
-    let records = tokio::task::spawn_blocking(move || loader.load_hosts())
-        .await
-        .context("failed to load hosts")??;
+    let (records, checks) = tokio::task::spawn_blocking(move || {
+        anyhow::Ok((loader.load_hosts()?, loader.load_checks()?))
+    })
+    .await
+    .context("failed to load hosts")??;
     tracing::info!(hosts = records.len(), database = %config.database.display(), "store opened");
-    let states = Arc::new(HostStates::from_records(records));
+    let states = Arc::new(HostStates::load(records, checks));
     let metrics = Arc::new(IngestMetrics::new());
     let policy = WritePolicy {
         stale_after_ms: config.stale_after.as_millis() as i64,

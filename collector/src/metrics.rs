@@ -9,8 +9,8 @@
 //! Labels are bounded: `host` (unique per host), `mount`, and a few inventory labels on
 //! `estate_host_info`. Serial numbers, MACs and software stay in the API.
 
-use crate::state::HostStates;
-use crate::store::HostRecord;
+use crate::state::{HostEntry, HostStates};
+use crate::store::{CheckState, HostRecord};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
@@ -90,6 +90,87 @@ pub const HOST_FAMILIES: &[(&str, &str, &str)] = &[
         "estate_hosts",
         "gauge",
         "Hosts known to this collector, by state (up or stale) and operating system.",
+    ),
+];
+
+/// Check metric families: (name, type, help). Every series has the labels host, check, kind
+/// and target.
+pub const CHECK_FAMILIES: &[(&str, &str, &str)] = &[
+    (
+        "estate_check_success",
+        "gauge",
+        "1 if the check target passed at its last run, 0 if it failed (skipped targets are absent).",
+    ),
+    (
+        "estate_check_duration_seconds",
+        "gauge",
+        "How long the last run of the check took.",
+    ),
+    (
+        "estate_check_last_result_timestamp_seconds",
+        "gauge",
+        "When the collector received the target's last result.",
+    ),
+    (
+        "estate_check_outcome_since_timestamp_seconds",
+        "gauge",
+        "When the target's current outcome began (collector clock).",
+    ),
+];
+
+/// Measurements a check reports that become metrics: (measurement name, metric, help).
+/// Other measurements stay in the API. The names are a contract with the agent's check kinds.
+pub const MEASUREMENT_FAMILIES: &[(&str, &str, &str)] = &[
+    (
+        "latency_seconds",
+        "estate_check_latency_seconds",
+        "Time the target took to answer (DNS query, LDAP read, KDC answer).",
+    ),
+    (
+        "connect_seconds",
+        "estate_check_connect_seconds",
+        "Time to establish the TCP connection.",
+    ),
+    (
+        "answers",
+        "estate_check_dns_answers",
+        "Records in the DNS answer section.",
+    ),
+    ("rcode", "estate_check_dns_rcode", "DNS response code."),
+    (
+        "current_time_skew_seconds",
+        "estate_check_clock_skew_seconds",
+        "Clock of the target (rootDSE currentTime) minus the agent's clock.",
+    ),
+    (
+        "kdc_time_skew_seconds",
+        "estate_check_kdc_clock_skew_seconds",
+        "Clock of the KDC (KRB-ERROR stime) minus the agent's clock.",
+    ),
+    (
+        "synchronized",
+        "estate_check_ad_synchronized",
+        "1 if the domain controller says it is synchronized (rootDSE isSynchronized).",
+    ),
+    (
+        "gc_ready",
+        "estate_check_ad_global_catalog_ready",
+        "1 if the domain controller's Global Catalog is ready (rootDSE isGlobalCatalogReady).",
+    ),
+    (
+        "cert_not_after_unix",
+        "estate_check_certificate_not_after_timestamp_seconds",
+        "When the target's TLS certificate expires.",
+    ),
+    (
+        "search_results",
+        "estate_check_ldap_search_results",
+        "Entries returned by the configured LDAP search.",
+    ),
+    (
+        "krb_error_code",
+        "estate_check_kerberos_error_code",
+        "Kerberos error code of the KDC's answer to the probe (25: pre-authentication required).",
     ),
 ];
 
@@ -263,11 +344,14 @@ pub fn render(
     let expire_ms = liveness.expire_after.as_millis() as i64;
     let mut out = String::with_capacity(4096);
     states.with_hosts(|hosts| {
-        let mut shown: Vec<&HostRecord> = hosts
+        let mut entries: Vec<&HostEntry> = hosts
             .values()
-            .filter(|host| now_ms - host.last_seen_ms < expire_ms)
+            .filter(|entry| now_ms - entry.record.last_seen_ms < expire_ms)
             .collect();
-        shown.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
+        entries.sort_by(|a, b| {
+            (&a.record.hostname, &a.record.id).cmp(&(&b.record.hostname, &b.record.id))
+        });
+        let shown: Vec<&HostRecord> = entries.iter().map(|entry| &entry.record).collect();
         let labels = host_labels(&shown);
         let mut writer = FamilyWriter { out: &mut out };
         for (name, kind, help) in HOST_FAMILIES {
@@ -297,9 +381,61 @@ pub fn render(
                 write_host_family(&mut writer, name, host, label, now_ms, stale_ms);
             }
         }
+        write_check_families(&mut writer, &entries, &labels);
     });
     ingest.encode(&mut out);
     out
+}
+
+fn write_check_families(writer: &mut FamilyWriter<'_>, entries: &[&HostEntry], labels: &[String]) {
+    let series =
+        |writer: &mut FamilyWriter<'_>, name: &str, value: &dyn Fn(&CheckState) -> Option<f64>| {
+            for (entry, host) in entries.iter().zip(labels) {
+                for check in &entry.checks {
+                    if let Some(value) = value(check) {
+                        writer.sample(
+                            name,
+                            &[
+                                ("host", host),
+                                ("check", &check.check),
+                                ("kind", &check.kind),
+                                ("target", &check.target),
+                            ],
+                            value,
+                        );
+                    }
+                }
+            }
+        };
+    for (name, kind, help) in CHECK_FAMILIES {
+        writer.header(name, kind, help);
+        let value: &dyn Fn(&CheckState) -> Option<f64> = match *name {
+            "estate_check_success" => &|check| match check.outcome.as_str() {
+                "pass" => Some(1.0),
+                "fail" => Some(0.0),
+                _ => None,
+            },
+            "estate_check_duration_seconds" => &|check| Some(check.duration_seconds),
+            "estate_check_last_result_timestamp_seconds" => {
+                &|check| Some(check.received_ms as f64 / 1000.0)
+            }
+            "estate_check_outcome_since_timestamp_seconds" => {
+                &|check| Some(check.since_ms as f64 / 1000.0)
+            }
+            _ => &|_| None,
+        };
+        series(writer, name, value);
+    }
+    for (measurement, name, help) in MEASUREMENT_FAMILIES {
+        writer.header(name, "gauge", help);
+        series(writer, name, &|check| {
+            check
+                .measurements
+                .iter()
+                .find(|m| m.name == *measurement && m.text.is_empty())
+                .map(|m| m.value)
+        });
+    }
 }
 
 /// The `host` label: the hostname, unless two hosts share it, then `hostname~<id prefix>`, so
@@ -495,5 +631,76 @@ mod tests {
         assert!(text.contains("estate_host_up{host=\"web~11111111\"} 1"));
         assert!(text.contains("estate_host_up{host=\"web~22222222\"} 1"));
         assert!(text.contains("estate_host_up{host=\"odd\\\"name\\\\\"} 1"));
+    }
+
+    #[test]
+    fn checks_render_success_duration_and_mapped_measurements() {
+        use crate::store::CheckState;
+        use estate_proto::v1::Measurement;
+        let now = 1_000;
+        let check = |target: &str, outcome: &str, measurements: Vec<Measurement>| CheckState {
+            host_id: "a".into(),
+            check: "dc".into(),
+            kind: "ad".into(),
+            target: target.into(),
+            outcome: outcome.into(),
+            duration_seconds: 0.25,
+            since_ms: 500,
+            received_ms: 900,
+            measurements,
+            ..Default::default()
+        };
+        let number = |name: &str, value: f64| Measurement {
+            name: name.into(),
+            value,
+            text: String::new(),
+        };
+        let states = HostStates::load(
+            vec![host("a", "web", now)],
+            vec![
+                check(
+                    "dc1:389/ldap",
+                    "pass",
+                    vec![
+                        number("current_time_skew_seconds", -1.5),
+                        number("synchronized", 1.0),
+                        Measurement {
+                            name: "dns_host_name".into(),
+                            value: 0.0,
+                            text: "dc1.corp".into(),
+                        },
+                    ],
+                ),
+                check("dc1:3268/gc", "skipped", vec![]),
+                check("dc2:389/ldap", "fail", vec![]),
+            ],
+        );
+        let text = render(&states, &IngestMetrics::new(), LIVENESS, now);
+        let labels =
+            |target: &str| format!("{{host=\"web\",check=\"dc\",kind=\"ad\",target=\"{target}\"}}");
+        for line in [
+            format!("estate_check_success{} 1\n", labels("dc1:389/ldap")),
+            format!("estate_check_success{} 0\n", labels("dc2:389/ldap")),
+            format!(
+                "estate_check_duration_seconds{} 0.25\n",
+                labels("dc2:389/ldap")
+            ),
+            format!(
+                "estate_check_outcome_since_timestamp_seconds{} 0.5\n",
+                labels("dc2:389/ldap")
+            ),
+            format!(
+                "estate_check_clock_skew_seconds{} -1.5\n",
+                labels("dc1:389/ldap")
+            ),
+            format!("estate_check_ad_synchronized{} 1\n", labels("dc1:389/ldap")),
+        ] {
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains(&format!("estate_check_success{}", labels("dc1:3268/gc"))));
+        assert!(
+            !text.contains("dns_host_name"),
+            "text measurements stay in the API"
+        );
     }
 }

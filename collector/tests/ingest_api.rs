@@ -4,8 +4,8 @@
 use estate_collector::config::CollectorConfig;
 use estate_proto::v1::ingest_client::IngestClient;
 use estate_proto::v1::{
-    Bios, HostIdentity, HostVitals, Inventory, OperatingSystem, ReportRequest, Software,
-    VolumeUsage,
+    Bios, CheckResult, HostIdentity, HostVitals, Inventory, Measurement, OperatingSystem, Outcome,
+    ReportRequest, Software, VolumeUsage,
 };
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -251,6 +251,82 @@ async fn bad_api_requests_get_400_with_code_and_message() {
         assert_eq!(got, status, "{path}: {body}");
         assert_eq!(body["message"], message, "{path}");
         assert!(body["code"].is_string());
+    }
+    collector.stop().await;
+}
+
+#[tokio::test]
+async fn check_results_are_served_as_latest_outcomes_events_and_metrics() {
+    let collector = Collector::start().await;
+    let mut client = collector.client().await;
+    let result = |outcome: Outcome, reason: &str, started: i64| CheckResult {
+        check: "dc1-ldap".into(),
+        kind: "tcp".into(),
+        target: "dc1:389".into(),
+        outcome: outcome as i32,
+        reason: reason.into(),
+        started_unix_ms: started,
+        duration_seconds: 0.01,
+        measurements: vec![Measurement {
+            name: "connect_seconds".into(),
+            value: 0.004,
+            text: String::new(),
+        }],
+    };
+    let mut first = report(1, true);
+    first.check_names = vec!["dc1-ldap".into()];
+    first.checks = vec![result(Outcome::Pass, "", 1)];
+    client.report(first).await.unwrap();
+    let mut second = report(2, false);
+    second.check_names = vec!["dc1-ldap".into()];
+    second.checks = vec![result(Outcome::Fail, "connection refused", 2)];
+    client.report(second).await.unwrap();
+
+    let (status, failing) = collector.get_json("/api/v1/checks?failing=true").await;
+    assert_eq!(status, 200, "{failing}");
+    assert_eq!(failing["checks"][0]["reason"], "connection refused");
+    assert_eq!(failing["checks"][0]["hostname"], "web-01");
+    let (_, passing) = collector.get_json("/api/v1/checks?outcome=pass").await;
+    assert_eq!(passing["checks"], Value::Array(vec![]));
+
+    let (status, events) = collector.get_json("/api/v1/events?kind=tcp").await;
+    assert_eq!(status, 200);
+    assert_eq!(events["events"][0]["old_outcome"], "pass");
+    assert_eq!(events["events"][0]["new_outcome"], "fail");
+    assert_eq!(events["events"][1]["old_outcome"], Value::Null);
+
+    let (_, metrics) = collector.get("/metrics").await;
+    let labels = "{host=\"web-01\",check=\"dc1-ldap\",kind=\"tcp\",target=\"dc1:389\"}";
+    assert!(
+        metrics.contains(&format!("estate_check_success{labels} 0\n")),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!("estate_check_connect_seconds{labels} 0.004\n")));
+
+    for (path, message) in [
+        (
+            "/api/v1/checks?outcome=broken",
+            "`outcome` `broken` must be `pass`, `fail` or `skipped`",
+        ),
+        (
+            "/api/v1/checks?failing=maybe",
+            "`failing` `maybe` must be `true` or `false`",
+        ),
+        (
+            "/api/v1/events?since=now",
+            "`since` `now` is not an RFC 3339 time such as `2026-11-01T00:00:00Z`",
+        ),
+        (
+            "/api/v1/events?colour=red",
+            "unknown query parameter `colour`; expected `host`, `kind`, `check`, `since`, `limit` or `cursor`",
+        ),
+    ] {
+        let (status, body) = collector.get_json(path).await;
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (400, Some(message)),
+            "{path}"
+        );
     }
     collector.stop().await;
 }

@@ -3,8 +3,8 @@
 
 use estate_collector::store::sqlite::SqliteStore;
 use estate_collector::store::{
-    ChangeQuery, FieldFilter, HostCursor, HostQuery, IncomingReport, Liveness, Store, ValuePattern,
-    WriteOutcome, WritePolicy,
+    ChangeQuery, CheckQuery, EventQuery, FieldFilter, HostCursor, HostQuery, IncomingReport,
+    Liveness, Store, ValuePattern, WriteOutcome, WritePolicy,
 };
 use estate_collector::validate::{Limits, validate_report};
 use estate_proto::v1::{
@@ -468,23 +468,174 @@ pub fn hosts_are_filtered_and_paged(store: &dyn Store) {
     assert_eq!(seen, vec!["a", "b", "c", "d"]);
 }
 
-pub fn latest_check_results_are_kept(store: &dyn Store) {
-    let result = |outcome: Outcome, reason: &str| CheckResult {
-        check: "dc1-ldap".into(),
+fn check_result(
+    check: &str,
+    target: &str,
+    outcome: Outcome,
+    reason: &str,
+    started: i64,
+) -> CheckResult {
+    CheckResult {
+        check: check.into(),
         kind: "tcp".into(),
-        target: "dc1:389".into(),
+        target: target.into(),
         outcome: outcome as i32,
         reason: reason.into(),
+        started_unix_ms: started,
         ..Default::default()
-    };
-    let mut first = report("a", 1, None);
-    first.checks = vec![result(Outcome::Fail, "connection refused")];
-    let mut second = report("a", 2, None);
-    second.checks = vec![result(Outcome::Pass, "")];
-    write(store, 1_000, vec![first, second]);
-    let checks = store.host_detail("a").unwrap().unwrap().checks;
-    assert_eq!(checks.len(), 1);
-    assert_eq!(checks[0]["outcome"], "pass");
+    }
+}
+
+fn heartbeat(sequence: u64, checks: Vec<CheckResult>, names: &[&str]) -> ReportRequest {
+    let mut report = report("a", sequence, None);
+    report.checks = checks;
+    report.check_names = names.iter().map(|name| (*name).to_owned()).collect();
+    report
+}
+
+fn outcomes(store: &dyn Store) -> Vec<(String, String, String, i64)> {
+    store
+        .host_detail("a")
+        .unwrap()
+        .unwrap()
+        .checks
+        .into_iter()
+        .map(|c| (c.check, c.target, c.outcome, c.since_ms))
+        .collect()
+}
+
+pub fn check_outcomes_are_kept_and_changes_become_events(store: &dyn Store) {
+    let names = ["ldap", "web"];
+    // Two runs of `ldap` in one report: the later one wins.
+    write(
+        store,
+        1_000,
+        vec![heartbeat(
+            1,
+            vec![
+                check_result("ldap", "dc1:389", Outcome::Pass, "", 20),
+                check_result("ldap", "dc1:389", Outcome::Fail, "connection refused", 10),
+                check_result("web", "www:443", Outcome::Pass, "", 10),
+            ],
+            &names,
+        )],
+    );
+    assert_eq!(
+        outcomes(store),
+        vec![
+            ("ldap".into(), "dc1:389".into(), "pass".into(), 1_000),
+            ("web".into(), "www:443".into(), "pass".into(), 1_000),
+        ]
+    );
+    // Unchanged outcome keeps its `since`; a change moves it and records an event.
+    write(
+        store,
+        2_000,
+        vec![heartbeat(
+            2,
+            vec![
+                check_result("ldap", "dc1:389", Outcome::Fail, "timed out after 5s", 30),
+                check_result("web", "www:443", Outcome::Pass, "", 30),
+            ],
+            &names,
+        )],
+    );
+    assert_eq!(
+        outcomes(store),
+        vec![
+            ("ldap".into(), "dc1:389".into(), "fail".into(), 2_000),
+            ("web".into(), "www:443".into(), "pass".into(), 1_000),
+        ]
+    );
+    let events = store
+        .list_events(&EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap()
+        .events;
+    let seen: Vec<(String, Option<String>, String, String, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.check.clone(),
+                e.old_outcome.clone(),
+                e.new_outcome.clone(),
+                e.reason.clone(),
+                e.at_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "ldap".into(),
+                Some("pass".into()),
+                "fail".into(),
+                "timed out after 5s".into(),
+                2_000
+            ),
+            (
+                "ldap".into(),
+                Some("fail".into()),
+                "pass".into(),
+                "".into(),
+                1_000
+            ),
+            ("web".into(), None, "pass".into(), "".into(), 1_000),
+            (
+                "ldap".into(),
+                None,
+                "fail".into(),
+                "connection refused".into(),
+                1_000
+            ),
+        ],
+        "newest first; results of one report apply oldest run first"
+    );
+    assert_eq!(events[0].hostname, "host-a");
+
+    // Failing checks, by outcome.
+    let failing = store
+        .list_checks(&CheckQuery {
+            outcome: Some("fail".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(failing.checks.len(), 1);
+    assert_eq!(failing.checks[0].0, "host-a");
+    assert_eq!(failing.checks[0].1.reason, "timed out after 5s");
+
+    // A run that no longer reports a target drops it; a check removed from the agent's config
+    // disappears.
+    let outcome = write(
+        store,
+        3_000,
+        vec![heartbeat(
+            3,
+            vec![check_result("ldap", "dc2:389", Outcome::Pass, "", 40)],
+            &["ldap"],
+        )],
+    );
+    match &outcome[0] {
+        WriteOutcome::Stored { checks, .. } => {
+            assert_eq!(checks.as_ref().map(Vec::len), Some(1), "{checks:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        outcomes(store),
+        vec![("ldap".into(), "dc2:389".into(), "pass".into(), 3_000)]
+    );
+    // A heartbeat without results leaves the state alone.
+    let outcome = write(store, 4_000, vec![heartbeat(4, vec![], &["ldap"])]);
+    assert!(matches!(
+        outcome[0],
+        WriteOutcome::Stored { checks: None, .. }
+    ));
+    assert_eq!(store.load_checks().unwrap().len(), 1);
 }
 
 pub fn hosts_load_back_for_the_in_memory_state(store: &dyn Store) {
@@ -540,8 +691,8 @@ macro_rules! store_conformance_suite {
                 check(super::hosts_are_filtered_and_paged);
             }
             #[test]
-            fn latest_check_results_are_kept() {
-                check(super::latest_check_results_are_kept);
+            fn check_outcomes_are_kept_and_changes_become_events() {
+                check(super::check_outcomes_are_kept_and_changes_become_events);
             }
             #[test]
             fn hosts_load_back_for_the_in_memory_state() {

@@ -8,7 +8,7 @@ pub mod sqlite;
 
 use crate::document::ChangeKind;
 use crate::validate::ValidReport;
-use estate_proto::v1::HostVitals;
+use estate_proto::v1::{HostVitals, Measurement};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -43,10 +43,12 @@ pub struct IncomingReport {
 /// What the store did with one report of a batch.
 #[derive(Debug, Clone)]
 pub enum WriteOutcome {
-    /// Stored durably. `host` is the host's record after this report.
+    /// Stored durably. `host` is the host's record after this report; `checks` its complete
+    /// set of latest check results when this report changed it.
     Stored {
         need_full_inventory: bool,
         host: Box<HostRecord>,
+        checks: Option<Vec<CheckState>>,
     },
     /// This (agent id, sequence) or a later one was already stored; nothing was written.
     Duplicate,
@@ -168,7 +170,7 @@ pub struct HostDetail {
     pub host: HostRecord,
     pub inventory: Option<Value>,
     pub inventory_received_ms: Option<i64>,
-    pub checks: Vec<Value>,
+    pub checks: Vec<CheckState>,
 }
 
 /// One recorded inventory change.
@@ -197,6 +199,79 @@ pub struct ChangePage {
     pub next_after_id: Option<i64>,
 }
 
+/// The latest result of one check target on one host.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CheckState {
+    pub host_id: String,
+    pub check: String,
+    pub kind: String,
+    pub target: String,
+    /// `pass`, `fail` or `skipped`.
+    pub outcome: String,
+    pub reason: String,
+    /// When the current outcome began (collector clock).
+    pub since_ms: i64,
+    /// When this result arrived (collector clock).
+    pub received_ms: i64,
+    /// When the probe started (agent clock).
+    pub started_ms: i64,
+    pub duration_seconds: f64,
+    pub measurements: Vec<Measurement>,
+}
+
+/// A change of outcome of one check target: when it started failing, when it recovered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckEvent {
+    pub id: i64,
+    pub host_id: String,
+    pub hostname: String,
+    pub check: String,
+    pub kind: String,
+    pub target: String,
+    pub at_ms: i64,
+    /// `None` for the first result of a target.
+    pub old_outcome: Option<String>,
+    pub new_outcome: String,
+    pub reason: String,
+}
+
+/// Filters for the latest check results.
+#[derive(Debug, Clone, Default)]
+pub struct CheckQuery {
+    pub host_id: Option<String>,
+    pub kind: Option<String>,
+    pub check: Option<String>,
+    pub outcome: Option<String>,
+    /// Continue after this (host id, check, target).
+    pub after: Option<(String, String, String)>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CheckPage {
+    /// Each state with its host's hostname.
+    pub checks: Vec<(String, CheckState)>,
+    pub next: Option<(String, String, String)>,
+}
+
+/// Filters for outcome changes, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub host_id: Option<String>,
+    pub kind: Option<String>,
+    pub check: Option<String>,
+    pub since_ms: Option<i64>,
+    /// Continue with events older than this id.
+    pub before_id: Option<i64>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventPage {
+    pub events: Vec<CheckEvent>,
+    pub next_before_id: Option<i64>,
+}
+
 /// A storage backend. Methods block: callers run them on a blocking thread.
 pub trait Store: Send + Sync + 'static {
     /// Writes a batch of reports in one transaction and returns one outcome per report, in
@@ -210,7 +285,14 @@ pub trait Store: Send + Sync + 'static {
     /// Every host, to rebuild the in-memory state at start-up.
     fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
 
+    /// Every host's latest check results, to rebuild the in-memory state at start-up.
+    fn load_checks(&self) -> Result<Vec<CheckState>, StoreError>;
+
     fn list_hosts(&self, query: &HostQuery) -> Result<HostPage, StoreError>;
+
+    fn list_checks(&self, query: &CheckQuery) -> Result<CheckPage, StoreError>;
+
+    fn list_events(&self, query: &EventQuery) -> Result<EventPage, StoreError>;
 
     fn host_detail(&self, id: &str) -> Result<Option<HostDetail>, StoreError>;
 

@@ -3,13 +3,15 @@
 //! acknowledged), and a few reader connections for the API.
 
 use super::{
-    ChangePage, ChangeQuery, ChangeRecord, HostCursor, HostDetail, HostPage, HostQuery, HostRecord,
-    IncomingReport, Liveness, Store, StoreError, ValuePattern, WriteOutcome, WritePolicy,
+    ChangePage, ChangeQuery, ChangeRecord, CheckEvent, CheckPage, CheckQuery, CheckState,
+    EventPage, EventQuery, HostCursor, HostDetail, HostPage, HostQuery, HostRecord, IncomingReport,
+    Liveness, Store, StoreError, ValuePattern, WriteOutcome, WritePolicy,
 };
 use crate::document::{self, ChangeKind};
-use estate_proto::v1::{HostIdentity, Inventory, ReportRequest};
+use estate_proto::v1::{CheckResult, HostIdentity, Inventory, ReportRequest};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,10 +82,31 @@ CREATE TABLE check_results (
     host_id TEXT NOT NULL REFERENCES hosts (id) ON DELETE CASCADE,
     check_name TEXT NOT NULL,
     target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
     received_ms INTEGER NOT NULL,
-    result TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    duration_seconds REAL NOT NULL,
+    measurements TEXT NOT NULL,
     PRIMARY KEY (host_id, check_name, target)
 );
+CREATE INDEX check_results_by_outcome ON check_results (outcome, host_id);
+
+CREATE TABLE check_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host_id TEXT NOT NULL REFERENCES hosts (id) ON DELETE CASCADE,
+    check_name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    old_outcome TEXT,
+    new_outcome TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX check_events_by_host ON check_events (host_id, id);
+CREATE INDEX check_events_by_time ON check_events (at_ms);
 "#];
 
 const READER_CONNECTIONS: usize = 4;
@@ -426,10 +449,11 @@ fn write_one(
             .unwrap_or(&Value::Null);
         store_inventory(tx, &host.id, now, &report.inventory_hash, document)?;
     }
-    store_checks(tx, &host.id, now, &incoming.report.json)?;
+    let checks = store_checks(tx, &host.id, now, report)?;
     Ok(WriteOutcome::Stored {
         need_full_inventory,
         host: Box::new(host),
+        checks,
     })
 }
 
@@ -487,32 +511,129 @@ fn record_changes(
     Ok(())
 }
 
-/// Keeps the latest result per (check, target); outcome changes become events in a later step.
+const CHECK_COLUMNS: &str = "host_id, check_name, kind, target, outcome, reason, since_ms, \
+    received_ms, started_ms, duration_seconds, measurements";
+
+fn check_from_row(row: &Row<'_>) -> rusqlite::Result<CheckState> {
+    let measurements: String = row.get(10)?;
+    Ok(CheckState {
+        host_id: row.get(0)?,
+        check: row.get(1)?,
+        kind: row.get(2)?,
+        target: row.get(3)?,
+        outcome: row.get(4)?,
+        reason: row.get(5)?,
+        since_ms: row.get(6)?,
+        received_ms: row.get(7)?,
+        started_ms: row.get(8)?,
+        duration_seconds: row.get(9)?,
+        measurements: serde_json::from_str(&measurements).unwrap_or_default(),
+    })
+}
+
+fn load_host_checks(connection: &Connection, host_id: &str) -> rusqlite::Result<Vec<CheckState>> {
+    connection
+        .prepare_cached(&format!(
+            "SELECT {CHECK_COLUMNS} FROM check_results WHERE host_id = ?1 \
+             ORDER BY check_name, target"
+        ))?
+        .query_map([host_id], check_from_row)?
+        .collect()
+}
+
+/// Keeps the latest result per (check, target), records an event whenever a target's outcome
+/// changes, and forgets checks the agent no longer has and targets a check no longer reports
+/// (a DC removed from DNS). Returns the host's complete set when anything may have changed.
 fn store_checks(
     tx: &Transaction<'_>,
     host_id: &str,
     now: i64,
-    report: &Value,
-) -> rusqlite::Result<()> {
-    let Some(checks) = report.get("checks").and_then(Value::as_array) else {
-        return Ok(());
-    };
-    let mut upsert = tx.prepare_cached(
-        "INSERT OR REPLACE INTO check_results (host_id, check_name, target, received_ms, result) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    for check in checks {
-        let name = check
-            .get("check")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let target = check
-            .get("target")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        upsert.execute(params![host_id, name, target, now, check.to_string()])?;
+    report: &ReportRequest,
+) -> rusqlite::Result<Option<Vec<CheckState>>> {
+    let names = serde_json::to_string(&report.check_names).unwrap_or_else(|_| "[]".into());
+    let forgotten = tx
+        .prepare_cached(
+            "DELETE FROM check_results WHERE host_id = ?1 \
+             AND check_name NOT IN (SELECT value FROM json_each(?2))",
+        )?
+        .execute(params![host_id, names])?;
+    if report.checks.is_empty() {
+        return Ok(if forgotten > 0 {
+            Some(load_host_checks(tx, host_id)?)
+        } else {
+            None
+        });
     }
-    Ok(())
+    // Oldest first, so that of two runs in one report the later one wins.
+    let mut results: Vec<&CheckResult> = report.checks.iter().collect();
+    results.sort_by_key(|result| result.started_unix_ms);
+    let mut latest_run: HashMap<&str, i64> = HashMap::new();
+    for result in &results {
+        let started = latest_run.entry(result.check.as_str()).or_insert(i64::MIN);
+        *started = (*started).max(result.started_unix_ms);
+    }
+    for result in results {
+        let outcome = estate_proto::outcome_name(result.outcome);
+        let previous: Option<(String, i64)> = tx
+            .prepare_cached(
+                "SELECT outcome, since_ms FROM check_results \
+                 WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
+            )?
+            .query_row(params![host_id, result.check, result.target], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?;
+        let since = match &previous {
+            Some((old, since)) if old == outcome => *since,
+            _ => {
+                tx.prepare_cached(
+                    "INSERT INTO check_events (host_id, check_name, kind, target, at_ms, \
+                     old_outcome, new_outcome, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    host_id,
+                    result.check,
+                    result.kind,
+                    result.target,
+                    now,
+                    previous.as_ref().map(|(old, _)| old.as_str()),
+                    outcome,
+                    result.reason
+                ])?;
+                now
+            }
+        };
+        let measurements =
+            serde_json::to_string(&result.measurements).unwrap_or_else(|_| "[]".into());
+        tx.prepare_cached(&format!(
+            "INSERT INTO check_results ({CHECK_COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+             ON CONFLICT (host_id, check_name, target) DO UPDATE SET kind = excluded.kind, \
+             outcome = excluded.outcome, reason = excluded.reason, since_ms = excluded.since_ms, \
+             received_ms = excluded.received_ms, started_ms = excluded.started_ms, \
+             duration_seconds = excluded.duration_seconds, measurements = excluded.measurements"
+        ))?
+        .execute(params![
+            host_id,
+            result.check,
+            result.kind,
+            result.target,
+            outcome,
+            result.reason,
+            since,
+            now,
+            result.started_unix_ms,
+            result.duration_seconds,
+            measurements
+        ])?;
+    }
+    let mut superseded = tx.prepare_cached(
+        "DELETE FROM check_results WHERE host_id = ?1 AND check_name = ?2 AND started_ms < ?3",
+    )?;
+    for (check, started) in latest_run {
+        superseded.execute(params![host_id, check, started])?;
+    }
+    Ok(Some(load_host_checks(tx, host_id)?))
 }
 
 impl Store for SqliteStore {
@@ -552,6 +673,130 @@ impl Store for SqliteStore {
             statement
                 .query_map([], host_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
+        })
+    }
+
+    fn load_checks(&self) -> Result<Vec<CheckState>, StoreError> {
+        self.read("load check results", |connection| {
+            connection
+                .prepare(&format!("SELECT {CHECK_COLUMNS} FROM check_results"))?
+                .query_map([], check_from_row)?
+                .collect()
+        })
+    }
+
+    fn list_checks(&self, query: &CheckQuery) -> Result<CheckPage, StoreError> {
+        let columns: Vec<String> = CHECK_COLUMNS
+            .split(',')
+            .map(|column| format!("c.{}", column.trim()))
+            .collect();
+        let mut sql = SqlBuilder::new(format!(
+            "SELECT {}, h.hostname FROM check_results c JOIN hosts h ON h.id = c.host_id \
+             WHERE 1 = 1",
+            columns.join(", ")
+        ));
+        for (column, value) in [
+            ("c.host_id", &query.host_id),
+            ("c.kind", &query.kind),
+            ("c.check_name", &query.check),
+            ("c.outcome", &query.outcome),
+        ] {
+            if let Some(value) = value {
+                let placeholder = sql.bind(value.clone());
+                sql.push(&format!(" AND {column} = {placeholder}"));
+            }
+        }
+        if let Some((host, check, target)) = &query.after {
+            let (host, check, target) = (
+                sql.bind(host.clone()),
+                sql.bind(check.clone()),
+                sql.bind(target.clone()),
+            );
+            sql.push(&format!(
+                " AND (c.host_id, c.check_name, c.target) > ({host}, {check}, {target})"
+            ));
+        }
+        let limit = query.limit.max(1);
+        sql.push(&format!(
+            " ORDER BY c.host_id, c.check_name, c.target LIMIT {}",
+            limit + 1
+        ));
+        let SqlBuilder { text, args } = sql;
+        let mut checks = self.read("list check results", |connection| {
+            connection
+                .prepare_cached(&text)?
+                .query_map(rusqlite::params_from_iter(args.iter()), |row| {
+                    Ok((row.get::<_, String>(11)?, check_from_row(row)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let next = if checks.len() > limit {
+            checks.truncate(limit);
+            checks
+                .last()
+                .map(|(_, c)| (c.host_id.clone(), c.check.clone(), c.target.clone()))
+        } else {
+            None
+        };
+        Ok(CheckPage { checks, next })
+    }
+
+    fn list_events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
+        let mut sql = SqlBuilder::new(
+            "SELECT e.id, e.host_id, h.hostname, e.check_name, e.kind, e.target, e.at_ms, \
+             e.old_outcome, e.new_outcome, e.reason \
+             FROM check_events e JOIN hosts h ON h.id = e.host_id WHERE 1 = 1"
+                .to_owned(),
+        );
+        for (column, value) in [
+            ("e.host_id", &query.host_id),
+            ("e.kind", &query.kind),
+            ("e.check_name", &query.check),
+        ] {
+            if let Some(value) = value {
+                let placeholder = sql.bind(value.clone());
+                sql.push(&format!(" AND {column} = {placeholder}"));
+            }
+        }
+        if let Some(since) = query.since_ms {
+            let placeholder = sql.bind(since);
+            sql.push(&format!(" AND e.at_ms >= {placeholder}"));
+        }
+        if let Some(before) = query.before_id {
+            let placeholder = sql.bind(before);
+            sql.push(&format!(" AND e.id < {placeholder}"));
+        }
+        let limit = query.limit.max(1);
+        sql.push(&format!(" ORDER BY e.id DESC LIMIT {}", limit + 1));
+        let SqlBuilder { text, args } = sql;
+        let mut events = self.read("list check events", |connection| {
+            connection
+                .prepare_cached(&text)?
+                .query_map(rusqlite::params_from_iter(args.iter()), |row| {
+                    Ok(CheckEvent {
+                        id: row.get(0)?,
+                        host_id: row.get(1)?,
+                        hostname: row.get(2)?,
+                        check: row.get(3)?,
+                        kind: row.get(4)?,
+                        target: row.get(5)?,
+                        at_ms: row.get(6)?,
+                        old_outcome: row.get(7)?,
+                        new_outcome: row.get(8)?,
+                        reason: row.get(9)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let next_before_id = if events.len() > limit {
+            events.truncate(limit);
+            events.last().map(|event| event.id)
+        } else {
+            None
+        };
+        Ok(EventPage {
+            events,
+            next_before_id,
         })
     }
 
@@ -640,14 +885,7 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT document, received_ms FROM inventories WHERE host_id = ?1")?
                 .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
-            let checks = connection
-                .prepare_cached(
-                    "SELECT result FROM check_results WHERE host_id = ?1 \
-                     ORDER BY check_name, target",
-                )?
-                .query_map([id], |row| row.get::<_, String>(0))?
-                .map(|text| text.map(|text| serde_json::from_str(&text).unwrap_or(Value::Null)))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let checks = load_host_checks(connection, id)?;
             Ok(Some(HostDetail {
                 host,
                 inventory: inventory
