@@ -413,7 +413,7 @@ fn encode_hex(text: &str) -> String {
 }
 
 fn decode_hex(text: &str) -> Option<String> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let bytes = (0..text.len())
