@@ -10,7 +10,9 @@ something yet) are written to --not-run-file, one `what: why` per line, for run'
 
 import argparse
 import json
+import re
 import sys
+import time
 import urllib.request
 
 
@@ -45,17 +47,26 @@ def get(api, path):
 
 
 def measurements(result):
-    """name → value (or text when the measurement is textual)."""
+    """name → list of values (the text instead, for a textual measurement); a name may repeat
+    (one `answer` per DNS record)."""
     found = {}
     for item in result.get("measurements") or []:
-        value = item.get("value")
         text = item.get("text")
-        found[item.get("name")] = text if text else value
+        found.setdefault(item.get("name"), []).append(text if text else item.get("value"))
     return found
 
 
+def number(result, name):
+    """The first numeric value of a measurement, or None."""
+    for value in measurements(result).get(name, []):
+        if isinstance(value, (int, float)):
+            return value
+    return None
+
+
 def describe(result):
-    named = ", ".join(f"{k}={v}" for k, v in sorted(measurements(result).items()))
+    named = ", ".join(f"{k}={v if len(v) > 1 else v[0]}"
+                      for k, v in sorted(measurements(result).items()))
     reason = f" ({result.get('reason')})" if result.get("reason") else ""
     return (f"{result.get('check')} [{result.get('kind')}] {result.get('target')}: "
             f"{result.get('outcome')}{reason}  {named}")
@@ -66,37 +77,117 @@ def describe(result):
 # `results` are the API's results for that check name (one per target).
 
 
-def all_pass_with(*names):
-    """Every target passed, and each named measurement is there and positive."""
+def all_pass_with(*names, targets=None, also=None):
+    """Every target passed, each named measurement is there and positive; `targets`: the exact
+    set of targets expected; `also(result)`: a further check returning an error or None."""
 
-    def verify(results, _args):
+    def verify(results, args):
+        if targets is not None:
+            want = {t.format(**vars(args)) for t in targets}
+            got = {result.get("target") for result in results}
+            if got != want:
+                return f"targets {sorted(got)}, want {sorted(want)}"
         for result in results:
             if result.get("outcome") != "pass":
                 return f"{result.get('target')}: {result.get('outcome')} ({result.get('reason')})"
-            values = measurements(result)
             for name in names:
-                value = values.get(name)
-                if not isinstance(value, (int, float)) or value <= 0:
+                value = number(result, name)
+                if value is None or value <= 0:
                     return f"{result.get('target')}: measurement {name} is {value!r}, want > 0"
+            if also is not None:
+                error = also(result, args)
+                if error:
+                    return f"{result.get('target')}: {error}"
         return None
 
     return verify
 
 
 def fails_with_reason(*words):
+    """Every target failed with a reason naming one of `words` (case ignored)."""
+
     def verify(results, _args):
         for result in results:
             if result.get("outcome") != "fail":
                 return f"{result.get('target')}: {result.get('outcome')}, want fail"
             reason = (result.get("reason") or "").lower()
-            if not reason or not any(word in reason for word in words):
+            if not reason or not any(word.lower() in reason for word in words):
                 return f"{result.get('target')}: reason {reason!r} names none of {words}"
         return None
 
     return verify
 
 
+def answer_mentions(text):
+    def verify(result, args):
+        want = text.format(**vars(args)).lower()
+        answers = [str(a) for a in measurements(result).get("answer", [])]
+        if not any(want in answer.lower() for answer in answers):
+            return f"no `answer` measurement mentions {want!r}: {answers}"
+        return None
+
+    return verify
+
+
+def measurement_is(name, *allowed):
+    def verify(result, _args):
+        value = number(result, name)
+        if value not in allowed:
+            return f"{name} is {value!r}, want one of {allowed}"
+        return None
+
+    return verify
+
+
+def within(name, limit):
+    """A measurement that is there and whose size is under `limit` (a clock skew between two
+    namespaces of one machine is near zero)."""
+
+    def verify(result, _args):
+        value = number(result, name)
+        if value is None or abs(value) >= limit:
+            return f"{name} is {value!r}, want |x| < {limit}"
+        return None
+
+    return verify
+
+
+def text_is(name, want):
+    """A text measurement equal to `want` (case ignored)."""
+
+    def verify(result, args):
+        expected = want.format(**vars(args)).lower()
+        values = [str(v).lower() for v in measurements(result).get(name, [])]
+        if expected not in values:
+            return f"{name} is {values}, want {expected!r}"
+        return None
+
+    return verify
+
+
+def cert_expires_in_future():
+    def verify(result, _args):
+        not_after = number(result, "cert_not_after_unix")
+        if not_after is None or not_after <= time.time():
+            return f"cert_not_after_unix {not_after!r} is not in the future"
+        return None
+
+    return verify
+
+
+def both(*checks):
+    def verify(result, args):
+        for check in checks:
+            error = check(result, args)
+            if error:
+                return error
+        return None
+
+    return verify
+
+
 EXPECTATIONS = [
+    # tcp
     ("dc-ldap", "tcp", "TCP to the DC's LDAP port (host + port)", all_pass_with("connect_seconds")),
     ("dc-ldaps", "tcp", "TCP to the DC's LDAPS port", all_pass_with("connect_seconds")),
     ("dc-kerberos-tcp", "tcp", "TCP to the DC's KDC", all_pass_with("connect_seconds")),
@@ -106,6 +197,53 @@ EXPECTATIONS = [
     ("dnsmasq-dns-tcp", "tcp", "TCP to dnsmasq's DNS", all_pass_with("connect_seconds")),
     ("closed-port", "tcp", "a closed port fails with the refusal as reason",
      fails_with_reason("refused")),
+    # dns
+    ("samba-srv-ldap", "dns", "the DC discovered by its SRV record in Samba's DNS (UDP)",
+     all_pass_with("latency_seconds", "answers", targets=["{dc_ip}:53"],
+                   also=answer_mentions("{dc_hostname}"))),
+    ("samba-srv-kerberos-tcp", "dns", "the KDC's SRV record from Samba's DNS over TCP",
+     all_pass_with("latency_seconds", "answers", targets=["{dc_ip}:53"],
+                   also=answer_mentions("{dc_hostname}"))),
+    ("dnsmasq-a", "dns", "dnsmasq answers its A record with the configured address",
+     all_pass_with("latency_seconds", "answers", targets=["{dns_ip}:53"],
+                   also=answer_mentions("{dnsmasq_address}"))),
+    ("dnsmasq-nxdomain", "dns", "dnsmasq's NXDOMAIN for an unknown name is what was expected",
+     all_pass_with("latency_seconds", targets=["{dns_ip}:53"], also=measurement_is("rcode", 3))),
+    ("dnsmasq-wrong-value", "dns", "an answer without the expected value fails, naming it",
+     fails_with_reason("10.231.0.99")),
+    ("resolver-forwarded", "dns",
+     "the client's resolver (the DC) forwards lan.test to dnsmasq and the answer comes back",
+     all_pass_with("latency_seconds", targets=["{dc_ip}:53"],
+                   also=answer_mentions("{dnsmasq_address}"))),
+    # ldap
+    ("dc-ldaps", "ldap",
+     "LDAPS: certificate expiry reported, rootDSE read, skew measured, service account binds "
+     "and finds itself",
+     all_pass_with("latency_seconds", "cert_not_after_unix", "cert_days_left", "search_results",
+                   targets=["{dc_hostname}:636/ldaps"],
+                   also=both(text_is("dns_host_name", "{dc_hostname}"),
+                             text_is("default_naming_context", "DC=estate,DC=test"),
+                             measurement_is("synchronized", 1), measurement_is("gc_ready", 1),
+                             within("current_time_skew_seconds", 5),
+                             cert_expires_in_future()))),
+    ("dc-starttls", "ldap", "StartTLS on 389, bind as user@domain, search",
+     all_pass_with("latency_seconds", "cert_not_after_unix", "search_results",
+                   targets=["{dc_hostname}:389/starttls"])),
+    ("dc-ldap-rootdse", "ldap", "the rootDSE over plain LDAP, anonymously",
+     all_pass_with("latency_seconds", targets=["{dc_ip}:389/ldap"],
+                   also=both(text_is("dns_host_name", "{dc_hostname}"),
+                             within("current_time_skew_seconds", 5)))),
+    ("dc-ldaps-verified", "ldap", "Samba's self-signed certificate fails verification, saying so",
+     fails_with_reason("self-signed", "unknown issuer", "certificate")),
+    ("dc-ldaps-wrong-password", "ldap", "a bind with a wrong password fails, saying so",
+     fails_with_reason("invalidcredentials", "invalid credentials", "bind")),
+    # kerberos
+    ("kdc", "kerberos",
+     "the KDC answers over UDP and TCP with PREAUTH_REQUIRED for the service account, skew measured",
+     all_pass_with("latency_seconds",
+                   targets=["{dc_hostname}:88/udp", "{dc_hostname}:88/tcp"],
+                   also=both(measurement_is("krb_error_code", 25),
+                             within("kdc_time_skew_seconds", 5)))),
 ]
 
 
@@ -138,19 +276,61 @@ def assert_checks(tally, checks, kinds, args):
                 f"unexpected checks {unexpected}")
 
 
-def assert_metrics(tally, metrics, hostname, check_names):
-    lines = [line for line in metrics.splitlines() if line and not line.startswith("#")]
-    up = f'estate_host_up{{host="{hostname}"}} 1'
-    tally.check(up in lines, f"/metrics: {up}", "not found")
-    check_lines = [line for line in lines if line.startswith("estate_check")]
-    if not check_lines:
+def parse_metrics(text):
+    """[(name, {label: value}, value)] for every sample line."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name, _, labels = series.partition("{")
+        pairs = {}
+        for match in re.finditer(r'(\w+)="((?:[^"\\]|\\.)*)"', labels):
+            pairs[match.group(1)] = match.group(2)
+        try:
+            samples.append((name, pairs, float(value)))
+        except ValueError:
+            pass
+    return samples
+
+
+def assert_metrics(tally, text, hostname, checks):
+    samples = parse_metrics(text)
+    up = [v for n, l, v in samples if n == "estate_host_up" and l.get("host") == hostname]
+    tally.check(up == [1.0], f"/metrics: estate_host_up{{host=\"{hostname}\"}} 1", f"found {up}")
+    if not any(name.startswith("estate_check_") for name, _, _ in samples):
         tally.skip("/metrics check series",
                    "the collector exports no estate_check_* series yet; check results were "
                    "asserted through the API only")
         return
-    for name in sorted(check_names):
-        found = any(f'check="{name}"' in line for line in check_lines)
-        tally.check(found, f"/metrics: a series for check {name}", "no estate_check_* line")
+    # Every passed or failed result has its success series with the matching value; skipped
+    # targets are absent by design.
+    success = {(l.get("check"), l.get("target")): v for n, l, v in samples
+               if n == "estate_check_success" and l.get("host") == hostname}
+    wrong = []
+    for result in checks:
+        key = (result.get("check"), result.get("target"))
+        want = {"pass": 1.0, "fail": 0.0}.get(result.get("outcome"))
+        if want is not None and success.get(key) != want:
+            wrong.append(f"{key[0]} {key[1]}: {success.get(key)!r}, want {want}")
+    tally.check(not wrong, "/metrics: estate_check_success matches every result's outcome",
+                "; ".join(wrong))
+    # Measurements that the collector turns into metrics appear with their check's labels.
+    for metric, measurement in [("estate_check_connect_seconds", "connect_seconds"),
+                                ("estate_check_latency_seconds", "latency_seconds"),
+                                ("estate_check_kdc_clock_skew_seconds", "kdc_time_skew_seconds"),
+                                ("estate_check_clock_skew_seconds", "current_time_skew_seconds"),
+                                ("estate_check_certificate_not_after_timestamp_seconds",
+                                 "cert_not_after_unix")]:
+        reported = {(r.get("check"), r.get("target")) for r in checks
+                    if number(r, measurement) is not None}
+        if not reported:
+            continue
+        exported = {(l.get("check"), l.get("target")) for n, l, _ in samples
+                    if n == metric and l.get("host") == hostname}
+        missing = sorted(reported - exported)
+        tally.check(not missing, f"/metrics: {metric} for every result measuring {measurement}",
+                    f"missing for {missing}")
 
 
 def main():
@@ -159,6 +339,8 @@ def main():
     parser.add_argument("--kinds", required=True, help="comma-separated kinds to assert")
     parser.add_argument("--dc-hostname", required=True)
     parser.add_argument("--dc-ip", required=True)
+    parser.add_argument("--dns-ip", required=True)
+    parser.add_argument("--dnsmasq-address", required=True)
     parser.add_argument("--not-run-file", required=True)
     args = parser.parse_args()
     kinds = {kind for kind in args.kinds.split(",") if kind}
@@ -171,8 +353,7 @@ def main():
         host = json.loads(get(args.api, f"/api/v1/hosts/{hosts[0]['id']}"))
         checks = host.get("checks") or []
         assert_checks(tally, checks, kinds, args)
-        check_names = {result.get("check") for result in checks}
-        assert_metrics(tally, get(args.api, "/metrics"), hosts[0]["hostname"], check_names)
+        assert_metrics(tally, get(args.api, "/metrics"), hosts[0]["hostname"], checks)
 
     with open(args.not_run_file, "w", encoding="utf-8") as out:
         for line in tally.not_run:
