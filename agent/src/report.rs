@@ -38,6 +38,14 @@ pub enum InventoryPart {
 }
 
 /// Assembles one report. `agent_time` is the agent's clock when the report was built.
+/// The check part of a report: results gathered since the last report, and the names of every
+/// configured check (so the collector can forget checks removed from the config).
+#[derive(Debug, Clone, Default)]
+pub struct ReportChecks {
+    pub results: Vec<CheckResult>,
+    pub configured: Vec<String>,
+}
+
 pub fn build_report(
     identity: HostIdentity,
     sequence: u64,
@@ -45,8 +53,7 @@ pub fn build_report(
     inventory: &CollectedInventory,
     part: InventoryPart,
     vitals: HostVitals,
-    checks: Vec<CheckResult>,
-    check_names: Vec<String>,
+    checks: ReportChecks,
 ) -> ReportRequest {
     ReportRequest {
         identity: Some(identity),
@@ -59,11 +66,11 @@ pub fn build_report(
             InventoryPart::HashOnly => None,
         },
         vitals: Some(vitals),
-        checks,
+        checks: checks.results,
         // Nothing is dropped whole yet: undelivered check results go back into the pending
         // queue (see `schedule`). The disk spool will count the reports it drops here.
         dropped_reports: 0,
-        check_names,
+        check_names: checks.configured,
     }
 }
 
@@ -96,8 +103,10 @@ mod tests {
             &inventory,
             InventoryPart::Full,
             HostVitals::default(),
-            vec![CheckResult::default()],
-            vec!["dc".to_owned()],
+            ReportChecks {
+                results: vec![CheckResult::default()],
+                configured: vec!["dc".to_owned()],
+            },
         );
         assert_eq!(report.identity, Some(identity));
         assert_eq!(report.sequence, 7);
@@ -120,8 +129,7 @@ mod tests {
             &inventory,
             InventoryPart::HashOnly,
             HostVitals::default(),
-            Vec::new(),
-            Vec::new(),
+            ReportChecks::default(),
         );
         assert_eq!(report.inventory, None);
         assert_eq!(report.inventory_hash, inventory.hash);

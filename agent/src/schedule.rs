@@ -10,7 +10,7 @@ use crate::checks::ScheduledCheck;
 use crate::config::AgentConfig;
 use crate::identity::{AgentIdentity, SequenceCounter, error_chain};
 use crate::inventory;
-use crate::report::{CollectedInventory, InventoryPart, build_report};
+use crate::report::{CollectedInventory, InventoryPart, ReportChecks, build_report};
 use crate::sender::{ReportSender, SendError};
 use anyhow::Context;
 use estate_proto::v1::{CheckResult, HostVitals, ReportRequest, ReportResponse};
@@ -125,8 +125,10 @@ pub async fn once(config: AgentConfig, send: bool) -> anyhow::Result<OnceReport>
             &inventory,
             InventoryPart::Full,
             vitals.clone(),
-            checks.clone(),
-            check_names.clone(),
+            ReportChecks {
+                results: checks.clone(),
+                configured: check_names.clone(),
+            },
         )
     };
     let request = build(&identity, sequence.take_next()?);
@@ -282,8 +284,10 @@ impl Agent {
                 inventory,
                 part,
                 vitals.clone(),
-                checks.clone(),
-                self.check_names.clone(),
+                ReportChecks {
+                    results: checks.clone(),
+                    configured: self.check_names.clone(),
+                },
             );
             match self.sender.send(request).await {
                 Ok(response) => {
@@ -355,8 +359,10 @@ impl Agent {
             &inventory,
             InventoryPart::Full,
             vitals,
-            Vec::new(),
-            self.check_names.clone(),
+            ReportChecks {
+                results: Vec::new(),
+                configured: self.check_names.clone(),
+            },
         );
         match self.sender.send(request).await {
             Ok(_) => self.acknowledged_hash = Some(inventory.hash),
