@@ -216,7 +216,7 @@ EXPECTATIONS = [
      all_pass_with("latency_seconds", targets=["{dc_ip}:53"],
                    also=answer_mentions("{dnsmasq_address}"))),
     # ldap
-    ("dc-ldaps", "ldap",
+    ("ldaps-bind", "ldap",
      "LDAPS: certificate expiry reported, rootDSE read, skew measured, service account binds "
      "and finds itself",
      all_pass_with("latency_seconds", "cert_not_after_unix", "cert_days_left", "search_results",
@@ -226,16 +226,16 @@ EXPECTATIONS = [
                              measurement_is("synchronized", 1), measurement_is("gc_ready", 1),
                              within("current_time_skew_seconds", 5),
                              cert_expires_in_future()))),
-    ("dc-starttls", "ldap", "StartTLS on 389, bind as user@domain, search",
+    ("starttls-bind", "ldap", "StartTLS on 389, bind as user@domain, search",
      all_pass_with("latency_seconds", "cert_not_after_unix", "search_results",
                    targets=["{dc_hostname}:389/starttls"])),
-    ("dc-ldap-rootdse", "ldap", "the rootDSE over plain LDAP, anonymously",
+    ("ldap-rootdse", "ldap", "the rootDSE over plain LDAP, anonymously",
      all_pass_with("latency_seconds", targets=["{dc_ip}:389/ldap"],
                    also=both(text_is("dns_host_name", "{dc_hostname}"),
                              within("current_time_skew_seconds", 5)))),
-    ("dc-ldaps-verified", "ldap", "Samba's self-signed certificate fails verification, saying so",
+    ("ldaps-verified", "ldap", "Samba's self-signed certificate fails verification, saying so",
      fails_with_reason("self-signed", "unknown issuer", "certificate")),
-    ("dc-ldaps-wrong-password", "ldap", "a bind with a wrong password fails, saying so",
+    ("ldaps-wrong-password", "ldap", "a bind with a wrong password fails, saying so",
      fails_with_reason("invalidcredentials", "invalid credentials", "bind")),
     # kerberos
     ("kdc", "kerberos",
@@ -342,6 +342,8 @@ def main():
     parser.add_argument("--dns-ip", required=True)
     parser.add_argument("--dnsmasq-address", required=True)
     parser.add_argument("--not-run-file", required=True)
+    parser.add_argument("--secret-file", action="append", default=[],
+                        help="a password that must appear nowhere in the API or /metrics")
     args = parser.parse_args()
     kinds = {kind for kind in args.kinds.split(",") if kind}
     tally = Tally()
@@ -353,7 +355,15 @@ def main():
         host = json.loads(get(args.api, f"/api/v1/hosts/{hosts[0]['id']}"))
         checks = host.get("checks") or []
         assert_checks(tally, checks, kinds, args)
-        assert_metrics(tally, get(args.api, "/metrics"), hosts[0]["hostname"], checks)
+        metrics = get(args.api, "/metrics")
+        assert_metrics(tally, metrics, hosts[0]["hostname"], checks)
+        exposed = json.dumps(host) + metrics
+        for path in args.secret_file:
+            with open(path, encoding="utf-8") as secret_file:
+                secret = secret_file.read().strip()
+            tally.check(secret not in exposed,
+                        f"the password in {path.rsplit('/', 1)[-1]} appears nowhere in the API "
+                        "or /metrics", "it does")
 
     with open(args.not_run_file, "w", encoding="utf-8") as out:
         for line in tally.not_run:
