@@ -543,10 +543,22 @@ mod tests {
 
     #[test]
     fn checks_errors_name_the_kind_and_the_field() {
+        // serde lists the kinds in declaration order, which `CHECK_KINDS` follows.
+        let kinds: Vec<String> = crate::checks::CHECK_KINDS
+            .iter()
+            .map(|kind| format!("`{kind}`"))
+            .collect();
+        let expected = match kinds.as_slice() {
+            [one] => one.clone(),
+            [first, second] => format!("{first} or {second}"),
+            many => format!("one of {}", many.join(", ")),
+        };
         check(
-            "[[checks]]\nname = \"dc\"\nkind = \"ldap\"\n",
-            "failed to read config `/etc/estate/agent.toml`: line 1, column 1: unknown variant \
-             `ldap`, expected `tcp`",
+            "[[checks]]\nname = \"dc\"\nkind = \"gopher\"\n",
+            &format!(
+                "failed to read config `/etc/estate/agent.toml`: line 1, column 1: unknown \
+                 variant `gopher`, expected {expected}"
+            ),
         );
         check(
             "[[checks]]\nname = \"db\"\nkind = \"tcp\"\naddress = \"db:1\"\nretries = 3\n",

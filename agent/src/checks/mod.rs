@@ -8,6 +8,7 @@
 //! Invariant: a check never panics and never returns `Err`. What went wrong is an
 //! [`Outcome::Fail`] or [`Outcome::Skipped`] with a reason, reported like any other result.
 
+pub mod kerberos;
 pub mod tcp;
 
 use estate_proto::v1::{self as proto, Measurement};
@@ -53,16 +54,19 @@ pub fn default_check_timeout() -> Duration {
 pub enum CheckConfig {
     /// Opens a TCP connection to a host and port.
     Tcp(tcp::TcpCheckConfig),
+    /// Sends an AS-REQ to KDCs over UDP and TCP and expects a KRB-ERROR or AS-REP for the realm.
+    Kerberos(kerberos::KerberosCheckConfig),
 }
 
 /// Every kind name, as written in `kind = "..."`. A test keeps it in step with [`CheckConfig`].
-pub const CHECK_KINDS: &[&str] = &["tcp"];
+pub const CHECK_KINDS: &[&str] = &["tcp", "kerberos"];
 
 impl CheckConfig {
     /// The kind's name as written in the config and reported in results.
     pub fn kind(&self) -> &'static str {
         match self {
             CheckConfig::Tcp(_) => tcp::KIND,
+            CheckConfig::Kerberos(_) => kerberos::KIND,
         }
     }
 
@@ -70,6 +74,7 @@ impl CheckConfig {
     pub fn validate(&self) -> Result<Check, String> {
         match self {
             CheckConfig::Tcp(config) => config.validate().map(Check::Tcp),
+            CheckConfig::Kerberos(config) => config.validate().map(Check::Kerberos),
         }
     }
 }
@@ -78,6 +83,7 @@ impl CheckConfig {
 #[derive(Debug, Clone)]
 pub enum Check {
     Tcp(tcp::TcpCheck),
+    Kerberos(kerberos::KerberosCheck),
 }
 
 impl Check {
@@ -85,6 +91,7 @@ impl Check {
     pub fn kind(&self) -> &'static str {
         match self {
             Check::Tcp(_) => tcp::KIND,
+            Check::Kerberos(_) => kerberos::KIND,
         }
     }
 
@@ -92,6 +99,7 @@ impl Check {
     pub fn target(&self) -> String {
         match self {
             Check::Tcp(check) => check.target(),
+            Check::Kerberos(check) => check.target(),
         }
     }
 
@@ -99,6 +107,7 @@ impl Check {
     pub async fn probe(&self) -> Vec<TargetResult> {
         match self {
             Check::Tcp(check) => check.probe().await,
+            Check::Kerberos(check) => check.probe().await,
         }
     }
 }

@@ -145,7 +145,9 @@ mod tests {
         let entry: CheckEntry =
             toml::from_str(&format!("name = \"t\"\nkind = \"tcp\"\n{toml_text}"))
                 .map_err(|e| e.message().to_owned())?;
-        let CheckConfig::Tcp(config) = entry.config;
+        let CheckConfig::Tcp(config) = entry.config else {
+            panic!("not a tcp config");
+        };
         config.validate()
     }
 
