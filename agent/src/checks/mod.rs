@@ -9,6 +9,7 @@
 //! [`Outcome::Fail`] or [`Outcome::Skipped`] with a reason, reported like any other result.
 
 pub mod kerberos;
+pub mod ldap;
 pub mod tcp;
 
 use estate_proto::v1::{self as proto, Measurement};
@@ -56,10 +57,13 @@ pub enum CheckConfig {
     Tcp(tcp::TcpCheckConfig),
     /// Sends an AS-REQ to KDCs over UDP and TCP and expects a KRB-ERROR or AS-REP for the realm.
     Kerberos(kerberos::KerberosCheckConfig),
+    /// Reads an LDAP server's rootDSE over LDAP, StartTLS or LDAPS, checks its certificate, and
+    /// optionally binds and searches.
+    Ldap(ldap::LdapCheckConfig),
 }
 
 /// Every kind name, as written in `kind = "..."`. A test keeps it in step with [`CheckConfig`].
-pub const CHECK_KINDS: &[&str] = &["tcp", "kerberos"];
+pub const CHECK_KINDS: &[&str] = &["tcp", "kerberos", "ldap"];
 
 impl CheckConfig {
     /// The kind's name as written in the config and reported in results.
@@ -67,6 +71,7 @@ impl CheckConfig {
         match self {
             CheckConfig::Tcp(_) => tcp::KIND,
             CheckConfig::Kerberos(_) => kerberos::KIND,
+            CheckConfig::Ldap(_) => ldap::KIND,
         }
     }
 
@@ -75,6 +80,7 @@ impl CheckConfig {
         match self {
             CheckConfig::Tcp(config) => config.validate().map(Check::Tcp),
             CheckConfig::Kerberos(config) => config.validate().map(Check::Kerberos),
+            CheckConfig::Ldap(config) => config.validate().map(Check::Ldap),
         }
     }
 }
@@ -84,6 +90,7 @@ impl CheckConfig {
 pub enum Check {
     Tcp(tcp::TcpCheck),
     Kerberos(kerberos::KerberosCheck),
+    Ldap(ldap::LdapCheck),
 }
 
 impl Check {
@@ -92,6 +99,7 @@ impl Check {
         match self {
             Check::Tcp(_) => tcp::KIND,
             Check::Kerberos(_) => kerberos::KIND,
+            Check::Ldap(_) => ldap::KIND,
         }
     }
 
@@ -100,14 +108,18 @@ impl Check {
         match self {
             Check::Tcp(check) => check.target(),
             Check::Kerberos(check) => check.target(),
+            Check::Ldap(check) => check.target(),
         }
     }
 
-    /// Runs the probe once, without timeout or concurrency limit (the runner adds both).
-    pub async fn probe(&self) -> Vec<TargetResult> {
+    /// Runs the probe once, without concurrency limit. The runner enforces `timeout`; kinds that
+    /// probe in several steps or fan out (`ldap`, `ad`) derive their own deadlines from it, so
+    /// a slow step is named in its reason instead of the whole run timing out.
+    pub async fn probe(&self, timeout: Duration) -> Vec<TargetResult> {
         match self {
             Check::Tcp(check) => check.probe().await,
             Check::Kerberos(check) => check.probe().await,
+            Check::Ldap(check) => check.probe(timeout).await,
         }
     }
 }
@@ -155,7 +167,7 @@ impl ScheduledCheck {
             &self.check.target(),
             self.timeout,
             limit,
-            self.check.probe(),
+            self.check.probe(self.timeout),
         )
         .await
     }
