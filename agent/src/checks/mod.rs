@@ -8,6 +8,7 @@
 //! Invariant: a check never panics and never returns `Err`. What went wrong is an
 //! [`Outcome::Fail`] or [`Outcome::Skipped`] with a reason, reported like any other result.
 
+pub mod dns;
 pub mod kerberos;
 pub mod ldap;
 pub mod tcp;
@@ -55,6 +56,8 @@ pub fn default_check_timeout() -> Duration {
 pub enum CheckConfig {
     /// Opens a TCP connection to a host and port.
     Tcp(tcp::TcpCheckConfig),
+    /// Queries DNS servers for a name and type and checks the answers.
+    Dns(dns::DnsCheckConfig),
     /// Sends an AS-REQ to KDCs over UDP and TCP and expects a KRB-ERROR or AS-REP for the realm.
     Kerberos(kerberos::KerberosCheckConfig),
     /// Reads an LDAP server's rootDSE over LDAP, StartTLS or LDAPS, checks its certificate, and
@@ -63,13 +66,14 @@ pub enum CheckConfig {
 }
 
 /// Every kind name, as written in `kind = "..."`. A test keeps it in step with [`CheckConfig`].
-pub const CHECK_KINDS: &[&str] = &["tcp", "kerberos", "ldap"];
+pub const CHECK_KINDS: &[&str] = &["tcp", "dns", "kerberos", "ldap"];
 
 impl CheckConfig {
     /// The kind's name as written in the config and reported in results.
     pub fn kind(&self) -> &'static str {
         match self {
             CheckConfig::Tcp(_) => tcp::KIND,
+            CheckConfig::Dns(_) => dns::KIND,
             CheckConfig::Kerberos(_) => kerberos::KIND,
             CheckConfig::Ldap(_) => ldap::KIND,
         }
@@ -79,6 +83,7 @@ impl CheckConfig {
     pub fn validate(&self) -> Result<Check, String> {
         match self {
             CheckConfig::Tcp(config) => config.validate().map(Check::Tcp),
+            CheckConfig::Dns(config) => config.validate().map(Check::Dns),
             CheckConfig::Kerberos(config) => config.validate().map(Check::Kerberos),
             CheckConfig::Ldap(config) => config.validate().map(Check::Ldap),
         }
@@ -89,6 +94,7 @@ impl CheckConfig {
 #[derive(Debug, Clone)]
 pub enum Check {
     Tcp(tcp::TcpCheck),
+    Dns(dns::DnsCheck),
     Kerberos(kerberos::KerberosCheck),
     Ldap(ldap::LdapCheck),
 }
@@ -98,6 +104,7 @@ impl Check {
     pub fn kind(&self) -> &'static str {
         match self {
             Check::Tcp(_) => tcp::KIND,
+            Check::Dns(_) => dns::KIND,
             Check::Kerberos(_) => kerberos::KIND,
             Check::Ldap(_) => ldap::KIND,
         }
@@ -107,6 +114,7 @@ impl Check {
     pub fn target(&self) -> String {
         match self {
             Check::Tcp(check) => check.target(),
+            Check::Dns(check) => check.target(),
             Check::Kerberos(check) => check.target(),
             Check::Ldap(check) => check.target(),
         }
@@ -118,6 +126,7 @@ impl Check {
     pub async fn probe(&self, timeout: Duration) -> Vec<TargetResult> {
         match self {
             Check::Tcp(check) => check.probe().await,
+            Check::Dns(check) => check.probe(timeout).await,
             Check::Kerberos(check) => check.probe().await,
             Check::Ldap(check) => check.probe(timeout).await,
         }
