@@ -186,6 +186,39 @@ def both(*checks):
     return verify
 
 
+def ad_domain(results, args):
+    """Every target of the `ad` check passed; discovery found the DC; each probe a member
+    relies on is there, with what it measures."""
+    failed = [r for r in results if r.get("outcome") != "pass"]
+    if failed:
+        return "; ".join(f"{r.get('target')}: {r.get('outcome')} ({r.get('reason')})"
+                         for r in failed)
+    by_target = {r.get("target"): r for r in results}
+    dcs = by_target.get(f"_ldap._tcp.dc._msdcs.{args.dc_hostname.split('.', 1)[1]}")
+    if dcs is None or (number(dcs, "records") or 0) < 1:
+        return f"no discovery result with records >= 1 for the DCs' SRV name: {sorted(by_target)}"
+
+    def probe(suffix):
+        found = [r for t, r in by_target.items()
+                 if t.lower().startswith(args.dc_hostname.lower()) and t.endswith(suffix)]
+        return found[0] if found else None
+
+    for suffix in ("/ldap", "/starttls", "/ldaps", "/gc", "/kerberos-udp", "/kerberos-tcp",
+                   "/bind"):
+        if probe(suffix) is None:
+            return f"no `{args.dc_hostname}:<port>{suffix}` result: {sorted(by_target)}"
+    checks = [(probe("/ldap"), within("current_time_skew_seconds", 5)),
+              (probe("/ldaps"), cert_expires_in_future()),
+              (probe("/kerberos-udp"), within("kdc_time_skew_seconds", 5)),
+              (probe("/bind"), lambda r, _a: None if (number(r, "search_results") or 0) >= 1
+               else f"search_results is {number(r, 'search_results')!r}, want >= 1")]
+    for result, check in checks:
+        error = check(result, args)
+        if error:
+            return f"{result.get('target')}: {error}"
+    return None
+
+
 EXPECTATIONS = [
     # tcp
     ("dc-ldap", "tcp", "TCP to the DC's LDAP port (host + port)", all_pass_with("connect_seconds")),
@@ -237,6 +270,10 @@ EXPECTATIONS = [
      fails_with_reason("self-signed", "unknown issuer", "certificate")),
     ("ldaps-wrong-password", "ldap", "a bind with a wrong password fails, saying so",
      fails_with_reason("invalidcredentials", "invalid credentials", "bind")),
+    # ad
+    ("domain", "ad",
+     "the domain: DCs discovered from Samba's DNS, each DC's LDAP, StartTLS, LDAPS, GC, Kerberos "
+     "and service-account bind pass, skew and certificate expiry measured", ad_domain),
     # kerberos
     ("kdc", "kerberos",
      "the KDC answers over UDP and TCP with PREAUTH_REQUIRED for the service account, skew measured",
