@@ -9,6 +9,7 @@
 //! kdcs = ["dc1.corp.example.com", "10.0.0.10:88"]   # port 88 unless given
 //! transports = ["udp", "tcp"]                      # default: both
 //! principal = "estate-probe"                       # client name in the AS-REQ (the default)
+//! principal_exists = false                         # true: KDC_ERR_C_PRINCIPAL_UNKNOWN fails
 //! reply_timeout = "2s"                             # per KDC and transport (the default)
 //! ```
 //!
@@ -30,6 +31,12 @@
 //! authenticate), `KRB_ERR_GENERIC` (60) and `KDC_ERR_WRONG_REALM` (68: the KDC does not serve the
 //! realm, naming the realm it referred to). Every other error code passes: the KDC looked the
 //! request up in the realm's database and answered about the client (expired, disabled, policy).
+//!
+//! `KDC_ERR_C_PRINCIPAL_UNKNOWN` alone proves less than it seems: MIT's KDC (1.20, tried by hand)
+//! and Samba's answer it, naming the requested realm, for a realm they do not serve at all. So
+//! with `principal_exists = true` (name an account of the realm, e.g. an AD service account)
+//! that code fails, and a pass (usually `KDC_ERR_PREAUTH_REQUIRED`) proves the KDC knows the
+//! realm's accounts.
 //!
 //! A KRB-ERROR carries no nonce, and an AS-REP's nonce is inside its encrypted part, which the
 //! probe cannot read without the client's key. A reply is matched to the request by transport
@@ -153,8 +160,14 @@ pub struct KerberosCheckConfig {
     /// need not exist; no password is ever sent.
     #[serde(default = "default_principal")]
     pub principal: String,
-    /// How long each KDC has to answer on each transport (TCP: connect included). Keep it below
-    /// the check's `timeout`, which bounds the whole check.
+    /// Set when `principal` exists in the realm (any AD user or service account): then
+    /// `KDC_ERR_C_PRINCIPAL_UNKNOWN` fails, so a pass proves the KDC serves the realm's accounts
+    /// and not merely that it answers. Default false.
+    #[serde(default)]
+    pub principal_exists: bool,
+    /// How long each KDC has to answer on each transport (TCP: connect included); resolving its
+    /// name may take as long again. Keep twice this below the check's `timeout`, which bounds
+    /// the whole check.
     #[serde(default = "default_reply_timeout", with = "crate::config::duration")]
     pub reply_timeout: Duration,
 }
@@ -162,8 +175,7 @@ pub struct KerberosCheckConfig {
 impl KerberosCheckConfig {
     /// Checks the realm, principal, KDC addresses and transports. Pure: nothing is resolved.
     pub fn validate(&self) -> Result<KerberosCheck, String> {
-        validate_realm(&self.realm)?;
-        let principal = parse_principal(&self.principal)?;
+        let query = KdcQuery::new(&self.realm, &self.principal, self.principal_exists)?;
         if self.kdcs.is_empty() {
             return Err("`kdcs` is empty, name at least one KDC".to_owned());
         }
@@ -195,8 +207,7 @@ impl KerberosCheckConfig {
             return Err("`reply_timeout` `0s` must be more than zero".to_owned());
         }
         Ok(KerberosCheck {
-            realm: self.realm.clone(),
-            principal,
+            query,
             kdcs,
             transports,
             reply_timeout: self.reply_timeout,
@@ -300,11 +311,41 @@ fn parse_kdc(entry: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
+/// What a probe asks a KDC: a TGT for `principal` in `realm`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KdcQuery {
+    realm: String,
+    principal: Vec<String>,
+    principal_exists: bool,
+}
+
+impl KdcQuery {
+    /// Checks the realm and the principal (`name` or `service/host`, without realm). With
+    /// `principal_exists`, `KDC_ERR_C_PRINCIPAL_UNKNOWN` fails instead of passing.
+    pub fn new(realm: &str, principal: &str, principal_exists: bool) -> Result<KdcQuery, String> {
+        validate_realm(realm)?;
+        Ok(KdcQuery {
+            realm: realm.to_owned(),
+            principal: parse_principal(principal)?,
+            principal_exists,
+        })
+    }
+
+    /// The realm asked for.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// `name@REALM`, as in reasons.
+    fn principal_at_realm(&self) -> String {
+        format!("{}@{}", self.principal.join("/"), self.realm)
+    }
+}
+
 /// A ready `kerberos` check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KerberosCheck {
-    realm: String,
-    principal: Vec<String>,
+    query: KdcQuery,
     kdcs: Vec<(String, u16)>,
     transports: Vec<KdcTransport>,
     reply_timeout: Duration,
@@ -313,7 +354,7 @@ pub struct KerberosCheck {
 impl KerberosCheck {
     /// The realm: what a result without a target of its own (the check's timeout) is about.
     pub fn target(&self) -> String {
-        self.realm.clone()
+        self.query.realm.clone()
     }
 
     /// Probes every KDC over every transport at once; one result per pair, in config order.
@@ -325,13 +366,11 @@ impl KerberosCheck {
                 let index = order.len();
                 order.push(kdc_target(host, *port, transport));
                 let (host, port) = (host.clone(), *port);
-                let realm = self.realm.clone();
-                let principal = self.principal.clone();
+                let query = self.query.clone();
                 let reply_timeout = self.reply_timeout;
                 probes.spawn(async move {
                     let result =
-                        probe_kdc_as(&host, port, &realm, &principal, transport, reply_timeout)
-                            .await;
+                        probe_kdc_with(&host, port, &query, transport, reply_timeout).await;
                     (index, result)
                 });
             }
@@ -371,7 +410,8 @@ pub fn kdc_target(host: &str, port: u16, transport: KdcTransport) -> String {
 }
 
 /// Probes one KDC over one transport with an AS-REQ for `krbtgt/realm` naming the client
-/// [`DEFAULT_PRINCIPAL`], and judges the reply as described in the module docs.
+/// [`DEFAULT_PRINCIPAL`], and judges the reply as described in the module docs. An invalid
+/// `realm` (empty, spaces, `@`, over 255 bytes) fails without sending anything.
 ///
 /// `host` is a name or an IP address (IPv6 without brackets); it is resolved here, within
 /// `reply_timeout`, which then bounds the exchange itself (TCP: connect included). The result's
@@ -385,16 +425,22 @@ pub async fn probe_kdc(
     transport: KdcTransport,
     reply_timeout: Duration,
 ) -> TargetResult {
-    let principal = [DEFAULT_PRINCIPAL.to_owned()];
-    probe_kdc_as(host, port, realm, &principal, transport, reply_timeout).await
+    match KdcQuery::new(realm, DEFAULT_PRINCIPAL, false) {
+        Ok(query) => probe_kdc_with(host, port, &query, transport, reply_timeout).await,
+        Err(reason) => TargetResult {
+            target: kdc_target(host, port, transport),
+            outcome: Outcome::Fail { reason },
+            measurements: Vec::new(),
+        },
+    }
 }
 
-/// [`probe_kdc`] with the client principal's components.
-async fn probe_kdc_as(
+/// [`probe_kdc`] with a chosen client principal: for a caller that knows an account of the
+/// realm, `KdcQuery::new(realm, "svc-estate", true)` makes a pass prove the KDC serves it.
+pub async fn probe_kdc_with(
     host: &str,
     port: u16,
-    realm: &str,
-    principal: &[String],
+    query: &KdcQuery,
     transport: KdcTransport,
     reply_timeout: Duration,
 ) -> TargetResult {
@@ -404,10 +450,6 @@ async fn probe_kdc_as(
         outcome: Outcome::Fail { reason },
         measurements: Vec::new(),
     };
-    // Callers other than the config (discovery) pass names from the network: check them here.
-    if let Err(reason) = validate_realm(realm) {
-        return fail(reason);
-    }
     let waited = humantime::format_duration(reply_timeout);
     let address =
         match tokio::time::timeout(reply_timeout, tokio::net::lookup_host((host, port))).await {
@@ -421,8 +463,8 @@ async fn probe_kdc_as(
 
     let started_wall = SystemTime::now();
     let request = encode_as_req(&AsRequest {
-        realm,
-        principal,
+        realm: &query.realm,
+        principal: &query.principal,
         nonce: random_nonce(),
         till_unix_seconds: unix_seconds(started_wall).saturating_add(24 * 3600),
     });
@@ -438,7 +480,7 @@ async fn probe_kdc_as(
     };
     let latency = started.elapsed();
     let midpoint = started_wall + latency / 2;
-    judge_reply(&target, realm, &reply, latency, midpoint)
+    judge_reply(&target, query, &reply, latency, midpoint)
 }
 
 /// A nonce from the OS-seeded generator, masked to 31 bits: some KDCs (old Windows, Java) read
@@ -604,11 +646,12 @@ async fn read_up_to(stream: &mut TcpStream, buffer: &mut [u8]) -> Result<usize, 
 /// Turns a reply into the target's result (see the module docs for what passes).
 fn judge_reply(
     target: &str,
-    realm: &str,
+    query: &KdcQuery,
     reply: &[u8],
     latency: Duration,
     midpoint: SystemTime,
 ) -> TargetResult {
+    let realm = query.realm();
     let mut measurements = vec![measurement("latency_seconds", latency.as_secs_f64())];
     let parsed = parse_kdc_reply(reply);
     let outcome = match parsed {
@@ -632,7 +675,7 @@ fn judge_reply(
             let kdc_time = error.stime_unix as f64 + f64::from(error.susec) / 1e6;
             let agent_time = unix_seconds_f64(midpoint);
             measurements.push(measurement("kdc_time_skew_seconds", kdc_time - agent_time));
-            judge_error(target, realm, &error)
+            judge_error(target, query, &error)
         }
     };
     TargetResult {
@@ -643,7 +686,8 @@ fn judge_reply(
 }
 
 /// Whether a KRB-ERROR proves the KDC serves the realm.
-fn judge_error(target: &str, realm: &str, error: &KrbError) -> Outcome {
+fn judge_error(target: &str, query: &KdcQuery, error: &KrbError) -> Outcome {
+    let realm = query.realm();
     let code = error.error_code;
     let named = match error_code_name(code) {
         Some(name) => format!("{name} ({code})"),
@@ -670,6 +714,11 @@ fn judge_error(target: &str, realm: &str, error: &KrbError) -> Outcome {
         | KRB_ERR_GENERIC => {
             format!("{named} from `{target}` for realm `{realm}`{e_text}")
         }
+        KDC_ERR_C_PRINCIPAL_UNKNOWN if query.principal_exists => format!(
+            "{named} from `{target}`: principal `{}` is unknown, though `principal_exists` \
+             says it exists",
+            query.principal_at_realm()
+        ),
         _ if !error.realm.eq_ignore_ascii_case(realm) => format!(
             "KRB-ERROR from `{target}` names realm `{}`, expected `{realm}`",
             printable(&error.realm)
@@ -1651,7 +1700,7 @@ mod tests {
         check_config(
             &format!("{realm}kdcs = [\"dc1\"]\nport = 88"),
             Err(
-                "unknown field `port`, expected one of `realm`, `kdcs`, `transports`, `principal`, `reply_timeout`",
+                "unknown field `port`, expected one of `realm`, `kdcs`, `transports`, `principal`, `principal_exists`, `reply_timeout`",
             ),
         );
     }
@@ -1660,7 +1709,8 @@ mod tests {
     fn defaults_are_both_transports_the_probe_principal_and_two_seconds() {
         let check = config("realm = \"R\"\nkdcs = [\"dc1\"]").unwrap();
         assert_eq!(check.transports, [KdcTransport::Udp, KdcTransport::Tcp]);
-        assert_eq!(check.principal, ["estate-probe"]);
+        assert_eq!(check.query.principal, ["estate-probe"]);
+        assert!(!check.query.principal_exists);
         assert_eq!(check.reply_timeout, Duration::from_secs(2));
         assert_eq!(check.target(), "R");
     }
@@ -1885,6 +1935,27 @@ mod tests {
     }
 
     #[test]
+    fn a_krb_error_captured_from_mit_krb5kdc_parses_to_its_fields() {
+        let parsed = parse_kdc_reply(&fixture("krb-error-mit-preauth-required.hex")).unwrap();
+        let KdcReply::Error(error) = parsed else {
+            panic!("expected a KRB-ERROR, got {parsed:?}");
+        };
+        assert_eq!(error.error_code, KDC_ERR_PREAUTH_REQUIRED);
+        assert_eq!(error.stime_unix, 1_795_478_169); // 2026-11-23T23:56:09Z
+        assert_eq!(error.susec, 35_979);
+        assert_eq!((error.ctime_unix, error.cusec), (None, None));
+        assert_eq!(error.realm, REALM);
+        assert_eq!(error.crealm.as_deref(), Some(REALM));
+        assert_eq!(error.sname.components, ["krbtgt", REALM]);
+        assert_eq!(
+            error.cname.map(|name| name.components),
+            Some(vec!["estate-probe".to_owned()])
+        );
+        assert_eq!(error.e_text.as_deref(), Some("NEEDED_PREAUTH"));
+        assert_eq!(error.e_data.map(|data| data.len()), Some(92));
+    }
+
+    #[test]
     fn replies_built_by_the_test_encoder_round_trip() {
         let mut reply = ErrorReply::new(KDC_ERR_WRONG_REALM, "OTHER", 0);
         reply.crealm = Some("OTHER".into());
@@ -1942,7 +2013,7 @@ mod tests {
     fn judged(reply: &[u8]) -> Outcome {
         judge_reply(
             "kdc:88/udp",
-            REALM,
+            &KdcQuery::new(REALM, DEFAULT_PRINCIPAL, false).unwrap(),
             reply,
             Duration::from_millis(1),
             SystemTime::now(),
@@ -2025,6 +2096,36 @@ mod tests {
             judged(&trailing),
             fail("malformed Kerberos reply from `kdc:88/udp`: 1 bytes after the message")
         );
+    }
+
+    #[test]
+    fn with_principal_exists_an_unknown_principal_fails() {
+        let query = KdcQuery::new(REALM, "svc-estate", true).unwrap();
+        let judge = |code| {
+            let reply = ErrorReply::new(code, REALM, now_unix()).encode();
+            judge_reply(
+                "kdc:88/tcp",
+                &query,
+                &reply,
+                Duration::ZERO,
+                SystemTime::now(),
+            )
+            .outcome
+        };
+        assert_eq!(
+            judge(KDC_ERR_C_PRINCIPAL_UNKNOWN),
+            fail(
+                "KDC_ERR_C_PRINCIPAL_UNKNOWN (6) from `kdc:88/tcp`: principal \
+                 `svc-estate@CORP.EXAMPLE.COM` is unknown, though `principal_exists` says it exists"
+            )
+        );
+        assert_eq!(judge(KDC_ERR_PREAUTH_REQUIRED), Outcome::Pass);
+        assert_eq!(judge(18), Outcome::Pass);
+        let check = config(
+            "realm = \"R\"\nkdcs = [\"dc1\"]\nprincipal = \"svc-estate\"\nprincipal_exists = true",
+        )
+        .unwrap();
+        assert!(check.query.principal_exists);
     }
 
     #[test]
@@ -2144,6 +2245,7 @@ mod tests {
             reply.encode(),
             encode_as_rep(REALM),
             fixture("krb-error-preauth-required.hex"),
+            fixture("krb-error-mit-preauth-required.hex"),
         ];
         // Every prefix of a valid reply is refused, never read past.
         for seed in &seeds {
@@ -2312,8 +2414,7 @@ mod tests {
         reply_timeout: Duration,
     ) -> KerberosCheck {
         KerberosCheck {
-            realm: REALM.to_owned(),
-            principal: vec![DEFAULT_PRINCIPAL.to_owned()],
+            query: KdcQuery::new(REALM, DEFAULT_PRINCIPAL, false).unwrap(),
             kdcs: vec![("127.0.0.1".to_owned(), port)],
             transports: transports.to_vec(),
             reply_timeout,
