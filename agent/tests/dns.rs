@@ -69,6 +69,10 @@ fn catalog() -> Catalog {
             RData::CNAME(CNAME(name("www.example.test."))),
         ),
         (
+            "dangling.example.test.",
+            RData::CNAME(CNAME(name("elsewhere.invalid."))),
+        ),
+        (
             "example.test.",
             RData::MX(MX::new(10, name("mail.example.test."))),
         ),
@@ -318,7 +322,7 @@ async fn too_few_answers_fail_with_the_count() {
     .await);
     assert_eq!(
         reason(&result),
-        format!("server `{server}` returned 2 answers, expected at least 3")
+        format!("server `{server}` returned 2 A records, expected at least 3")
     );
     // A name with no record of the asked type: NOERROR and no answer (NODATA).
     let nodata = one(probe(&config(
@@ -328,7 +332,33 @@ async fn too_few_answers_fail_with_the_count() {
     .await);
     assert_eq!(
         reason(&nodata),
-        format!("server `{server}` returned 0 answers, expected at least 1")
+        format!("server `{server}` returned 0 MX records, expected at least 1")
+    );
+    zone.stop().await;
+}
+
+#[tokio::test]
+async fn a_cname_chain_counts_only_records_of_the_asked_type() {
+    let zone = ZoneServer::start().await;
+    let server = zone.address;
+    let chained = one(probe(&config(
+        server,
+        "query = \"alias.example.test\"\nmin_answers = 2",
+    ))
+    .await);
+    assert_pass(&chained);
+    assert_eq!(value(&chained, "answers"), 2.0);
+    assert_eq!(answer_texts(&chained).len(), 3, "{chained:#?}");
+
+    let dangling = one(probe(&config(server, "query = \"dangling.example.test\"")).await);
+    assert_eq!(
+        reason(&dangling),
+        format!("server `{server}` returned 0 A records, expected at least 1")
+    );
+    assert_eq!(value(&dangling, "answers"), 0.0);
+    assert_eq!(
+        answer_texts(&dangling),
+        ["dangling.example.test. 300 IN CNAME elsewhere.invalid."]
     );
     zone.stop().await;
 }

@@ -113,8 +113,9 @@ pub struct DnsCheckConfig {
     /// The response code each server must answer with (`NOERROR`, `NXDOMAIN`, `SERVFAIL`, …).
     #[serde(default = "default_expect_rcode")]
     pub expect_rcode: String,
-    /// The fewest answer records a server must return: default 1 when `expect_rcode` is
-    /// `NOERROR`, else 0 (answers only come with `NOERROR`).
+    /// The fewest answer records of the asked type a server must return (a CNAME alone is not an
+    /// answer to an `A` question): default 1 when `expect_rcode` is `NOERROR`, else 0 (answers
+    /// only come with `NOERROR`).
     pub min_answers: Option<u32>,
     /// Values that must each match at least one answer: exact (case and a trailing dot ignored)
     /// or a regex with the `re:` prefix. An answer's value is its address (A, AAAA), the name it
@@ -417,8 +418,9 @@ impl DnsCheck {
     ///
     /// A server passes when it answers with the expected response code, at least `min_answers`
     /// answers, every expected value, and within `max_latency`. Measurements per server:
-    /// `latency_seconds`, `rcode` (numeric), `answers` (count), `tcp_fallback` (1 when a
-    /// truncated UDP reply was retried over TCP), one `answer` per answer record (value: TTL;
+    /// `latency_seconds`, `rcode` (numeric), `answers` (records of the asked type, the figure
+    /// `min_answers` is held to), `tcp_fallback` (1 when a truncated UDP reply was retried over
+    /// TCP), one `answer` per record of the answer section, CNAME chain included (value: TTL;
     /// text: the record in presentation format, at most [`MAX_ANSWER_TEXT_BYTES`]), at most
     /// [`MAX_ANSWER_MEASUREMENTS`] of them, and `answers_omitted` when there were more.
     pub async fn probe(&self, check_timeout: Duration) -> Vec<TargetResult> {
@@ -495,7 +497,7 @@ impl DnsCheck {
                             reason: problems.join("; "),
                         }
                     },
-                    measurements: reply_measurements(&reply),
+                    measurements: reply_measurements(&reply, self.question.query_type),
                 }
             }
         }
@@ -515,10 +517,12 @@ impl DnsCheck {
             return problems;
         }
         let answers = &reply.message.answers;
-        if answers.len() < self.min_answers as usize {
+        let asked_type = self.question.query_type;
+        let of_asked_type = count_of_type(answers, asked_type);
+        if of_asked_type < self.min_answers as usize {
             problems.push(format!(
                 "server `{server}` returned {}, expected at least {}",
-                plural(answers.len(), "answer"),
+                plural(of_asked_type, &format!("{asked_type} record")),
                 self.min_answers
             ));
         }
@@ -551,6 +555,15 @@ impl DnsCheck {
         }
         problems
     }
+}
+
+/// How many answer records have the asked type: a CNAME that leads nowhere is no answer to an
+/// `A` question, though it is in the answer section.
+fn count_of_type(answers: &[Record], record_type: RecordType) -> usize {
+    answers
+        .iter()
+        .filter(|record| record.record_type() == record_type)
+        .count()
 }
 
 fn plural(count: usize, noun: &str) -> String {
@@ -603,7 +616,7 @@ fn cut(text: &str, max_bytes: usize) -> String {
     format!("{}{TRUNCATED_MARKER}", &text[..end])
 }
 
-fn reply_measurements(reply: &Reply) -> Vec<Measurement> {
+fn reply_measurements(reply: &Reply, asked_type: RecordType) -> Vec<Measurement> {
     let answers = &reply.message.answers;
     let mut measurements = vec![
         measurement("latency_seconds", reply.latency.as_secs_f64()),
@@ -611,7 +624,7 @@ fn reply_measurements(reply: &Reply) -> Vec<Measurement> {
             "rcode",
             f64::from(u16::from(reply.message.metadata.response_code)),
         ),
-        measurement("answers", answers.len() as f64),
+        measurement("answers", count_of_type(answers, asked_type) as f64),
         measurement("tcp_fallback", f64::from(u8::from(reply.tcp_fallback))),
     ];
     measurements.extend(
