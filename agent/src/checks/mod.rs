@@ -8,6 +8,7 @@
 //! Invariant: a check never panics and never returns `Err`. What went wrong is an
 //! [`Outcome::Fail`] or [`Outcome::Skipped`] with a reason, reported like any other result.
 
+pub mod ad;
 pub mod dns;
 pub mod kerberos;
 pub mod ldap;
@@ -63,10 +64,13 @@ pub enum CheckConfig {
     /// Reads an LDAP server's rootDSE over LDAP, StartTLS or LDAPS, checks its certificate, and
     /// optionally binds and searches.
     Ldap(ldap::LdapCheckConfig),
+    /// Discovers an Active Directory domain's DCs from DNS SRV records and probes each one's
+    /// LDAP, StartTLS, LDAPS, global catalog and Kerberos.
+    Ad(ad::AdCheckConfig),
 }
 
 /// Every kind name, as written in `kind = "..."`. A test keeps it in step with [`CheckConfig`].
-pub const CHECK_KINDS: &[&str] = &["tcp", "dns", "kerberos", "ldap"];
+pub const CHECK_KINDS: &[&str] = &["tcp", "dns", "kerberos", "ldap", "ad"];
 
 impl CheckConfig {
     /// The kind's name as written in the config and reported in results.
@@ -76,6 +80,7 @@ impl CheckConfig {
             CheckConfig::Dns(_) => dns::KIND,
             CheckConfig::Kerberos(_) => kerberos::KIND,
             CheckConfig::Ldap(_) => ldap::KIND,
+            CheckConfig::Ad(_) => ad::KIND,
         }
     }
 
@@ -86,6 +91,7 @@ impl CheckConfig {
             CheckConfig::Dns(config) => config.validate().map(Check::Dns),
             CheckConfig::Kerberos(config) => config.validate().map(Check::Kerberos),
             CheckConfig::Ldap(config) => config.validate().map(Check::Ldap),
+            CheckConfig::Ad(config) => config.validate().map(Check::Ad),
         }
     }
 }
@@ -97,6 +103,7 @@ pub enum Check {
     Dns(dns::DnsCheck),
     Kerberos(kerberos::KerberosCheck),
     Ldap(ldap::LdapCheck),
+    Ad(ad::AdCheck),
 }
 
 impl Check {
@@ -107,6 +114,7 @@ impl Check {
             Check::Dns(_) => dns::KIND,
             Check::Kerberos(_) => kerberos::KIND,
             Check::Ldap(_) => ldap::KIND,
+            Check::Ad(_) => ad::KIND,
         }
     }
 
@@ -117,6 +125,7 @@ impl Check {
             Check::Dns(check) => check.target(),
             Check::Kerberos(check) => check.target(),
             Check::Ldap(check) => check.target(),
+            Check::Ad(check) => check.target(),
         }
     }
 
@@ -129,6 +138,7 @@ impl Check {
             Check::Dns(check) => check.probe(timeout).await,
             Check::Kerberos(check) => check.probe().await,
             Check::Ldap(check) => check.probe(timeout).await,
+            Check::Ad(check) => check.probe(timeout).await,
         }
     }
 }
