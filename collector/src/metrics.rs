@@ -138,6 +138,11 @@ pub const MEASUREMENT_FAMILIES: &[(&str, &str, &str)] = &[
     ),
     ("rcode", "estate_check_dns_rcode", "DNS response code."),
     (
+        "tcp_fallback",
+        "estate_check_dns_tcp_fallback",
+        "1 if the UDP answer was truncated and the query was retried over TCP.",
+    ),
+    (
         "current_time_skew_seconds",
         "estate_check_clock_skew_seconds",
         "Clock of the target (rootDSE currentTime) minus the agent's clock.",
