@@ -41,14 +41,28 @@ const UNINDEXED_FIELDS: &[&str] = &[
 /// Flattens a document into searchable pairs, skipping empty values.
 pub fn flatten(document: &Value) -> Vec<FieldValue> {
     let mut out = Vec::new();
-    flatten_into(document, &mut String::new(), &mut out);
-    out.retain(|pair| !UNINDEXED_FIELDS.contains(&pair.field.as_str()));
+    visit_leaves(document, &mut String::new(), &mut |field, value| {
+        let value = match value {
+            Value::String(text) if text.is_empty() => return,
+            Value::String(text) => text.clone(),
+            Value::Null => return,
+            other => other.to_string(),
+        };
+        if !UNINDEXED_FIELDS.contains(&field) {
+            out.push(FieldValue {
+                field: field.to_owned(),
+                value,
+            });
+        }
+    });
     out.sort();
     out.dedup();
     out
 }
 
-fn flatten_into(value: &Value, path: &mut String, out: &mut Vec<FieldValue>) {
+/// Calls `visit(field, value)` for every scalar in `value`, with the field path joined by dots;
+/// list items are visited under their list's path.
+fn visit_leaves(value: &Value, path: &mut String, visit: &mut impl FnMut(&str, &Value)) {
     match value {
         Value::Object(map) => {
             for (key, child) in map {
@@ -57,25 +71,16 @@ fn flatten_into(value: &Value, path: &mut String, out: &mut Vec<FieldValue>) {
                     path.push('.');
                 }
                 path.push_str(key);
-                flatten_into(child, path, out);
+                visit_leaves(child, path, visit);
                 path.truncate(len);
             }
         }
         Value::Array(items) => {
             for item in items {
-                flatten_into(item, path, out);
+                visit_leaves(item, path, visit);
             }
         }
-        Value::String(text) if text.is_empty() => {}
-        Value::Null => {}
-        Value::String(text) => out.push(FieldValue {
-            field: path.clone(),
-            value: text.clone(),
-        }),
-        Value::Number(_) | Value::Bool(_) => out.push(FieldValue {
-            field: path.clone(),
-            value: value.to_string(),
-        }),
+        scalar => visit(path, scalar),
     }
 }
 
@@ -110,34 +115,13 @@ pub fn known_fields() -> &'static BTreeSet<String> {
             problems: vec![Problem::default()],
         };
         let mut fields = BTreeSet::new();
-        collect_paths(&to_document(&inventory), &mut String::new(), &mut fields);
-        fields.retain(|field| !UNINDEXED_FIELDS.contains(&field.as_str()));
+        visit_leaves(&to_document(&inventory), &mut String::new(), &mut |field, _| {
+            if !UNINDEXED_FIELDS.contains(&field) {
+                fields.insert(field.to_owned());
+            }
+        });
         fields
     })
-}
-
-fn collect_paths(value: &Value, path: &mut String, out: &mut BTreeSet<String>) {
-    match value {
-        Value::Object(map) => {
-            for (key, child) in map {
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(key);
-                collect_paths(child, path, out);
-                path.truncate(len);
-            }
-        }
-        Value::Array(items) => {
-            for item in items {
-                collect_paths(item, path, out);
-            }
-        }
-        _ => {
-            out.insert(path.clone());
-        }
-    }
 }
 
 /// One recorded difference between two inventories of a host.
