@@ -115,11 +115,15 @@ pub fn known_fields() -> &'static BTreeSet<String> {
             problems: vec![Problem::default()],
         };
         let mut fields = BTreeSet::new();
-        visit_leaves(&to_document(&inventory), &mut String::new(), &mut |field, _| {
-            if !UNINDEXED_FIELDS.contains(&field) {
-                fields.insert(field.to_owned());
-            }
-        });
+        visit_leaves(
+            &to_document(&inventory),
+            &mut String::new(),
+            &mut |field, _| {
+                if !UNINDEXED_FIELDS.contains(&field) {
+                    fields.insert(field.to_owned());
+                }
+            },
+        );
         fields
     })
 }
