@@ -11,7 +11,7 @@ use crate::document::{self, ChangeKind};
 use estate_proto::v1::{CheckResult, HostIdentity, Inventory, ReportRequest};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -544,26 +544,29 @@ fn load_host_checks(connection: &Connection, host_id: &str) -> rusqlite::Result<
 /// Keeps the latest result per (check, target), records an event whenever a target's outcome
 /// changes, and forgets checks the agent no longer has and targets a check no longer reports
 /// (a DC removed from DNS). Returns the host's complete set when anything may have changed.
+///
+/// The host's current rows are read once and the new set is worked out in memory, so a
+/// heartbeat costs one read and one upsert per result (this runs on the single writer thread).
 fn store_checks(
     tx: &Transaction<'_>,
     host_id: &str,
     now: i64,
     report: &ReportRequest,
 ) -> rusqlite::Result<Option<Vec<CheckState>>> {
-    let names = serde_json::to_string(&report.check_names).unwrap_or_else(|_| "[]".into());
-    let forgotten = tx
-        .prepare_cached(
-            "DELETE FROM check_results WHERE host_id = ?1 \
-             AND check_name NOT IN (SELECT value FROM json_each(?2))",
-        )?
-        .execute(params![host_id, names])?;
-    if report.checks.is_empty() {
-        return Ok(if forgotten > 0 {
-            Some(load_host_checks(tx, host_id)?)
-        } else {
-            None
-        });
+    let mut current: BTreeMap<(String, String), CheckState> = load_host_checks(tx, host_id)?
+        .into_iter()
+        .map(|state| ((state.check.clone(), state.target.clone()), state))
+        .collect();
+    let configured: HashSet<&str> = report.check_names.iter().map(String::as_str).collect();
+    let mut removed: Vec<(String, String)> = current
+        .keys()
+        .filter(|(check, _)| !configured.contains(check.as_str()))
+        .cloned()
+        .collect();
+    if report.checks.is_empty() && removed.is_empty() {
+        return Ok(None);
     }
+
     // Oldest first, so that of two runs in one report the later one wins.
     let mut results: Vec<&CheckResult> = report.checks.iter().collect();
     results.sort_by_key(|result| result.started_unix_ms);
@@ -572,68 +575,87 @@ fn store_checks(
         let started = latest_run.entry(result.check.as_str()).or_insert(i64::MIN);
         *started = (*started).max(result.started_unix_ms);
     }
+    let mut record_event = tx.prepare_cached(
+        "INSERT INTO check_events (host_id, check_name, kind, target, at_ms, old_outcome, \
+         new_outcome, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut upsert = tx.prepare_cached(&format!(
+        "INSERT INTO check_results ({CHECK_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+         ON CONFLICT (host_id, check_name, target) DO UPDATE SET kind = excluded.kind, \
+         outcome = excluded.outcome, reason = excluded.reason, since_ms = excluded.since_ms, \
+         received_ms = excluded.received_ms, started_ms = excluded.started_ms, \
+         duration_seconds = excluded.duration_seconds, measurements = excluded.measurements"
+    ))?;
     for result in results {
         let outcome = estate_proto::outcome_name(result.outcome);
-        let previous: Option<(String, i64)> = tx
-            .prepare_cached(
-                "SELECT outcome, since_ms FROM check_results \
-                 WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
-            )?
-            .query_row(params![host_id, result.check, result.target], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
-            .optional()?;
-        let since = match &previous {
-            Some((old, since)) if old == outcome => *since,
+        let key = (result.check.clone(), result.target.clone());
+        let previous = current.get(&key).map(|state| state.outcome.as_str());
+        let since = match current.get(&key) {
+            Some(state) if state.outcome == outcome => state.since_ms,
             _ => {
-                tx.prepare_cached(
-                    "INSERT INTO check_events (host_id, check_name, kind, target, at_ms, \
-                     old_outcome, new_outcome, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?
-                .execute(params![
+                record_event.execute(params![
                     host_id,
                     result.check,
                     result.kind,
                     result.target,
                     now,
-                    previous.as_ref().map(|(old, _)| old.as_str()),
+                    previous,
                     outcome,
                     result.reason
                 ])?;
                 now
             }
         };
+        let state = CheckState {
+            host_id: host_id.to_owned(),
+            check: result.check.clone(),
+            kind: result.kind.clone(),
+            target: result.target.clone(),
+            outcome: outcome.to_owned(),
+            reason: result.reason.clone(),
+            since_ms: since,
+            received_ms: now,
+            started_ms: result.started_unix_ms,
+            duration_seconds: result.duration_seconds,
+            measurements: result.measurements.clone(),
+        };
         let measurements =
-            serde_json::to_string(&result.measurements).unwrap_or_else(|_| "[]".into());
-        tx.prepare_cached(&format!(
-            "INSERT INTO check_results ({CHECK_COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-             ON CONFLICT (host_id, check_name, target) DO UPDATE SET kind = excluded.kind, \
-             outcome = excluded.outcome, reason = excluded.reason, since_ms = excluded.since_ms, \
-             received_ms = excluded.received_ms, started_ms = excluded.started_ms, \
-             duration_seconds = excluded.duration_seconds, measurements = excluded.measurements"
-        ))?
-        .execute(params![
+            serde_json::to_string(&state.measurements).unwrap_or_else(|_| "[]".into());
+        upsert.execute(params![
             host_id,
-            result.check,
-            result.kind,
-            result.target,
-            outcome,
-            result.reason,
-            since,
-            now,
-            result.started_unix_ms,
-            result.duration_seconds,
+            state.check,
+            state.kind,
+            state.target,
+            state.outcome,
+            state.reason,
+            state.since_ms,
+            state.received_ms,
+            state.started_ms,
+            state.duration_seconds,
             measurements
         ])?;
+        current.insert(key, state);
     }
-    let mut superseded = tx.prepare_cached(
-        "DELETE FROM check_results WHERE host_id = ?1 AND check_name = ?2 AND started_ms < ?3",
+    // Targets the latest run of a reported check no longer has.
+    removed.extend(
+        current
+            .iter()
+            .filter(|((check, _), state)| {
+                latest_run
+                    .get(check.as_str())
+                    .is_some_and(|latest| state.started_ms < *latest)
+            })
+            .map(|(key, _)| key.clone()),
+    );
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM check_results WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
     )?;
-    for (check, started) in latest_run {
-        superseded.execute(params![host_id, check, started])?;
+    for key in &removed {
+        delete.execute(params![host_id, key.0, key.1])?;
+        current.remove(key);
     }
-    Ok(Some(load_host_checks(tx, host_id)?))
+    Ok(Some(current.into_values().collect()))
 }
 
 impl Store for SqliteStore {
