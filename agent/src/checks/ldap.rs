@@ -56,22 +56,16 @@
 //! becomes a failure ("sent a malformed LDAP message"), and the session is aborted when the probe
 //! is dropped. Entries are read by our own panic-free walker, bounded in attributes and values.
 
+use super::certificate::{CertificateInspector, TlsPolicy, TlsVersion, format_unix};
 use super::{Outcome, TargetResult, measurement};
 use estate_proto::v1::Measurement;
 use ldap3::asn1::{PL, StructureTag};
 use ldap3::{LdapConnAsync, LdapConnSettings, LdapError, Scope, StdStream};
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The kind's name in `kind = "ldap"`.
@@ -157,15 +151,7 @@ pub fn optional_duration<'de, D: serde::Deserializer<'de>>(
     crate::config::duration::deserialize(deserializer).map(Some)
 }
 
-/// Certificates are verified unless told otherwise.
-pub fn default_tls_verify() -> bool {
-    true
-}
-
-/// Two weeks leaves time to renew a certificate after the alert.
-pub fn default_cert_min_days() -> u32 {
-    14
-}
+pub use super::certificate::{default_cert_min_days, default_tls_verify};
 
 /// The rootDSE is read unless told otherwise: it is what proves the server speaks LDAP.
 pub fn default_root_dse() -> bool {
@@ -635,16 +621,23 @@ async fn run_session(endpoint: Endpoint, plan: ProbePlan, timeout: Duration) -> 
         }
     }
 
-    let recorder = Arc::new(PeerRecorder::default());
+    let policy = TlsPolicy {
+        verify: plan.tls_verify,
+        ca_file: plan.ca_file.clone(),
+        cert_min_days: plan.cert_min_days,
+        min_version: TlsVersion::Tls12,
+    };
+    let mut inspector = None;
     let mut settings = LdapConnSettings::new();
     if endpoint.security != Security::Plain {
-        let config = match client_config(&plan, Arc::clone(&recorder)) {
-            Ok(config) => config,
+        let tls = match CertificateInspector::new(&policy) {
+            Ok(tls) => tls,
             Err(reason) => return session.fail(reason),
         };
         settings = settings
-            .set_config(config)
+            .set_config(tls.client_config())
             .set_starttls(endpoint.security == Security::StartTls);
+        inspector = Some(tls);
     }
 
     let stream = match session.step("connection", connect(&endpoint)).await {
@@ -671,7 +664,9 @@ async fn run_session(endpoint: Endpoint, plan: ProbePlan, timeout: Duration) -> 
         .step(handshake, LdapConnAsync::with_settings(settings, &url))
         .await;
     // Whatever happened, a certificate seen during the handshake is reported.
-    let verdict = recorder.take();
+    let verdict = inspector
+        .as_ref()
+        .and_then(CertificateInspector::take_report);
     let cert = verdict.as_ref().and_then(|seen| seen.certificate.as_ref());
     if let Some(cert) = cert {
         session
@@ -685,7 +680,9 @@ async fn run_session(endpoint: Endpoint, plan: ProbePlan, timeout: Duration) -> 
         Ok(Ok(pair)) => pair,
         Ok(Err(error)) => {
             let reason = match (&verdict, plan.tls_verify) {
-                (Some(seen), true) if seen.verdict.is_err() => seen.reason(&endpoint.host),
+                (Some(seen), true) if seen.verdict.is_err() => {
+                    seen.untrusted_reason(&endpoint.host)
+                }
                 _ => match endpoint.security {
                     Security::Plain => describe(&error),
                     Security::StartTls => format!("StartTLS failed: {}", describe(&error)),
@@ -1191,288 +1188,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
-/// `2025-01-02 03:04:05 UTC`.
-fn format_unix(seconds: i64) -> String {
-    match SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(seconds.max(0) as u64)) {
-        Some(time) if seconds >= 0 => format!("`{}`", humantime::format_rfc3339_seconds(time)),
-        _ => format!("unix time `{seconds}`"),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// TLS: our own rustls config (ring provider), and a verifier that records what the server showed.
-
-/// The ring provider, built once; passed explicitly so nothing depends on a process default.
-fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
-}
-
-/// The system's trusted roots, loaded once per process (and on first use only).
-fn system_roots() -> Arc<RootCertStore> {
-    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
-    Arc::clone(ROOTS.get_or_init(|| {
-        let mut roots = RootCertStore::empty();
-        let loaded = rustls_native_certs::load_native_certs();
-        for problem in &loaded.errors {
-            tracing::debug!(%problem, "a system CA certificate could not be loaded");
-        }
-        roots.add_parsable_certificates(loaded.certs);
-        Arc::new(roots)
-    }))
-}
-
-/// The roots from `ca_file`.
-fn file_roots(path: &std::path::Path) -> Result<Arc<RootCertStore>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|error| format!("cannot read ca_file `{}`: {error}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| format!("ca_file `{}` is not valid PEM: {error}", path.display()))?;
-    let mut roots = RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(format!(
-            "ca_file `{}` holds no CA certificate",
-            path.display()
-        ));
-    }
-    Ok(Arc::new(roots))
-}
-
-fn client_config(
-    plan: &ProbePlan,
-    recorder: Arc<PeerRecorder>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots = match &plan.ca_file {
-        Some(path) => file_roots(path)?,
-        None => system_roots(),
-    };
-    let provider = provider();
-    // No roots at all (a bare container): every chain is then reported as untrusted.
-    let webpki = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
-        .build()
-        .ok();
-    let verifier = RecordingVerifier {
-        webpki,
-        enforce: plan.tls_verify,
-        provider: Arc::clone(&provider),
-        recorder,
-    };
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| format!("cannot set up TLS: {error}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// What the server's certificate says, as far as the probe reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateFacts {
-    pub not_after: i64,
-    pub not_before: i64,
-    pub subject: String,
-    pub issuer: String,
-    /// DNS names and IP addresses of the subjectAltName extension.
-    pub names: Vec<String>,
-}
-
-impl CertificateFacts {
-    fn parse(der: &[u8]) -> Option<CertificateFacts> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let validity = cert.validity();
-        let names = match cert.subject_alternative_name() {
-            Ok(Some(san)) => san
-                .value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    x509_parser::extensions::GeneralName::DNSName(dns) => Some((*dns).to_owned()),
-                    x509_parser::extensions::GeneralName::IPAddress(bytes) => match bytes.len() {
-                        4 => <[u8; 4]>::try_from(*bytes)
-                            .ok()
-                            .map(|b| IpAddr::from(b).to_string()),
-                        16 => <[u8; 16]>::try_from(*bytes)
-                            .ok()
-                            .map(|b| IpAddr::from(b).to_string()),
-                        _ => None,
-                    },
-                    _ => None,
-                })
-                .take(MAX_VALUES)
-                .collect(),
-            _ => Vec::new(),
-        };
-        Some(CertificateFacts {
-            not_after: validity.not_after.timestamp(),
-            not_before: validity.not_before.timestamp(),
-            subject: cut(&cert.subject().to_string()),
-            issuer: cut(&cert.issuer().to_string()),
-            names,
-        })
-    }
-
-    /// Whole days until `not_after`, rounded down (so negative once expired).
-    pub fn days_left(&self) -> i64 {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        (self.not_after - now).div_euclid(86_400)
-    }
-}
-
-/// What the verifier saw: the end-entity certificate and the verdict of the real verification.
-#[derive(Debug, Clone)]
-struct SeenCertificate {
-    certificate: Option<CertificateFacts>,
-    verdict: Result<(), rustls::Error>,
-}
-
-impl SeenCertificate {
-    /// Why the certificate is not trusted, in words an administrator acts on.
-    fn reason(&self, host: &str) -> String {
-        let Err(error) = &self.verdict else {
-            return "the certificate was accepted".to_owned();
-        };
-        let facts = self.certificate.as_ref();
-        let cert_error = match error {
-            rustls::Error::InvalidCertificate(error) => error,
-            other => return format!("certificate rejected: {other}"),
-        };
-        match cert_error {
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => match facts {
-                Some(facts) => format!("certificate expired on {}", format_unix(facts.not_after)),
-                None => "certificate expired".to_owned(),
-            },
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                match facts {
-                    Some(facts) => format!(
-                        "certificate is not valid before {}",
-                        format_unix(facts.not_before)
-                    ),
-                    None => "certificate is not valid yet".to_owned(),
-                }
-            }
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                let names = facts
-                    .map(|facts| {
-                        facts
-                            .names
-                            .iter()
-                            .map(|n| format!("`{n}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .filter(|names| !names.is_empty())
-                    .unwrap_or_else(|| "no subjectAltName".to_owned());
-                format!("certificate is not valid for `{host}` (it names {names})")
-            }
-            CertificateError::UnknownIssuer => match facts {
-                Some(facts) if facts.subject == facts.issuer => format!(
-                    "certificate is self-signed (`{}`) and not trusted",
-                    facts.subject
-                ),
-                Some(facts) => format!(
-                    "certificate is issued by `{}`, which is not a trusted CA",
-                    facts.issuer
-                ),
-                None => "certificate is issued by an untrusted CA".to_owned(),
-            },
-            other => format!("certificate rejected: {other:?}"),
-        }
-    }
-}
-
-/// Where the verifier leaves what it saw, for the session to read after the handshake.
-#[derive(Debug, Default)]
-struct PeerRecorder(Mutex<Option<SeenCertificate>>);
-
-impl PeerRecorder {
-    fn record(&self, seen: SeenCertificate) {
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(seen);
-        }
-    }
-
-    fn take(&self) -> Option<SeenCertificate> {
-        self.0.lock().ok().and_then(|mut slot| slot.take())
-    }
-}
-
-/// Runs the standard WebPKI verification, records the certificate and the verdict, and enforces
-/// the verdict only when asked (`tls_verify`). Handshake signatures are always checked.
-#[derive(Debug)]
-struct RecordingVerifier {
-    webpki: Option<Arc<WebPkiServerVerifier>>,
-    enforce: bool,
-    provider: Arc<CryptoProvider>,
-    recorder: Arc<PeerRecorder>,
-}
-
-impl ServerCertVerifier for RecordingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verdict = match &self.webpki {
-            Some(webpki) => webpki
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-                .map(|_| ()),
-            None => Err(rustls::Error::InvalidCertificate(
-                CertificateError::UnknownIssuer,
-            )),
-        };
-        self.recorder.record(SeenCertificate {
-            certificate: CertificateFacts::parse(end_entity.as_ref()),
-            verdict: verdict.clone(),
-        });
-        match verdict {
-            Err(error) if self.enforce => Err(error),
-            _ => Ok(ServerCertVerified::assertion()),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// An in-process LDAP server for the tests of `ldap` and `ad`: a rootDSE with AD-like attributes,
 /// one account for simple binds, a search with a configured number of entries, StartTLS and
 /// LDAPS with certificates made by rcgen, and hostile behaviours.
@@ -1484,11 +1199,9 @@ pub(crate) mod test_server {
         LdapBindCred, LdapBindResponse, LdapExtendedResponse, LdapMsg, LdapOp,
         LdapPartialAttribute, LdapResult, LdapResultCode, LdapSearchResultEntry,
     };
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     use std::net::SocketAddr;
     use std::sync::Arc;
-    use std::time::{Duration, SystemTime};
+    use std::time::SystemTime;
     use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::task::JoinSet;
@@ -1752,89 +1465,7 @@ pub(crate) mod test_server {
         )
     }
 
-    /// A test CA and the certificates it (or nobody) signs.
-    #[derive(Debug)]
-    pub struct TestPki {
-        pub ca_pem: String,
-        ca_der: CertificateDer<'static>,
-        issuer: Issuer<'static, KeyPair>,
-    }
-
-    /// When a certificate is valid, relative to now.
-    #[derive(Debug, Clone, Copy)]
-    pub struct Validity {
-        pub from_days: i64,
-        pub until_days: i64,
-    }
-
-    pub const VALID: Validity = Validity {
-        from_days: -1,
-        until_days: 365,
-    };
-
-    impl TestPki {
-        pub fn new() -> TestPki {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "estate test CA");
-            let cert = params.self_signed(&key).unwrap();
-            TestPki {
-                ca_pem: cert.pem(),
-                ca_der: cert.der().clone(),
-                issuer: Issuer::new(params, key),
-            }
-        }
-
-        /// A server config with a certificate for `names`, signed by this CA unless
-        /// `self_signed`.
-        pub fn server(
-            &self,
-            names: &[&str],
-            validity: Validity,
-            self_signed: bool,
-        ) -> Arc<rustls::ServerConfig> {
-            let key = KeyPair::generate().unwrap();
-            let mut params =
-                CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                    .unwrap();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, names.first().copied().unwrap_or("x"));
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_secs() as i64;
-            let at = |days: i64| {
-                rcgen::date_time_ymd(1970, 1, 1)
-                    + Duration::from_secs((now + days * 86_400).max(0) as u64)
-            };
-            params.not_before = at(validity.from_days);
-            params.not_after = at(validity.until_days);
-            let (cert, chain) = if self_signed {
-                let cert = params.self_signed(&key).unwrap();
-                (cert.der().clone(), Vec::new())
-            } else {
-                let cert = params.signed_by(&key, &self.issuer).unwrap();
-                (cert.der().clone(), vec![self.ca_der.clone()])
-            };
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut certs = vec![cert];
-            certs.extend(chain);
-            let config = rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(
-                    certs,
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-                )
-                .unwrap();
-            Arc::new(config)
-        }
-    }
+    pub use crate::checks::certificate::test_pki::{TestPki, VALID, Validity};
 }
 
 #[cfg(test)]

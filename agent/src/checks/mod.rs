@@ -9,6 +9,7 @@
 //! [`Outcome::Fail`] or [`Outcome::Skipped`] with a reason, reported like any other result.
 
 pub mod ad;
+pub mod certificate;
 pub mod dns;
 pub mod kerberos;
 pub mod ldap;
