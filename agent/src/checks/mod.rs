@@ -14,6 +14,7 @@ pub mod dns;
 pub mod kerberos;
 pub mod ldap;
 pub mod tcp;
+pub mod tls;
 
 use estate_proto::v1::{self as proto, Measurement};
 use serde::Deserialize;
@@ -68,10 +69,12 @@ pub enum CheckConfig {
     /// Discovers an Active Directory domain's DCs from DNS SRV records and probes each one's
     /// LDAP, StartTLS, LDAPS, global catalog and Kerberos.
     Ad(ad::AdCheckConfig),
+    /// Connects over TLS and checks the certificate (trust, name, expiry) and the version.
+    Tls(tls::TlsCheckConfig),
 }
 
 /// Every kind name, as written in `kind = "..."`. A test keeps it in step with [`CheckConfig`].
-pub const CHECK_KINDS: &[&str] = &["tcp", "dns", "kerberos", "ldap", "ad"];
+pub const CHECK_KINDS: &[&str] = &["tcp", "dns", "kerberos", "ldap", "ad", "tls"];
 
 impl CheckConfig {
     /// The kind's name as written in the config and reported in results.
@@ -82,6 +85,7 @@ impl CheckConfig {
             CheckConfig::Kerberos(_) => kerberos::KIND,
             CheckConfig::Ldap(_) => ldap::KIND,
             CheckConfig::Ad(_) => ad::KIND,
+            CheckConfig::Tls(_) => tls::KIND,
         }
     }
 
@@ -93,6 +97,7 @@ impl CheckConfig {
             CheckConfig::Kerberos(config) => config.validate().map(Check::Kerberos),
             CheckConfig::Ldap(config) => config.validate().map(Check::Ldap),
             CheckConfig::Ad(config) => config.validate().map(Check::Ad),
+            CheckConfig::Tls(config) => config.validate().map(Check::Tls),
         }
     }
 }
@@ -105,6 +110,7 @@ pub enum Check {
     Kerberos(kerberos::KerberosCheck),
     Ldap(ldap::LdapCheck),
     Ad(ad::AdCheck),
+    Tls(tls::TlsCheck),
 }
 
 impl Check {
@@ -116,6 +122,7 @@ impl Check {
             Check::Kerberos(_) => kerberos::KIND,
             Check::Ldap(_) => ldap::KIND,
             Check::Ad(_) => ad::KIND,
+            Check::Tls(_) => tls::KIND,
         }
     }
 
@@ -127,6 +134,7 @@ impl Check {
             Check::Kerberos(check) => check.target(),
             Check::Ldap(check) => check.target(),
             Check::Ad(check) => check.target(),
+            Check::Tls(check) => check.target(),
         }
     }
 
@@ -140,6 +148,7 @@ impl Check {
             Check::Kerberos(check) => check.probe().await,
             Check::Ldap(check) => check.probe(timeout).await,
             Check::Ad(check) => check.probe(timeout).await,
+            Check::Tls(check) => check.probe(timeout).await,
         }
     }
 }

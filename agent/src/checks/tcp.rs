@@ -87,6 +87,16 @@ pub struct TcpCheck {
 }
 
 impl TcpCheck {
+    /// The host name or IP address, without brackets.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `host:port`, with brackets around an IPv6 address.
     pub fn target(&self) -> String {
         if self.host.contains(':') {
