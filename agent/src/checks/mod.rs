@@ -13,6 +13,7 @@ pub mod certificate;
 pub mod dns;
 pub mod kerberos;
 pub mod ldap;
+pub mod smtp;
 pub mod tcp;
 pub mod tls;
 
@@ -71,10 +72,13 @@ pub enum CheckConfig {
     Ad(ad::AdCheckConfig),
     /// Connects over TLS and checks the certificate (trust, name, expiry) and the version.
     Tls(tls::TlsCheckConfig),
+    /// Talks SMTP to a mail server as a sending MTA does: greeting, EHLO, STARTTLS and its
+    /// certificate, EHLO again, QUIT; never sends mail.
+    Smtp(smtp::SmtpCheckConfig),
 }
 
 /// Every kind name, as written in `kind = "..."`. A test keeps it in step with [`CheckConfig`].
-pub const CHECK_KINDS: &[&str] = &["tcp", "dns", "kerberos", "ldap", "ad", "tls"];
+pub const CHECK_KINDS: &[&str] = &["tcp", "dns", "kerberos", "ldap", "ad", "tls", "smtp"];
 
 impl CheckConfig {
     /// The kind's name as written in the config and reported in results.
@@ -86,6 +90,7 @@ impl CheckConfig {
             CheckConfig::Ldap(_) => ldap::KIND,
             CheckConfig::Ad(_) => ad::KIND,
             CheckConfig::Tls(_) => tls::KIND,
+            CheckConfig::Smtp(_) => smtp::KIND,
         }
     }
 
@@ -98,6 +103,7 @@ impl CheckConfig {
             CheckConfig::Ldap(config) => config.validate().map(Check::Ldap),
             CheckConfig::Ad(config) => config.validate().map(Check::Ad),
             CheckConfig::Tls(config) => config.validate().map(Check::Tls),
+            CheckConfig::Smtp(config) => config.validate().map(Check::Smtp),
         }
     }
 }
@@ -111,6 +117,7 @@ pub enum Check {
     Ldap(ldap::LdapCheck),
     Ad(ad::AdCheck),
     Tls(tls::TlsCheck),
+    Smtp(smtp::SmtpCheck),
 }
 
 impl Check {
@@ -123,6 +130,7 @@ impl Check {
             Check::Ldap(_) => ldap::KIND,
             Check::Ad(_) => ad::KIND,
             Check::Tls(_) => tls::KIND,
+            Check::Smtp(_) => smtp::KIND,
         }
     }
 
@@ -135,6 +143,7 @@ impl Check {
             Check::Ldap(check) => check.target(),
             Check::Ad(check) => check.target(),
             Check::Tls(check) => check.target(),
+            Check::Smtp(check) => check.target(),
         }
     }
 
@@ -149,6 +158,7 @@ impl Check {
             Check::Ldap(check) => check.probe(timeout).await,
             Check::Ad(check) => check.probe(timeout).await,
             Check::Tls(check) => check.probe(timeout).await,
+            Check::Smtp(check) => check.probe(timeout).await,
         }
     }
 }
