@@ -9,389 +9,410 @@
 //!
 //! Figures are printed, never asserted. Bounded in count; loopback only.
 
-use anyhow::{Context as _, bail};
-use estate_proto::v1::ingest_client::IngestClient;
-use estate_proto::v1::ingest_server::{Ingest, IngestServer};
-use estate_proto::v1::{
-    CheckResult, HostIdentity, HostVitals, Inventory, Measurement, Outcome, ReportRequest,
-    ReportResponse, VolumeUsage,
-};
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-
-const USAGE: &str = "usage: estate-bench [--agents N] [--reports N] [--runs N]";
-
-#[derive(Debug, Clone, Copy)]
-struct Settings {
-    /// Simulated agents, each on its own connection.
-    agents: usize,
-    /// Reports per agent: the first carries the full inventory, the rest are heartbeats.
-    reports: usize,
-    /// Repetitions of each inventory measurement (the median is printed).
-    runs: usize,
-}
-
+#[cfg(unix)]
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        // Internal: runs one command and prints its CPU seconds and peak RSS.
-        Some("measure-child") => return measure_child(&args[1..]),
-        // Internal: one full inventory, as the agent does it.
-        Some("inventory-once") => {
-            let root = Path::new("/");
-            let inventory = estate_agent::inventory::collect(root);
-            let _ = estate_agent::inventory::vitals(root);
-            let hash = estate_agent::inventory::hash(&inventory);
-            println!("{} packages, {hash}", inventory.softwares.len());
-            return Ok(());
-        }
-        Some("noop") => return Ok(()),
-        _ => {}
-    }
-    let mut settings = Settings {
-        agents: 50,
-        reports: 100,
-        runs: 5,
+    unix::main()
+}
+
+/// The figures come from Unix process accounting (`getrusage`, `/proc`).
+#[cfg(not(unix))]
+fn main() {
+    eprintln!("estate-bench measures processes with Unix accounting; it runs on Linux only");
+    std::process::exit(1);
+}
+
+#[cfg(unix)]
+mod unix {
+    use anyhow::{Context as _, bail};
+    use estate_proto::v1::ingest_client::IngestClient;
+    use estate_proto::v1::ingest_server::{Ingest, IngestServer};
+    use estate_proto::v1::{
+        CheckResult, HostIdentity, HostVitals, Inventory, Measurement, Outcome, ReportRequest,
+        ReportResponse, VolumeUsage,
     };
-    let mut rest = args.iter();
-    while let Some(flag) = rest.next() {
-        let mut value = || -> anyhow::Result<usize> {
-            let text = rest
-                .next()
-                .with_context(|| format!("`{flag}` needs a value"))?;
-            text.parse()
-                .with_context(|| format!("`{flag}` `{text}` is not a number"))
+    use std::path::Path;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+    use tokio::net::TcpListener;
+
+    const USAGE: &str = "usage: estate-bench [--agents N] [--reports N] [--runs N]";
+
+    #[derive(Debug, Clone, Copy)]
+    struct Settings {
+        /// Simulated agents, each on its own connection.
+        agents: usize,
+        /// Reports per agent: the first carries the full inventory, the rest are heartbeats.
+        reports: usize,
+        /// Repetitions of each inventory measurement (the median is printed).
+        runs: usize,
+    }
+
+    pub fn main() -> anyhow::Result<()> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        match args.first().map(String::as_str) {
+            // Internal: runs one command and prints its CPU seconds and peak RSS.
+            Some("measure-child") => return measure_child(&args[1..]),
+            // Internal: one full inventory, as the agent does it.
+            Some("inventory-once") => {
+                let root = Path::new("/");
+                let inventory = estate_agent::inventory::collect(root);
+                let _ = estate_agent::inventory::vitals(root);
+                let hash = estate_agent::inventory::hash(&inventory);
+                println!("{} packages, {hash}", inventory.softwares.len());
+                return Ok(());
+            }
+            Some("noop") => return Ok(()),
+            _ => {}
+        }
+        let mut settings = Settings {
+            agents: 50,
+            reports: 100,
+            runs: 5,
         };
-        match flag.as_str() {
-            "--agents" => settings.agents = value()?.max(1),
-            "--reports" => settings.reports = value()?.max(1),
-            "--runs" => settings.runs = value()?.max(1),
-            other => bail!("unknown argument `{other}`\n{USAGE}"),
+        let mut rest = args.iter();
+        while let Some(flag) = rest.next() {
+            let mut value = || -> anyhow::Result<usize> {
+                let text = rest
+                    .next()
+                    .with_context(|| format!("`{flag}` needs a value"))?;
+                text.parse()
+                    .with_context(|| format!("`{flag}` `{text}` is not a number"))
+            };
+            match flag.as_str() {
+                "--agents" => settings.agents = value()?.max(1),
+                "--reports" => settings.reports = value()?.max(1),
+                "--runs" => settings.runs = value()?.max(1),
+                other => bail!("unknown argument `{other}`\n{USAGE}"),
+            }
         }
+        println!("estate-bench: {settings:?}");
+        println!("machine: {}", machine_summary());
+        inventory_benchmark(settings)?;
+        tokio::runtime::Runtime::new()?.block_on(ingest_benchmark(settings))
     }
-    println!("estate-bench: {settings:?}");
-    println!("machine: {}", machine_summary());
-    inventory_benchmark(settings)?;
-    tokio::runtime::Runtime::new()?.block_on(ingest_benchmark(settings))
-}
 
-// ---------------------------------------------------------------------------------------------
-// Inventory cost
-// ---------------------------------------------------------------------------------------------
+    // ---------------------------------------------------------------------------------------------
+    // Inventory cost
+    // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy)]
-struct ChildCost {
-    cpu_seconds: f64,
-    peak_rss_bytes: u64,
-}
-
-/// Runs `args` as a child, waits, and prints `cpu_seconds peak_rss_bytes` of that child alone
-/// (this process has no other children, so `RUSAGE_CHILDREN` is exactly that child).
-fn measure_child(args: &[String]) -> anyhow::Result<()> {
-    let (program, rest) = args
-        .split_first()
-        .context("measure-child needs a command")?;
-    let status = Command::new(program)
-        .args(rest)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .with_context(|| format!("failed to run `{program}`"))?;
-    if !status.success() {
-        bail!("`{program}` failed: {status}");
+    #[derive(Debug, Clone, Copy)]
+    struct ChildCost {
+        cpu_seconds: f64,
+        peak_rss_bytes: u64,
     }
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
-    let seconds =
-        |time: nix::sys::time::TimeVal| time.tv_sec() as f64 + time.tv_usec() as f64 / 1_000_000.0;
-    // Linux reports ru_maxrss in KiB.
-    println!(
-        "{} {}",
-        seconds(usage.user_time()) + seconds(usage.system_time()),
-        usage.max_rss() as u64 * 1024
-    );
-    Ok(())
-}
 
-fn cost_of(command: &[&str]) -> anyhow::Result<ChildCost> {
-    let me = std::env::current_exe()?;
-    let output = Command::new(&me)
-        .arg("measure-child")
-        .args(command)
-        .output()?;
-    if !output.status.success() {
-        bail!(
-            "measuring `{}` failed: {}",
-            command.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let text = String::from_utf8(output.stdout)?;
-    let mut fields = text.split_whitespace();
-    Ok(ChildCost {
-        cpu_seconds: fields.next().context("no cpu figure")?.parse()?,
-        peak_rss_bytes: fields.next().context("no rss figure")?.parse()?,
-    })
-}
-
-fn median_cost(command: &[&str], runs: usize) -> anyhow::Result<ChildCost> {
-    let mut costs = (0..runs)
-        .map(|_| cost_of(command))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    costs.sort_by(|a, b| a.cpu_seconds.total_cmp(&b.cpu_seconds));
-    let mut median = costs[costs.len() / 2];
-    median.peak_rss_bytes = costs.iter().map(|c| c.peak_rss_bytes).max().unwrap_or(0);
-    Ok(median)
-}
-
-fn inventory_benchmark(settings: Settings) -> anyhow::Result<()> {
-    let me = std::env::current_exe()?;
-    let me = me.to_str().context("the program path is not UTF-8")?;
-    let ours = median_cost(&[me, "inventory-once"], settings.runs)?;
-    let floor = median_cost(&[me, "noop"], settings.runs)?;
-    println!();
-    println!(
-        "== one full inventory of this machine (median of {} runs)",
-        settings.runs
-    );
-    println!("{:<44} {:>12} {:>14}", "", "cpu ms", "peak rss MiB");
-    let row = |name: &str, cost: ChildCost| {
+    /// Runs `args` as a child, waits, and prints `cpu_seconds peak_rss_bytes` of that child alone
+    /// (this process has no other children, so `RUSAGE_CHILDREN` is exactly that child).
+    fn measure_child(args: &[String]) -> anyhow::Result<()> {
+        let (program, rest) = args
+            .split_first()
+            .context("measure-child needs a command")?;
+        let status = Command::new(program)
+            .args(rest)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("failed to run `{program}`"))?;
+        if !status.success() {
+            bail!("`{program}` failed: {status}");
+        }
+        let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
+        let seconds = |time: nix::sys::time::TimeVal| {
+            time.tv_sec() as f64 + time.tv_usec() as f64 / 1_000_000.0
+        };
+        // Linux reports ru_maxrss in KiB.
         println!(
-            "{name:<44} {:>12.1} {:>14.1}",
-            cost.cpu_seconds * 1000.0,
-            cost.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+            "{} {}",
+            seconds(usage.user_time()) + seconds(usage.system_time()),
+            usage.max_rss() as u64 * 1024
         );
-    };
-    row("estate-agent inventory (all areas)", ours);
-    row("floor: start this program, do nothing", floor);
-    match median_cost(&["dpkg-query", "--show"], settings.runs) {
-        Ok(peer) => {
-            row("peer: dpkg-query --show (packages only)", peer);
-            println!(
-                "ratio cpu estate/dpkg-query: {:.2} (estate reads every area, dpkg-query only the package database)",
-                ours.cpu_seconds / peer.cpu_seconds.max(1e-6)
+        Ok(())
+    }
+
+    fn cost_of(command: &[&str]) -> anyhow::Result<ChildCost> {
+        let me = std::env::current_exe()?;
+        let output = Command::new(&me)
+            .arg("measure-child")
+            .args(command)
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "measuring `{}` failed: {}",
+                command.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
             );
         }
-        Err(error) => println!("peer: dpkg-query not measured: {error:#}"),
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Ingest rate
-// ---------------------------------------------------------------------------------------------
-
-/// A no-op collector: acknowledges at once, stores nothing. The transport ceiling.
-#[derive(Debug)]
-struct NoopIngest;
-
-#[tonic::async_trait]
-impl Ingest for NoopIngest {
-    async fn report(
-        &self,
-        _request: tonic::Request<ReportRequest>,
-    ) -> Result<tonic::Response<ReportResponse>, tonic::Status> {
-        Ok(tonic::Response::new(ReportResponse::default()))
-    }
-}
-
-#[derive(Debug)]
-struct IngestFigures {
-    reports: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl IngestFigures {
-    fn per_second(&self) -> f64 {
-        self.reports as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile(&self, fraction: f64) -> Duration {
-        let index = ((self.latencies.len() as f64 - 1.0) * fraction).round() as usize;
-        self.latencies[index]
-    }
-}
-
-/// A dozen check results, as a typical agent sends with each heartbeat.
-fn check_results() -> Vec<CheckResult> {
-    (0..12)
-        .map(|index| CheckResult {
-            check: format!("check-{index}"),
-            kind: "tcp".into(),
-            target: format!("server-{index}.example.org:443"),
-            outcome: Outcome::Pass as i32,
-            started_unix_ms: 1,
-            duration_seconds: 0.002,
-            measurements: vec![Measurement {
-                name: "connect_seconds".into(),
-                value: 0.002,
-                text: String::new(),
-            }],
-            ..Default::default()
+        let text = String::from_utf8(output.stdout)?;
+        let mut fields = text.split_whitespace();
+        Ok(ChildCost {
+            cpu_seconds: fields.next().context("no cpu figure")?.parse()?,
+            peak_rss_bytes: fields.next().context("no rss figure")?.parse()?,
         })
-        .collect()
-}
-
-fn simulated_report(agent: usize, sequence: u64, inventory: Option<&Inventory>) -> ReportRequest {
-    ReportRequest {
-        identity: Some(HostIdentity {
-            agent_id: format!("00000000-0000-4000-8000-{agent:012}"),
-            hostname: format!("bench-{agent:05}"),
-            machine_id: format!("{agent:032x}"),
-            ..Default::default()
-        }),
-        agent_version: estate_agent::VERSION.into(),
-        sequence,
-        agent_time_unix_ms: 0,
-        inventory_hash: format!("sha256:{agent:064x}"),
-        inventory: inventory.cloned(),
-        vitals: Some(HostVitals {
-            memory_available_bytes: 4 << 30,
-            volumes: vec![VolumeUsage {
-                mount: "/".into(),
-                total_bytes: 100 << 30,
-                free_bytes: 40 << 30,
-            }],
-            ..Default::default()
-        }),
-        checks: check_results(),
-        dropped_reports: 0,
-        check_names: (0..12).map(|index| format!("check-{index}")).collect(),
     }
-}
 
-/// Drives `address` with `settings.agents` concurrent agents, each on its own connection,
-/// sending `settings.reports` reports one after the other.
-async fn drive(
-    address: std::net::SocketAddr,
-    settings: Settings,
-    inventory: &Inventory,
-) -> anyhow::Result<IngestFigures> {
-    let mut clients = Vec::with_capacity(settings.agents);
-    for _ in 0..settings.agents {
-        clients.push(IngestClient::connect(format!("http://{address}")).await?);
+    fn median_cost(command: &[&str], runs: usize) -> anyhow::Result<ChildCost> {
+        let mut costs = (0..runs)
+            .map(|_| cost_of(command))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        costs.sort_by(|a, b| a.cpu_seconds.total_cmp(&b.cpu_seconds));
+        let mut median = costs[costs.len() / 2];
+        median.peak_rss_bytes = costs.iter().map(|c| c.peak_rss_bytes).max().unwrap_or(0);
+        Ok(median)
     }
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (agent, mut client) in clients.into_iter().enumerate() {
-        let inventory = inventory.clone();
-        tasks.spawn(async move {
-            let mut latencies = Vec::with_capacity(settings.reports);
-            for sequence in 1..=settings.reports as u64 {
-                let full = (sequence == 1).then_some(&inventory);
-                let report = simulated_report(agent, sequence, full);
-                let sent = Instant::now();
-                client.report(report).await?;
-                latencies.push(sent.elapsed());
-            }
-            anyhow::Ok(latencies)
-        });
-    }
-    let mut latencies = Vec::new();
-    while let Some(result) = tasks.join_next().await {
-        latencies.extend(result??);
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Ok(IngestFigures {
-        reports: latencies.len(),
-        elapsed,
-        latencies,
-    })
-}
 
-async fn ingest_benchmark(settings: Settings) -> anyhow::Result<()> {
-    let inventory =
-        tokio::task::spawn_blocking(|| estate_agent::inventory::collect(Path::new("/"))).await?;
-    let inventory_bytes = prost::Message::encoded_len(&inventory);
-
-    // The ceiling: a no-op server behind the same transport.
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let noop_address = listener.local_addr()?;
-    let (stop_noop, noop_stopped) = tokio::sync::oneshot::channel::<()>();
-    let noop = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(IngestServer::new(NoopIngest).max_decoding_message_size(16 << 20))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = noop_stopped.await;
-                },
-            ),
-    );
-    let ceiling = drive(noop_address, settings, &inventory).await?;
-    let _ = stop_noop.send(());
-    noop.await??;
-
-    // The collector, with its SQLite store in a temporary directory.
-    let dir = tempfile::tempdir()?;
-    let config = estate_collector::config::CollectorConfig {
-        database: dir.path().join("bench.db"),
-        ..Default::default()
-    };
-    let grpc = TcpListener::bind("127.0.0.1:0").await?;
-    let http = TcpListener::bind("127.0.0.1:0").await?;
-    let collector_address = grpc.local_addr()?;
-    let (stop_collector, collector_stopped) = tokio::sync::oneshot::channel::<()>();
-    let collector = tokio::spawn(estate_collector::run(config, grpc, http, async {
-        let _ = collector_stopped.await;
-    }));
-    let ours = drive(collector_address, settings, &inventory).await?;
-    let _ = stop_collector.send(());
-    collector.await??;
-
-    println!();
-    println!(
-        "== ingest: {} agents x {} reports (first one carries a {:.1} KiB inventory, then heartbeats with 12 check results)",
-        settings.agents,
-        settings.reports,
-        inventory_bytes as f64 / 1024.0
-    );
-    println!(
-        "{:<44} {:>12} {:>10} {:>10}",
-        "", "reports/s", "p50 ms", "p99 ms"
-    );
-    for (name, figures) in [
-        ("estate-collector (SQLite, durable acks)", &ours),
-        ("ceiling: no-op gRPC server", &ceiling),
-    ] {
+    fn inventory_benchmark(settings: Settings) -> anyhow::Result<()> {
+        let me = std::env::current_exe()?;
+        let me = me.to_str().context("the program path is not UTF-8")?;
+        let ours = median_cost(&[me, "inventory-once"], settings.runs)?;
+        let floor = median_cost(&[me, "noop"], settings.runs)?;
+        println!();
         println!(
-            "{name:<44} {:>12.0} {:>10.2} {:>10.2}",
-            figures.per_second(),
-            figures.percentile(0.50).as_secs_f64() * 1000.0,
-            figures.percentile(0.99).as_secs_f64() * 1000.0
+            "== one full inventory of this machine (median of {} runs)",
+            settings.runs
         );
+        println!("{:<44} {:>12} {:>14}", "", "cpu ms", "peak rss MiB");
+        let row = |name: &str, cost: ChildCost| {
+            println!(
+                "{name:<44} {:>12.1} {:>14.1}",
+                cost.cpu_seconds * 1000.0,
+                cost.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+            );
+        };
+        row("estate-agent inventory (all areas)", ours);
+        row("floor: start this program, do nothing", floor);
+        match median_cost(&["dpkg-query", "--show"], settings.runs) {
+            Ok(peer) => {
+                row("peer: dpkg-query --show (packages only)", peer);
+                println!(
+                    "ratio cpu estate/dpkg-query: {:.2} (estate reads every area, dpkg-query only the package database)",
+                    ours.cpu_seconds / peer.cpu_seconds.max(1e-6)
+                );
+            }
+            Err(error) => println!("peer: dpkg-query not measured: {error:#}"),
+        }
+        Ok(())
     }
-    println!(
-        "ratio reports/s collector/ceiling: {:.2}",
-        ours.per_second() / ceiling.per_second()
-    );
-    Ok(())
-}
 
-fn machine_summary() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split_once(':'))
-                .map(|(_, model)| model.trim().to_owned())
+    // ---------------------------------------------------------------------------------------------
+    // Ingest rate
+    // ---------------------------------------------------------------------------------------------
+
+    /// A no-op collector: acknowledges at once, stores nothing. The transport ceiling.
+    #[derive(Debug)]
+    struct NoopIngest;
+
+    #[tonic::async_trait]
+    impl Ingest for NoopIngest {
+        async fn report(
+            &self,
+            _request: tonic::Request<ReportRequest>,
+        ) -> Result<tonic::Response<ReportResponse>, tonic::Status> {
+            Ok(tonic::Response::new(ReportResponse::default()))
+        }
+    }
+
+    #[derive(Debug)]
+    struct IngestFigures {
+        reports: usize,
+        elapsed: Duration,
+        latencies: Vec<Duration>,
+    }
+
+    impl IngestFigures {
+        fn per_second(&self) -> f64 {
+            self.reports as f64 / self.elapsed.as_secs_f64()
+        }
+
+        fn percentile(&self, fraction: f64) -> Duration {
+            let index = ((self.latencies.len() as f64 - 1.0) * fraction).round() as usize;
+            self.latencies[index]
+        }
+    }
+
+    /// A dozen check results, as a typical agent sends with each heartbeat.
+    fn check_results() -> Vec<CheckResult> {
+        (0..12)
+            .map(|index| CheckResult {
+                check: format!("check-{index}"),
+                kind: "tcp".into(),
+                target: format!("server-{index}.example.org:443"),
+                outcome: Outcome::Pass as i32,
+                started_unix_ms: 1,
+                duration_seconds: 0.002,
+                measurements: vec![Measurement {
+                    name: "connect_seconds".into(),
+                    value: 0.002,
+                    text: String::new(),
+                }],
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn simulated_report(
+        agent: usize,
+        sequence: u64,
+        inventory: Option<&Inventory>,
+    ) -> ReportRequest {
+        ReportRequest {
+            identity: Some(HostIdentity {
+                agent_id: format!("00000000-0000-4000-8000-{agent:012}"),
+                hostname: format!("bench-{agent:05}"),
+                machine_id: format!("{agent:032x}"),
+                ..Default::default()
+            }),
+            agent_version: estate_agent::VERSION.into(),
+            sequence,
+            agent_time_unix_ms: 0,
+            inventory_hash: format!("sha256:{agent:064x}"),
+            inventory: inventory.cloned(),
+            vitals: Some(HostVitals {
+                memory_available_bytes: 4 << 30,
+                volumes: vec![VolumeUsage {
+                    mount: "/".into(),
+                    total_bytes: 100 << 30,
+                    free_bytes: 40 << 30,
+                }],
+                ..Default::default()
+            }),
+            checks: check_results(),
+            dropped_reports: 0,
+            check_names: (0..12).map(|index| format!("check-{index}")).collect(),
+        }
+    }
+
+    /// Drives `address` with `settings.agents` concurrent agents, each on its own connection,
+    /// sending `settings.reports` reports one after the other.
+    async fn drive(
+        address: std::net::SocketAddr,
+        settings: Settings,
+        inventory: &Inventory,
+    ) -> anyhow::Result<IngestFigures> {
+        let mut clients = Vec::with_capacity(settings.agents);
+        for _ in 0..settings.agents {
+            clients.push(IngestClient::connect(format!("http://{address}")).await?);
+        }
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (agent, mut client) in clients.into_iter().enumerate() {
+            let inventory = inventory.clone();
+            tasks.spawn(async move {
+                let mut latencies = Vec::with_capacity(settings.reports);
+                for sequence in 1..=settings.reports as u64 {
+                    let full = (sequence == 1).then_some(&inventory);
+                    let report = simulated_report(agent, sequence, full);
+                    let sent = Instant::now();
+                    client.report(report).await?;
+                    latencies.push(sent.elapsed());
+                }
+                anyhow::Ok(latencies)
+            });
+        }
+        let mut latencies = Vec::new();
+        while let Some(result) = tasks.join_next().await {
+            latencies.extend(result??);
+        }
+        let elapsed = started.elapsed();
+        latencies.sort();
+        Ok(IngestFigures {
+            reports: latencies.len(),
+            elapsed,
+            latencies,
         })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("MemTotal:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse::<u64>().ok())
-        })
-        .map_or_else(
-            || "unknown".into(),
-            |kib| format!("{:.0} GiB", kib as f64 / 1048576.0),
+    }
+
+    async fn ingest_benchmark(settings: Settings) -> anyhow::Result<()> {
+        let inventory =
+            tokio::task::spawn_blocking(|| estate_agent::inventory::collect(Path::new("/")))
+                .await?;
+        let inventory_bytes = prost::Message::encoded_len(&inventory);
+
+        // The ceiling: a no-op server behind the same transport.
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let noop_address = listener.local_addr()?;
+        let (stop_noop, noop_stopped) = tokio::sync::oneshot::channel::<()>();
+        let noop = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(IngestServer::new(NoopIngest).max_decoding_message_size(16 << 20))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = noop_stopped.await;
+                    },
+                ),
         );
-    format!("{cpus} cpus ({model}), {memory} memory")
+        let ceiling = drive(noop_address, settings, &inventory).await?;
+        let _ = stop_noop.send(());
+        noop.await??;
+
+        // The collector, with its SQLite store in a temporary directory.
+        let dir = tempfile::tempdir()?;
+        let config = estate_collector::config::CollectorConfig {
+            database: dir.path().join("bench.db"),
+            ..Default::default()
+        };
+        let grpc = TcpListener::bind("127.0.0.1:0").await?;
+        let http = TcpListener::bind("127.0.0.1:0").await?;
+        let collector_address = grpc.local_addr()?;
+        let (stop_collector, collector_stopped) = tokio::sync::oneshot::channel::<()>();
+        let collector = tokio::spawn(estate_collector::run(config, grpc, http, async {
+            let _ = collector_stopped.await;
+        }));
+        let ours = drive(collector_address, settings, &inventory).await?;
+        let _ = stop_collector.send(());
+        collector.await??;
+
+        println!();
+        println!(
+            "== ingest: {} agents x {} reports (first one carries a {:.1} KiB inventory, then heartbeats with 12 check results)",
+            settings.agents,
+            settings.reports,
+            inventory_bytes as f64 / 1024.0
+        );
+        println!(
+            "{:<44} {:>12} {:>10} {:>10}",
+            "", "reports/s", "p50 ms", "p99 ms"
+        );
+        for (name, figures) in [
+            ("estate-collector (SQLite, durable acks)", &ours),
+            ("ceiling: no-op gRPC server", &ceiling),
+        ] {
+            println!(
+                "{name:<44} {:>12.0} {:>10.2} {:>10.2}",
+                figures.per_second(),
+                figures.percentile(0.50).as_secs_f64() * 1000.0,
+                figures.percentile(0.99).as_secs_f64() * 1000.0
+            );
+        }
+        println!(
+            "ratio reports/s collector/ceiling: {:.2}",
+            ours.per_second() / ceiling.per_second()
+        );
+        Ok(())
+    }
+
+    fn machine_summary() -> String {
+        let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+        let model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|line| line.starts_with("model name"))
+                    .and_then(|line| line.split_once(':'))
+                    .map(|(_, model)| model.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown cpu".into());
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|line| line.starts_with("MemTotal:"))
+                    .and_then(|line| line.split_whitespace().nth(1))
+                    .and_then(|kib| kib.parse::<u64>().ok())
+            })
+            .map_or_else(
+                || "unknown".into(),
+                |kib| format!("{:.0} GiB", kib as f64 / 1048576.0),
+            );
+        format!("{cpus} cpus ({model}), {memory} memory")
+    }
 }
