@@ -170,9 +170,11 @@ where
             return Err(failure(reason, report));
         }
         Err(_elapsed) => {
+            // Whole milliseconds: the caller often passes what remains of a deadline.
+            let within = Duration::from_millis(timeout.as_millis().try_into().unwrap_or(u64::MAX));
             let reason = format!(
                 "no TLS handshake within {}",
-                humantime::format_duration(timeout)
+                humantime::format_duration(within)
             );
             return Err(failure(reason, report));
         }

@@ -11,6 +11,7 @@
 pub mod ad;
 pub mod certificate;
 pub mod dns;
+pub mod http;
 pub mod kerberos;
 pub mod ldap;
 pub mod smtp;
@@ -75,10 +76,14 @@ pub enum CheckConfig {
     /// Talks SMTP to a mail server as a sending MTA does: greeting, EHLO, STARTTLS and its
     /// certificate, EHLO again, QUIT; never sends mail.
     Smtp(smtp::SmtpCheckConfig),
+    /// Requests a URL over HTTP or HTTPS and checks the status, body, latency and certificate.
+    Http(http::HttpCheckConfig),
 }
 
 /// Every kind name, as written in `kind = "..."`. A test keeps it in step with [`CheckConfig`].
-pub const CHECK_KINDS: &[&str] = &["tcp", "dns", "kerberos", "ldap", "ad", "tls", "smtp"];
+pub const CHECK_KINDS: &[&str] = &[
+    "tcp", "dns", "kerberos", "ldap", "ad", "tls", "smtp", "http",
+];
 
 impl CheckConfig {
     /// The kind's name as written in the config and reported in results.
@@ -91,6 +96,7 @@ impl CheckConfig {
             CheckConfig::Ad(_) => ad::KIND,
             CheckConfig::Tls(_) => tls::KIND,
             CheckConfig::Smtp(_) => smtp::KIND,
+            CheckConfig::Http(_) => http::KIND,
         }
     }
 
@@ -104,6 +110,7 @@ impl CheckConfig {
             CheckConfig::Ad(config) => config.validate().map(Check::Ad),
             CheckConfig::Tls(config) => config.validate().map(Check::Tls),
             CheckConfig::Smtp(config) => config.validate().map(Check::Smtp),
+            CheckConfig::Http(config) => config.validate().map(Check::Http),
         }
     }
 }
@@ -118,6 +125,7 @@ pub enum Check {
     Ad(ad::AdCheck),
     Tls(tls::TlsCheck),
     Smtp(smtp::SmtpCheck),
+    Http(http::HttpCheck),
 }
 
 impl Check {
@@ -131,6 +139,7 @@ impl Check {
             Check::Ad(_) => ad::KIND,
             Check::Tls(_) => tls::KIND,
             Check::Smtp(_) => smtp::KIND,
+            Check::Http(_) => http::KIND,
         }
     }
 
@@ -144,6 +153,7 @@ impl Check {
             Check::Ad(check) => check.target(),
             Check::Tls(check) => check.target(),
             Check::Smtp(check) => check.target(),
+            Check::Http(check) => check.target(),
         }
     }
 
@@ -159,6 +169,7 @@ impl Check {
             Check::Ad(check) => check.probe(timeout).await,
             Check::Tls(check) => check.probe(timeout).await,
             Check::Smtp(check) => check.probe(timeout).await,
+            Check::Http(check) => check.probe(timeout).await,
         }
     }
 }
