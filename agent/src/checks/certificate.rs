@@ -71,6 +71,14 @@ impl TlsVersion {
         }
     }
 
+    /// `1.2` or `1.3`, as written in `min_version`.
+    pub fn config_text(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        }
+    }
+
     /// 1.2 or 1.3, the value of the `tls_version` measurement.
     pub fn number(self) -> f64 {
         match self {
@@ -205,8 +213,8 @@ fn handshake_error(error: &std::io::Error, min_version: TlsVersion) -> String {
         format!(
             "TLS handshake failed: {text} (the server does not speak TLS {} or later, \
              `min_version` `{}`)",
-            &min_version.as_str()[4..],
-            &min_version.as_str()[4..]
+            min_version.config_text(),
+            min_version.config_text()
         )
     } else if error.kind() == std::io::ErrorKind::UnexpectedEof {
         "TLS handshake failed: the server closed the connection".to_owned()

@@ -683,7 +683,7 @@ fn describe(error: &hyper::Error) -> String {
 mod tests {
     use super::*;
     use crate::checks::certificate::test_pki::{TestPki, VALID, Validity};
-    use crate::checks::tls::test_server::{Running, Stream, start};
+    use crate::checks::tls::test_server::{Running, ServerStream, start};
     use crate::checks::{CheckConfig, CheckEntry};
     use std::io::Write;
     use std::sync::Arc;
@@ -811,7 +811,7 @@ mod tests {
     }
 
     async fn server(tls: Option<Arc<rustls::ServerConfig>>, route: Route) -> Running {
-        start(tls, move |mut stream: Box<dyn Stream>| async move {
+        start(tls, move |mut stream: Box<dyn ServerStream>| async move {
             let mut head = Vec::new();
             let mut buffer = [0u8; 1024];
             while !head.windows(4).any(|w| w == b"\r\n\r\n") {

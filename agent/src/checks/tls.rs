@@ -201,7 +201,7 @@ pub(crate) mod test_server {
     /// is set) to `serve`.
     pub async fn start<F, Fut>(tls: Option<Arc<rustls::ServerConfig>>, serve: F) -> Running
     where
-        F: Fn(Box<dyn Stream>) -> Fut + Send + Sync + 'static,
+        F: Fn(Box<dyn ServerStream>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -214,7 +214,7 @@ pub(crate) mod test_server {
                 let tls = tls.clone();
                 let serve = Arc::clone(&serve);
                 connections.spawn(async move {
-                    let stream: Box<dyn Stream> = match tls {
+                    let stream: Box<dyn ServerStream> = match tls {
                         Some(config) => match TlsAcceptor::from(config).accept(stream).await {
                             Ok(stream) => Box::new(stream),
                             Err(_) => return,
@@ -232,9 +232,9 @@ pub(crate) mod test_server {
     }
 
     /// A server stream, plain or TLS.
-    pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-    impl Stream for TcpStream {}
-    impl Stream for tokio_rustls::server::TlsStream<TcpStream> {}
+    pub trait ServerStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+    impl ServerStream for TcpStream {}
+    impl ServerStream for tokio_rustls::server::TlsStream<TcpStream> {}
 }
 
 #[cfg(test)]
