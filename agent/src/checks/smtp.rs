@@ -155,6 +155,22 @@ pub struct SmtpOptions {
     pub address: Option<IpAddr>,
 }
 
+impl Default for SmtpOptions {
+    /// What a sending MTA does on port 25: plain connection, this host's name, STARTTLS
+    /// required and verified against the system's roots.
+    fn default() -> Self {
+        SmtpOptions {
+            implicit_tls: false,
+            helo_name: None,
+            require_starttls: true,
+            expect_banner: None,
+            server_name: None,
+            tls: TlsPolicy::default(),
+            address: None,
+        }
+    }
+}
+
 impl SmtpCheckConfig {
     /// Checks the host, port, names and pattern. Pure: the CA file is read when the probe runs.
     pub fn validate(&self) -> Result<SmtpCheck, String> {
@@ -760,8 +776,11 @@ impl Conversation {
             deadline,
             timeout,
         } = self;
-        // Our own deadline ends the handshake first, so its reason names the whole budget.
-        let handshake = certificate::handshake(reader.stream, server_name, policy, timeout);
+        // Our own deadline ends the handshake, so its reason names the whole budget: the
+        // handshake's own timeout is set later (timers of one tick would race).
+        let handshake_timeout = timeout.saturating_add(Duration::from_secs(1));
+        let handshake =
+            certificate::handshake(reader.stream, server_name, policy, handshake_timeout);
         let handshake = tokio::time::timeout_at(deadline, handshake)
             .await
             .map_err(|_| {
@@ -845,6 +864,11 @@ pub(crate) mod test_server {
         Refused(&'static str),
         /// TLS from the first byte.
         Implicit(Arc<rustls::ServerConfig>),
+        /// STARTTLS offered and answered `220`, followed at once by these bytes (the STARTTLS
+        /// injection flaw); no handshake follows.
+        Injected(&'static str),
+        /// STARTTLS offered and answered `220`, then silence instead of a handshake.
+        NoHandshake,
     }
 
     /// What the responder does after sending its greeting bytes.
@@ -854,6 +878,8 @@ pub(crate) mod test_server {
         Converse,
         /// Closes the connection.
         Close,
+        /// Reads the first command, then closes the connection without answering it.
+        CloseAtCommand,
         /// Keeps the connection open and says nothing more.
         Hold,
     }
@@ -866,6 +892,8 @@ pub(crate) mod test_server {
         /// EHLO keywords before STARTTLS (added when offered).
         pub extensions: Vec<&'static str>,
         pub tls: TlsOffer,
+        /// Sent instead of the EHLO reply, when set.
+        pub ehlo_reply: Option<&'static str>,
     }
 
     impl Default for Responder {
@@ -875,6 +903,7 @@ pub(crate) mod test_server {
                 after: After::Converse,
                 extensions: vec!["PIPELINING", "SIZE 10240000"],
                 tls: TlsOffer::None,
+                ehlo_reply: None,
             }
         }
     }
@@ -959,6 +988,12 @@ pub(crate) mod test_server {
                 match self.after {
                     After::Converse => {}
                     After::Close => return None,
+                    After::CloseAtCommand => {
+                        let mut line = String::new();
+                        let _ = stream.read_line(&mut line).await;
+                        commands.lock().unwrap().push(line.trim_end().to_owned());
+                        return None;
+                    }
                     After::Hold => {
                         let mut sink = Vec::new();
                         let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
@@ -979,6 +1014,9 @@ pub(crate) mod test_server {
                     .unwrap_or("")
                     .to_ascii_uppercase();
                 let reply = match verb.as_str() {
+                    "EHLO" if self.ehlo_reply.is_some() => {
+                        format!("{}\r\n", self.ehlo_reply.unwrap_or_default())
+                    }
                     "EHLO" => {
                         let mut keywords = self.extensions.clone();
                         if !secure && !matches!(self.tls, TlsOffer::None | TlsOffer::Implicit(_)) {
@@ -1006,6 +1044,24 @@ pub(crate) mod test_server {
                             return Some(stream.into_inner());
                         }
                         TlsOffer::Refused(reply) => format!("{reply}\r\n"),
+                        TlsOffer::Injected(extra) => {
+                            let reply = format!("220 2.0.0 ready to start TLS\r\n{extra}");
+                            stream.write_all(reply.as_bytes()).await.ok()?;
+                            let mut sink = Vec::new();
+                            let _ =
+                                tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
+                            return None;
+                        }
+                        TlsOffer::NoHandshake => {
+                            stream
+                                .write_all(b"220 2.0.0 ready to start TLS\r\n")
+                                .await
+                                .ok()?;
+                            let mut sink = Vec::new();
+                            let _ =
+                                tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
+                            return None;
+                        }
                         _ => "502 5.5.1 not implemented\r\n".to_owned(),
                     },
                     "QUIT" => {
@@ -1157,13 +1213,9 @@ mod tests {
 
     fn options() -> SmtpOptions {
         SmtpOptions {
-            implicit_tls: false,
             helo_name: Some("agent.test".into()),
-            require_starttls: true,
-            expect_banner: None,
-            server_name: None,
-            tls: TlsPolicy::default(),
             address: Some("127.0.0.1".parse().unwrap()),
+            ..SmtpOptions::default()
         }
     }
 
@@ -1515,6 +1567,69 @@ mod tests {
             );
             assert!(commands.is_empty(), "{commands:?}");
         }
+    }
+
+    /// Failures after the greeting: each names its step, and the server never sees mail.
+    #[tokio::test]
+    async fn later_steps_fail_naming_the_step() {
+        let cases = [
+            (
+                Responder {
+                    ehlo_reply: Some("550 5.7.1 go away"),
+                    ..Responder::default()
+                },
+                "server `{target}` answered `550 5.7.1 go away` to EHLO",
+            ),
+            (
+                Responder {
+                    ehlo_reply: Some("250-mx1.mail.test\r\n250-PIPELINING"),
+                    after: After::Converse,
+                    ..Responder::default()
+                },
+                // The responder then waits for a command the probe never sends: the deadline.
+                "no answer from `{target}` to EHLO within 1s",
+            ),
+            (
+                Responder {
+                    tls: TlsOffer::Injected("250 injected\r\n"),
+                    ..Responder::default()
+                },
+                "`{target}` sent data after its `220` to STARTTLS, before the TLS handshake \
+                 (STARTTLS command injection)",
+            ),
+            (
+                Responder {
+                    tls: TlsOffer::NoHandshake,
+                    ..Responder::default()
+                },
+                "no TLS handshake with `{target}` within 1s",
+            ),
+        ];
+        for (responder, expected) in cases {
+            let server = responder.start().await;
+            let result = probe(&server, &options(), Duration::from_secs(1)).await;
+            assert_eq!(
+                reason(&result),
+                expected.replace("{target}", &result.target)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_closes_after_the_greeting_is_named() {
+        let responder = Responder {
+            after: After::CloseAtCommand,
+            ..Responder::default()
+        };
+        let (result, _) = run(responder, &options()).await;
+        assert_eq!(
+            reason(&result),
+            format!(
+                "server `{}` closed the connection without answering EHLO",
+                result.target
+            )
+        );
+        assert_eq!(value(&result, "banner"), Some(220.0));
     }
 
     #[tokio::test]
