@@ -377,7 +377,10 @@ async fn dialogue(
         &cut(first_line, MAX_BANNER_BYTES),
     ));
     if greeting.code != 220 {
-        return Err(conversation.refused(Step::Greeting, &greeting));
+        // RFC 5321 §3.1: after a refusing greeting (554) the client should still say QUIT.
+        let reason = conversation.refused(Step::Greeting, &greeting);
+        conversation.quit().await;
+        return Err(reason);
     }
     if let Some(pattern) = &options.expect_banner {
         let text = greeting.text();
@@ -1409,6 +1412,15 @@ mod tests {
             ),
             (
                 Responder {
+                    greeting: "554-mx1.mail.test no SMTP service here\r\n554 5.3.2 go away\r\n"
+                        .into(),
+                    ..Responder::default()
+                },
+                "server `{target}` answered `554-mx1.mail.test no SMTP service here 554 5.3.2 go \
+                 away` to the connection",
+            ),
+            (
+                Responder {
                     tls: TlsOffer::Refused("454 4.7.0 TLS not available"),
                     ..Responder::default()
                 },
@@ -1416,9 +1428,17 @@ mod tests {
             ),
         ];
         for (responder, expected) in cases {
-            let (result, _) = run(responder, &options()).await;
+            let after = responder.after;
+            let (result, commands) = run(responder, &options()).await;
             let expected = expected.replace("{target}", &result.target);
             assert_eq!(reason(&result), expected);
+            if after == After::Converse {
+                assert_eq!(
+                    commands.last().map(String::as_str),
+                    Some("QUIT"),
+                    "{commands:?}"
+                );
+            }
         }
     }
 
