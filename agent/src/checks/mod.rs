@@ -10,6 +10,7 @@
 
 pub mod ad;
 pub mod certificate;
+pub mod dhcp;
 pub mod dns;
 pub mod http;
 pub mod kerberos;
@@ -78,11 +79,14 @@ pub enum CheckConfig {
     Smtp(smtp::SmtpCheckConfig),
     /// Requests a URL over HTTP or HTTPS and checks the status, body, latency and certificate.
     Http(http::HttpCheckConfig),
+    /// Sends a DHCPDISCOVER (broadcast on an interface, or as a relay to a server) and checks
+    /// the DHCPOFFERs, without ever taking a lease.
+    Dhcp(dhcp::DhcpCheckConfig),
 }
 
 /// Every kind name, as written in `kind = "..."`. A test keeps it in step with [`CheckConfig`].
 pub const CHECK_KINDS: &[&str] = &[
-    "tcp", "dns", "kerberos", "ldap", "ad", "tls", "smtp", "http",
+    "tcp", "dns", "kerberos", "ldap", "ad", "tls", "smtp", "http", "dhcp",
 ];
 
 impl CheckConfig {
@@ -97,6 +101,7 @@ impl CheckConfig {
             CheckConfig::Tls(_) => tls::KIND,
             CheckConfig::Smtp(_) => smtp::KIND,
             CheckConfig::Http(_) => http::KIND,
+            CheckConfig::Dhcp(_) => dhcp::KIND,
         }
     }
 
@@ -111,6 +116,7 @@ impl CheckConfig {
             CheckConfig::Tls(config) => config.validate().map(Check::Tls),
             CheckConfig::Smtp(config) => config.validate().map(Check::Smtp),
             CheckConfig::Http(config) => config.validate().map(Check::Http),
+            CheckConfig::Dhcp(config) => config.validate().map(Check::Dhcp),
         }
     }
 }
@@ -126,6 +132,7 @@ pub enum Check {
     Tls(tls::TlsCheck),
     Smtp(smtp::SmtpCheck),
     Http(http::HttpCheck),
+    Dhcp(dhcp::DhcpCheck),
 }
 
 impl Check {
@@ -140,6 +147,7 @@ impl Check {
             Check::Tls(_) => tls::KIND,
             Check::Smtp(_) => smtp::KIND,
             Check::Http(_) => http::KIND,
+            Check::Dhcp(_) => dhcp::KIND,
         }
     }
 
@@ -154,6 +162,7 @@ impl Check {
             Check::Tls(check) => check.target(),
             Check::Smtp(check) => check.target(),
             Check::Http(check) => check.target(),
+            Check::Dhcp(check) => check.target(),
         }
     }
 
@@ -170,6 +179,7 @@ impl Check {
             Check::Tls(check) => check.probe(timeout).await,
             Check::Smtp(check) => check.probe(timeout).await,
             Check::Http(check) => check.probe(timeout).await,
+            Check::Dhcp(check) => check.probe(timeout).await,
         }
     }
 }
