@@ -4,6 +4,7 @@
 //! Entry points: [`schedule::run`] (the service loop) and [`schedule::once`] (one report).
 //! The agent never talks to a database and never listens on a port.
 
+mod calendar;
 pub mod checks;
 pub mod config;
 pub mod identity;

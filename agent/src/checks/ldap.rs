@@ -1173,19 +1173,8 @@ pub fn parse_generalized_time(text: &str) -> Option<i64> {
             sign * (hours * 3600 + minutes * 60)
         }
     };
-    let days = days_from_civil(year, month, day);
+    let days = crate::calendar::days_from_civil(year, month, day);
     Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_index = (month + 9) % 12;
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
 }
 
 /// An in-process LDAP server for the tests of `ldap` and `ad`: a rootDSE with AD-like attributes,
@@ -1444,19 +1433,8 @@ pub(crate) mod test_server {
 
     /// `YYYYMMDDHHMMSS.0Z` of Unix seconds.
     pub fn generalized_time(unix: i64) -> String {
-        let days = unix.div_euclid(86_400);
         let seconds = unix.rem_euclid(86_400);
-        // Inverse of days_from_civil (Howard Hinnant's civil_from_days).
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let day_of_era = z - era * 146_097;
-        let year_of_era =
-            (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146_096) / 365;
-        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-        let mp = (5 * day_of_year + 2) / 153;
-        let day = day_of_year - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = year_of_era + era * 400 + i64::from(month <= 2);
+        let (year, month, day) = crate::calendar::civil_from_days(unix.div_euclid(86_400));
         format!(
             "{year:04}{month:02}{day:02}{:02}{:02}{:02}.0Z",
             seconds / 3600,

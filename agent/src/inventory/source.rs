@@ -130,28 +130,8 @@ pub fn read_error(path: &Path, error: &io::Error) -> String {
 
 /// The `YYYY-MM-DD` UTC date of a Unix time, the form every `installdate` takes.
 pub fn utc_date(unix_seconds: i64) -> String {
-    let (year, month, day) = civil_from_days(unix_seconds.div_euclid(86_400));
+    let (year, month, day) = crate::calendar::civil_from_days(unix_seconds.div_euclid(86_400));
     format!("{year:04}-{month:02}-{day:02}")
-}
-
-/// Proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`): a dozen lines instead of a date crate for one conversion.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Splits `KEY: value` / `KEY=value` style lines: the key and value trimmed.
