@@ -127,20 +127,31 @@ struct ZoneServer {
     server: Server<Catalog>,
 }
 
+/// A UDP socket and a TCP listener on one port of 127.0.0.1. The port the OS picks for UDP may
+/// already be taken for TCP (by another test running at the same time), so pick again, bounded.
+async fn udp_and_tcp_on_one_port() -> (UdpSocket, TcpListener) {
+    for _ in 0..100 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
+            return (udp, tcp);
+        }
+    }
+    panic!("no port of 127.0.0.1 was free for both UDP and TCP in 100 tries");
+}
+
 impl ZoneServer {
     async fn start() -> Self {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (udp, tcp) = udp_and_tcp_on_one_port().await;
         let address = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(address).await.unwrap();
         let mut server = Server::new(catalog());
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
         ZoneServer { address, server }
     }
 
-    /// Serves TCP only, on `address` (whose UDP side belongs to someone else).
-    async fn start_tcp_on(address: SocketAddr) -> Self {
-        let tcp = TcpListener::bind(address).await.unwrap();
+    /// Serves TCP only, on `tcp` (whose port's UDP side belongs to someone else).
+    async fn start_tcp_on(tcp: TcpListener) -> Self {
+        let address = tcp.local_addr().unwrap();
         let mut server = Server::new(catalog());
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
         ZoneServer { address, server }
@@ -554,6 +565,8 @@ enum Misbehaviour {
 /// A UDP responder on 127.0.0.1 that misbehaves; the task is aborted when dropped.
 struct HostileResponder {
     address: SocketAddr,
+    /// The TCP side of the same port, held so a test can serve TCP there.
+    tcp: Option<TcpListener>,
     task: JoinHandle<()>,
 }
 
@@ -566,6 +579,16 @@ impl Drop for HostileResponder {
 impl HostileResponder {
     async fn start(misbehaviour: Misbehaviour) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(misbehaviour, socket, None)
+    }
+
+    /// Also holds the TCP side of the port, for a test that serves TCP there.
+    async fn start_with_tcp_port(misbehaviour: Misbehaviour) -> Self {
+        let (socket, tcp) = udp_and_tcp_on_one_port().await;
+        Self::serve(misbehaviour, socket, Some(tcp))
+    }
+
+    fn serve(misbehaviour: Misbehaviour, socket: UdpSocket, tcp: Option<TcpListener>) -> Self {
         let address = socket.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let mut buffer = vec![0_u8; 65535];
@@ -578,7 +601,7 @@ impl HostileResponder {
                 }
             }
         });
-        HostileResponder { address, task }
+        HostileResponder { address, tcp, task }
     }
 }
 
@@ -718,8 +741,8 @@ async fn a_wrong_id_names_both_ids() {
 
 #[tokio::test]
 async fn a_truncated_udp_reply_is_retried_over_tcp_and_reported() {
-    let responder = HostileResponder::start(Misbehaviour::Truncated).await;
-    let tcp = ZoneServer::start_tcp_on(responder.address).await;
+    let mut responder = HostileResponder::start_with_tcp_port(Misbehaviour::Truncated).await;
+    let tcp = ZoneServer::start_tcp_on(responder.tcp.take().unwrap()).await;
     let result = probe_hostile(responder.address).await;
     assert_pass(&result);
     assert_eq!(value(&result, "tcp_fallback"), 1.0);
