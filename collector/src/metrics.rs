@@ -177,6 +177,51 @@ pub const MEASUREMENT_FAMILIES: &[(&str, &str, &str)] = &[
         "estate_check_kerberos_error_code",
         "Kerberos error code of the KDC's answer to the probe (25: pre-authentication required).",
     ),
+    (
+        "tls_version",
+        "estate_check_tls_version",
+        "TLS version negotiated with the target (1.2 or 1.3).",
+    ),
+    (
+        "http_status",
+        "estate_check_http_status_code",
+        "HTTP status of the final response.",
+    ),
+    (
+        "redirects",
+        "estate_check_http_redirects",
+        "HTTP redirects followed.",
+    ),
+    (
+        "content_length",
+        "estate_check_http_content_length_bytes",
+        "Length of the final response's body.",
+    ),
+    (
+        "starttls",
+        "estate_check_smtp_starttls_offered",
+        "1 if the SMTP server offered STARTTLS.",
+    ),
+    (
+        "offers",
+        "estate_check_dhcp_offers",
+        "DHCPOFFERs received by the probe.",
+    ),
+    (
+        "rogue_servers",
+        "estate_check_dhcp_rogue_servers",
+        "DHCP servers that offered although they are not among the expected ones.",
+    ),
+    (
+        "rogue",
+        "estate_check_dhcp_rogue",
+        "1 if this DHCP server is not among the expected ones.",
+    ),
+    (
+        "lease_seconds",
+        "estate_check_dhcp_lease_seconds",
+        "Lease time offered by the DHCP server.",
+    ),
 ];
 
 /// When a host counts as stale and when its series disappear.
@@ -437,7 +482,7 @@ fn write_check_families(writer: &mut FamilyWriter<'_>, entries: &[&HostEntry], l
             check
                 .measurements
                 .iter()
-                .find(|m| m.name == *measurement && m.text.is_empty())
+                .find(|m| m.name == *measurement)
                 .map(|m| m.value)
         });
     }
