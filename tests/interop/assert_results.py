@@ -186,6 +186,41 @@ def both(*checks):
     return verify
 
 
+def dhcp_broadcast(results, args):
+    by_target = {r.get("target"): r for r in results}
+    want = {args.dns_ip, args.rogue_ip, "eth0"}
+    if set(by_target) != want:
+        return f"targets {sorted(by_target)}, want {sorted(want)}"
+    server = by_target[args.dns_ip]
+    if server.get("outcome") != "pass":
+        return f"dnsmasq: {server.get('outcome')} ({server.get('reason')})"
+    offered = measurements(server).get("offered_address", [""])[0]
+    if not offered.startswith("10.231.0.1"):
+        return f"dnsmasq offered {offered!r}, not from its pool"
+    rogue = by_target[args.rogue_ip]
+    if rogue.get("outcome") != "fail" or number(rogue, "rogue") != 1:
+        return f"the rogue: {describe(rogue)}"
+    summary = by_target["eth0"]
+    if number(summary, "offers") != 2 or number(summary, "rogue_servers") != 1:
+        return f"summary: {describe(summary)}"
+    if args.rogue_ip not in (summary.get("reason") or ""):
+        return f"summary reason does not name the rogue: {summary.get('reason')!r}"
+    return None
+
+
+def dhcp_relay(results, args):
+    by_target = {r.get("target"): r for r in results}
+    want = {args.dns_ip, f"{args.dns_ip}:67"}
+    if set(by_target) != want:
+        return f"targets {sorted(by_target)}, want {sorted(want)}"
+    for result in results:
+        if result.get("outcome") != "pass":
+            return f"{result.get('target')}: {result.get('outcome')} ({result.get('reason')})"
+    if number(by_target[f"{args.dns_ip}:67"], "offers") != 1:
+        return f"summary: {describe(by_target[f'{args.dns_ip}:67'])}"
+    return None
+
+
 def ad_domain(results, args):
     """Every target of the `ad` check passed; discovery found the DC; each probe a member
     relies on is there, with what it measures."""
@@ -274,6 +309,14 @@ EXPECTATIONS = [
     ("domain", "ad",
      "the domain: DCs discovered from Samba's DNS, each DC's LDAP, StartTLS, LDAPS, GC, Kerberos "
      "and service-account bind pass, skew and certificate expiry measured", ad_domain),
+    # dhcp
+    ("dhcp-broadcast", "dhcp",
+     "a broadcast DISCOVER on eth0: dnsmasq offers from its pool, the rogue is named",
+     dhcp_broadcast),
+    ("dhcp-relay", "dhcp", "dnsmasq asked as a relay agent (giaddr the client) offers from its pool",
+     dhcp_relay),
+    ("dhcp-relay-rogue", "dhcp", "the rogue asked as a relay agent is reported as a rogue",
+     fails_with_reason("rogue")),
     # kerberos
     ("kdc", "kerberos",
      "the KDC answers over UDP and TCP with PREAUTH_REQUIRED for the service account, skew measured",
@@ -374,6 +417,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--api", required=True)
     parser.add_argument("--kinds", required=True, help="comma-separated kinds to assert")
+    parser.add_argument("--rogue-ip", default="", help="the rogue DHCP server's address")
     parser.add_argument("--dc-hostname", required=True)
     parser.add_argument("--dc-ip", required=True)
     parser.add_argument("--dns-ip", required=True)

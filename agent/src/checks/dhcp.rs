@@ -68,6 +68,9 @@
 //! as such. Port 68 is held for one probe only: the socket is closed when the probe ends, also
 //! when the runner's timeout cuts it short.
 //!
+//! Two dhcp checks never probe at the same time on one agent (both would bind the same port):
+//! they take turns, and the wait counts against each one's timeout.
+//!
 //! Results: one per server that offered (target: its server identifier, option 54), and one
 //! summary (target: the interface, or the relay server as `address:port`).
 
@@ -83,6 +86,10 @@ use tokio::time::Instant;
 
 /// The kind's name in `kind = "dhcp"`.
 pub const KIND: &str = "dhcp";
+
+/// Held for the whole of a probe: the agent's dhcp checks run one at a time, since each binds
+/// the same well-known port.
+static DHCP_PORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The port DHCP servers (and relay agents) listen on.
 pub const SERVER_PORT: u16 = 67;
@@ -383,7 +390,13 @@ impl DhcpCheck {
     /// Sends one DISCOVER and collects offers for `collect_for` (at most 90% of `timeout`). See
     /// the module documentation for the results and measurements.
     pub async fn probe(&self, timeout: Duration) -> Vec<TargetResult> {
-        let collect_for = self.collect_for.min(timeout.mul_f64(0.9));
+        let started = Instant::now();
+        // Two probes cannot both bind port 67 (relay) or 68 (broadcast): the agent's dhcp checks
+        // take turns. Waiting counts against this check's own timeout.
+        let _turn = DHCP_PORTS.lock().await;
+        let collect_for = self
+            .collect_for
+            .min(timeout.mul_f64(0.9).saturating_sub(started.elapsed()));
         let summary_target = self.target();
         let fail = |reason: String| {
             vec![TargetResult {
@@ -540,7 +553,7 @@ impl DhcpCheck {
             DhcpTarget::Broadcast { interface } => format!("on `{interface}`"),
             DhcpTarget::Relay { .. } => format!("from `{summary_target}`"),
         };
-        let window = humantime::format_duration(collect_for);
+        let window = humantime::format_duration(round_ms(collect_for));
         let mut problems = Vec::new();
         if offer_count == 0 && self.min_offers > 0 {
             problems.push(format!("no DHCPOFFER {place} within {window}"));
@@ -1333,6 +1346,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn two_checks_on_the_same_port_take_turns() {
+        let responder = Responder::start(vec![offer([10, 0, 0, 2], [10, 0, 0, 150])]).await;
+        let relay_port = std::net::UdpSocket::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let check = config(&format!(
+            "mode = \"relay\"\nserver = \"127.0.0.1\"\nserver_port = {}\nrelay_port = {relay_port}\ncollect_for = \"200ms\"",
+            responder.port
+        ))
+        .unwrap();
+        let (first, second) = tokio::join!(
+            check.probe(Duration::from_secs(5)),
+            check.probe(Duration::from_secs(5))
+        );
+        responder.finish().await;
+        for results in [first, second] {
+            assert_eq!(results.len(), 2, "{results:?}");
+            assert_eq!(results[1].outcome, Outcome::Pass);
+        }
+    }
+
+    #[tokio::test]
     async fn collecting_stops_within_the_check_timeout() {
         let responder = Responder::start(Vec::new()).await;
         let check = config(&format!(
@@ -1345,7 +1382,7 @@ mod tests {
         assert!(clock.elapsed() < Duration::from_secs(5));
         responder.finish().await;
         assert!(
-            matches!(&results[0].outcome, Outcome::Fail { reason } if reason.ends_with("within 180ms")),
+            matches!(&results[0].outcome, Outcome::Fail { reason } if reason.starts_with("no DHCPOFFER from")),
             "{results:?}"
         );
     }
