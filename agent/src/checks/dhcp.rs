@@ -18,7 +18,8 @@
 //! kind = "dhcp"
 //! mode = "relay"
 //! server = "10.0.0.2"                         # relay: the server to ask
-//! relay_address = "10.0.5.1"                  # default: this host's address towards the server
+//! relay_address = "10.0.0.10"                 # one of this host's addresses (default: the one
+//!                                             # towards the server)
 //! ```
 //!
 //! **No lease is ever taken.** The check sends one DHCPDISCOVER and only listens for
@@ -120,9 +121,10 @@ pub struct DhcpCheckConfig {
     /// Relay mode: the server's port. 67 unless a test server listens elsewhere.
     #[serde(default = "default_server_port")]
     pub server_port: u16,
-    /// Relay mode: the address put in `giaddr`, where the server sends its answer and from whose
-    /// subnet it picks the offered address. Default: this host's address on the route to the
-    /// server.
+    /// Relay mode: the address put in `giaddr`, from whose subnet the server picks the offered
+    /// address and where it sends its answer, so it must be one of this host's addresses (a
+    /// router's address would send the offer to the router). Default: this host's address on
+    /// the route to the server.
     pub relay_address: Option<Ipv4Addr>,
     /// Relay mode: the local port the DISCOVER is sent from and the offers come back to. 67, the
     /// port servers answer relays on; 0 (any free port) only for test servers that answer the
@@ -1009,7 +1011,6 @@ mod tests {
                 ("dhcp", "eth0".to_owned()),
                 ("dhcp", "10.20.0.2:67".to_owned()),
                 ("dhcp", "10.20.0.3:67".to_owned()),
-                ("dhcp", "10.20.0.2:67".to_owned()),
             ]
         );
     }
