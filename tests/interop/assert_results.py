@@ -175,6 +175,41 @@ def cert_expires_in_future():
     return verify
 
 
+def text_contains(name, want):
+    """A text measurement containing `want` (case ignored)."""
+
+    def verify(result, args):
+        expected = want.format(**vars(args)).lower()
+        values = [str(v) for v in measurements(result).get(name, [])]
+        if not any(expected in value.lower() for value in values):
+            return f"{name} is {values}, want one containing {expected!r}"
+        return None
+
+    return verify
+
+
+def at_least(name, limit):
+    def verify(result, _args):
+        value = number(result, name)
+        if value is None or value < limit:
+            return f"{name} is {value!r}, want >= {limit}"
+        return None
+
+    return verify
+
+
+def tls_negotiated():
+    """`tls_version` reported as 1.2 or 1.3 (text and value)."""
+
+    def verify(result, _args):
+        values = measurements(result).get("tls_version", [])
+        if not any(str(v) in ("TLSv1.2", "TLSv1.3") for v in values):
+            return f"tls_version is {values}, want TLSv1.2 or TLSv1.3"
+        return None
+
+    return verify
+
+
 def both(*checks):
     def verify(result, args):
         for check in checks:
@@ -317,6 +352,42 @@ EXPECTATIONS = [
      dhcp_relay),
     ("dhcp-relay-rogue", "dhcp", "the rogue asked as a relay agent is reported as a rogue",
      fails_with_reason("rogue")),
+    # smtp
+    ("mail-starttls", "smtp",
+     "Postfix: 220 greeting read, STARTTLS offered and negotiated, certificate verified against "
+     "the run's CA, its expiry reported",
+     all_pass_with("latency_seconds", "cert_not_after_unix", "cert_days_left",
+                   targets=["{mail_name}:25"],
+                   also=both(measurement_is("starttls", 1), tls_negotiated(),
+                             text_contains("banner", "ESMTP"),
+                             text_contains("extensions", "STARTTLS"),
+                             cert_expires_in_future(), at_least("cert_days_left", 14)))),
+    ("mail-no-starttls", "smtp",
+     "STARTTLS required where Postfix does not offer it fails, saying so",
+     fails_with_reason("starttls")),
+    # http
+    ("owa-healthcheck", "http",
+     "nginx's OWA health page over HTTPS: status 200, body `200 OK`, certificate verified",
+     all_pass_with("latency_seconds", "cert_not_after_unix",
+                   targets=["https://{mail_name}/owa/healthcheck.htm"],
+                   also=both(measurement_is("http_status", 200), tls_negotiated(),
+                             cert_expires_in_future()))),
+    ("autodiscover-unauthenticated", "http",
+     "Autodiscover without credentials answers 401, as expected by the check",
+     all_pass_with("latency_seconds",
+                   targets=["https://{autodiscover_name}/autodiscover/autodiscover.xml"],
+                   also=measurement_is("http_status", 401))),
+    ("broken-healthcheck", "http", "a health page answering 503 fails, naming the status",
+     fails_with_reason("503")),
+    # tls
+    ("mail-https", "tls",
+     "nginx's TLS on 443: handshake, version, certificate verified against the run's CA, expiry",
+     all_pass_with("cert_not_after_unix", "cert_days_left", targets=["{mail_name}:443"],
+                   also=both(tls_negotiated(), cert_expires_in_future(),
+                             at_least("cert_days_left", 14)))),
+    ("mail-https-untrusted", "tls",
+     "the same certificate without the run's CA fails verification, saying so",
+     fails_with_reason("unknown issuer", "unknownissuer", "certificate", "verif")),
     # kerberos
     ("kdc", "kerberos",
      "the KDC answers over UDP and TCP with PREAUTH_REQUIRED for the service account, skew measured",
@@ -401,9 +472,13 @@ def assert_metrics(tally, text, hostname, checks):
                                 ("estate_check_kdc_clock_skew_seconds", "kdc_time_skew_seconds"),
                                 ("estate_check_clock_skew_seconds", "current_time_skew_seconds"),
                                 ("estate_check_certificate_not_after_timestamp_seconds",
-                                 "cert_not_after_unix")]:
+                                 "cert_not_after_unix"),
+                                ("estate_check_tls_version", "tls_version"),
+                                ("estate_check_http_status_code", "http_status"),
+                                ("estate_check_smtp_starttls_offered", "starttls")]:
+        # Present at all (tls_version is a text with a value: `number` sees the text).
         reported = {(r.get("check"), r.get("target")) for r in checks
-                    if number(r, measurement) is not None}
+                    if measurement in measurements(r)}
         if not reported:
             continue
         exported = {(l.get("check"), l.get("target")) for n, l, _ in samples
@@ -422,6 +497,8 @@ def main():
     parser.add_argument("--dc-ip", required=True)
     parser.add_argument("--dns-ip", required=True)
     parser.add_argument("--dnsmasq-address", required=True)
+    parser.add_argument("--mail-name", default="", help="Postfix's and nginx's name")
+    parser.add_argument("--autodiscover-name", default="", help="nginx's Autodiscover name")
     parser.add_argument("--not-run-file", required=True)
     parser.add_argument("--secret-file", action="append", default=[],
                         help="a password that must appear nowhere in the API or /metrics")
