@@ -1437,6 +1437,7 @@ mod tests {
     }
 
     /// The namespaces, veth pair and dnsmasq of one run; removed on drop, whatever happened.
+    #[cfg(target_os = "linux")]
     struct DnsmasqNamespaces {
         server_namespace: String,
         client_namespace: String,
@@ -1444,6 +1445,7 @@ mod tests {
         directory: tempfile::TempDir,
     }
 
+    #[cfg(target_os = "linux")]
     impl Drop for DnsmasqNamespaces {
         fn drop(&mut self) {
             if let Some(mut dnsmasq) = self.dnsmasq.take() {
@@ -1459,6 +1461,7 @@ mod tests {
     }
 
     /// Runs `command` with a 20 s bound; its output, or a panic naming it.
+    #[cfg(target_os = "linux")]
     fn run(command: &[&str]) -> String {
         let output = std::process::Command::new("timeout")
             .arg("20")
@@ -1474,6 +1477,7 @@ mod tests {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    #[cfg(target_os = "linux")]
     fn namespace_probe(setup: &DnsmasqNamespaces, toml_text: &str) -> Vec<String> {
         let helper = std::env::current_exe().unwrap();
         let output = std::process::Command::new("timeout")
@@ -1504,6 +1508,7 @@ mod tests {
     /// from the same namespace (real ports 67, giaddr 10.232.0.2). Runs only as root with `ip`
     /// and `dnsmasq` installed; otherwise says why and passes. Checks that no lease was taken.
     #[test]
+    #[cfg(target_os = "linux")]
     fn broadcast_and_relay_against_dnsmasq_in_namespaces() {
         if !rustix::process::geteuid().is_root() {
             println!("not run: creating network namespaces needs root");
