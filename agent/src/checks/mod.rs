@@ -12,6 +12,7 @@ pub mod ad;
 pub mod certificate;
 pub mod dhcp;
 pub mod dns;
+pub mod exchange;
 pub mod http;
 pub mod kerberos;
 pub mod ldap;
@@ -82,11 +83,14 @@ pub enum CheckConfig {
     /// Sends a DHCPDISCOVER (broadcast on an interface, or as a relay to a server) and checks
     /// the DHCPOFFERs, without ever taking a lease.
     Dhcp(dhcp::DhcpCheckConfig),
+    /// Walks an Exchange organisation's Autodiscover chain, requests every protocol's health
+    /// page, and talks SMTP with STARTTLS, reporting every HTTPS certificate on the way.
+    Exchange(exchange::ExchangeCheckConfig),
 }
 
 /// Every kind name, as written in `kind = "..."`. A test keeps it in step with [`CheckConfig`].
 pub const CHECK_KINDS: &[&str] = &[
-    "tcp", "dns", "kerberos", "ldap", "ad", "tls", "smtp", "http", "dhcp",
+    "tcp", "dns", "kerberos", "ldap", "ad", "tls", "smtp", "http", "dhcp", "exchange",
 ];
 
 impl CheckConfig {
@@ -102,6 +106,7 @@ impl CheckConfig {
             CheckConfig::Smtp(_) => smtp::KIND,
             CheckConfig::Http(_) => http::KIND,
             CheckConfig::Dhcp(_) => dhcp::KIND,
+            CheckConfig::Exchange(_) => exchange::KIND,
         }
     }
 
@@ -117,6 +122,7 @@ impl CheckConfig {
             CheckConfig::Smtp(config) => config.validate().map(Check::Smtp),
             CheckConfig::Http(config) => config.validate().map(Check::Http),
             CheckConfig::Dhcp(config) => config.validate().map(Check::Dhcp),
+            CheckConfig::Exchange(config) => config.validate().map(Check::Exchange),
         }
     }
 }
@@ -133,6 +139,7 @@ pub enum Check {
     Smtp(smtp::SmtpCheck),
     Http(http::HttpCheck),
     Dhcp(dhcp::DhcpCheck),
+    Exchange(exchange::ExchangeCheck),
 }
 
 impl Check {
@@ -148,6 +155,7 @@ impl Check {
             Check::Smtp(_) => smtp::KIND,
             Check::Http(_) => http::KIND,
             Check::Dhcp(_) => dhcp::KIND,
+            Check::Exchange(_) => exchange::KIND,
         }
     }
 
@@ -163,6 +171,7 @@ impl Check {
             Check::Smtp(check) => check.target(),
             Check::Http(check) => check.target(),
             Check::Dhcp(check) => check.target(),
+            Check::Exchange(check) => check.target(),
         }
     }
 
@@ -180,6 +189,7 @@ impl Check {
             Check::Smtp(check) => check.probe(timeout).await,
             Check::Http(check) => check.probe(timeout).await,
             Check::Dhcp(check) => check.probe(timeout).await,
+            Check::Exchange(check) => check.probe(timeout).await,
         }
     }
 }
