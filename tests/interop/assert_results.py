@@ -289,6 +289,38 @@ def ad_domain(results, args):
     return None
 
 
+EXCHANGE_PROTOCOLS = ("owa", "ecp", "ews", "mapi", "rpc", "oab", "Microsoft-Server-ActiveSync",
+                      "autodiscover")
+
+
+def exchange_organisation(results, args):
+    """Autodiscover answered at autodiscover.<domain>; every protocol's health page and the SMTP
+    service pass on the mail server, with verified certificates."""
+    by_target = {r.get("target"): r for r in results}
+    summary = by_target.get("autodiscover")
+    if summary is None or summary.get("outcome") != "pass":
+        return f"autodiscover summary: {summary and describe(summary)}; targets {sorted(by_target)}"
+    answered = [m for m in summary.get("measurements", []) if m.get("name") == "answered_step"]
+    if not answered or "autodiscover." not in answered[0].get("text", ""):
+        return f"autodiscover was not answered by autodiscover.<domain>: {describe(summary)}"
+    if not any(t and t.startswith("autodiscover/step") for t in by_target):
+        return f"no per-step autodiscover results: {sorted(by_target)}"
+    for protocol in EXCHANGE_PROTOCOLS:
+        target = f"https://{args.mail_name}/{protocol}/healthcheck.htm"
+        result = by_target.get(target)
+        if result is None:
+            return f"no `{target}` result: {sorted(by_target)}"
+        if result.get("outcome") != "pass" or number(result, "http_status") != 200:
+            return f"{target}: {describe(result)}"
+        error = cert_expires_in_future()(result, args)
+        if error:
+            return f"{target}: {error}"
+    smtp = by_target.get(f"{args.mail_name}:25")
+    if smtp is None or smtp.get("outcome") != "pass" or number(smtp, "starttls") != 1:
+        return f"smtp on {args.mail_name}:25: {smtp and describe(smtp)}"
+    return None
+
+
 EXPECTATIONS = [
     # tcp
     ("dc-ldap", "tcp", "TCP to the DC's LDAP port (host + port)", all_pass_with("connect_seconds")),
@@ -352,6 +384,11 @@ EXPECTATIONS = [
      dhcp_relay),
     ("dhcp-relay-rogue", "dhcp", "the rogue asked as a relay agent is reported as a rogue",
      fails_with_reason("rogue")),
+    # exchange
+    ("exchange-org", "exchange",
+     "the organisation without credentials: Autodiscover answered by autodiscover.<domain> (401 "
+     "from nginx), every protocol's healthcheck.htm and Postfix's SMTP with STARTTLS pass",
+     exchange_organisation),
     # smtp
     ("mail-starttls", "smtp",
      "Postfix: 220 greeting read, STARTTLS offered and negotiated, certificate verified against "
