@@ -32,6 +32,9 @@ pub struct ConfigFile {
     /// How often the agent collects and reports.
     #[serde(default)]
     pub schedule: ScheduleSection,
+    /// The disk spool that keeps reports until the collector acknowledges them.
+    #[serde(default)]
+    pub spool: SpoolSection,
     /// The checks the agent runs, each on its own interval.
     #[serde(default)]
     pub checks: Vec<CheckEntry>,
@@ -116,6 +119,114 @@ impl Default for ScheduleSection {
     }
 }
 
+/// `[spool]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSection {
+    /// Most disk space the spooled reports may take (`"100MiB"`, `"2GB"`, or bytes as a
+    /// number); beyond it the oldest reports are dropped and counted.
+    #[serde(default = "default_spool_max_size")]
+    pub max_size: ByteSize,
+    /// Reports waiting longer than this are dropped and counted.
+    #[serde(default = "default_spool_max_age", with = "duration")]
+    pub max_age: Duration,
+    /// The first wait before sending again after a failed delivery; it doubles with each
+    /// failure, and every wait is drawn at random below that figure (full jitter).
+    #[serde(default = "default_retry_initial_delay", with = "duration")]
+    pub retry_initial_delay: Duration,
+    /// The longest wait between delivery attempts.
+    #[serde(default = "default_retry_max_delay", with = "duration")]
+    pub retry_max_delay: Duration,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection {
+            max_size: default_spool_max_size(),
+            max_age: default_spool_max_age(),
+            retry_initial_delay: default_retry_initial_delay(),
+            retry_max_delay: default_retry_max_delay(),
+        }
+    }
+}
+
+/// A size in bytes, written as a number of bytes or as text with a unit (`"100MiB"`, `"2 GB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"512"`, `"64KiB"`, `"100 MiB"`, `"2GB"`; units B, KB, MB, GB (powers of 1000)
+    /// and KiB, MiB, GiB (powers of 1024), case-insensitive.
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let invalid = || format!("invalid size `{text}`, expected e.g. `100MiB`, `2GB` or `4096`");
+        let number: u64 = number.parse().map_err(|_| invalid())?;
+        let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1000,
+            "mb" => 1000 * 1000,
+            "gb" => 1000 * 1000 * 1000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            _ => return Err(invalid()),
+        };
+        number
+            .checked_mul(multiplier)
+            .map(ByteSize)
+            .ok_or_else(invalid)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            bytes if bytes >= 1 << 20 && bytes % (1 << 20) == 0 => write!(f, "{}MiB", bytes >> 20),
+            bytes if bytes >= 1 << 10 && bytes % (1 << 10) == 0 => write!(f, "{}KiB", bytes >> 10),
+            bytes => write!(f, "{bytes}B"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Bytes(bytes) => Ok(ByteSize(bytes)),
+            Written::Text(text) => ByteSize::parse(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Weeks of hash-only reports at one a minute fit in 100 MiB, with room for full inventories.
+pub fn default_spool_max_size() -> ByteSize {
+    ByteSize(100 << 20)
+}
+
+/// A week: as long as the collector keeps a silent host's series.
+pub fn default_spool_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+/// A collector restart usually takes seconds.
+pub fn default_retry_initial_delay() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// A fleet that lost its collector retries within five minutes of its return, spread out.
+pub fn default_retry_max_delay() -> Duration {
+    Duration::from_secs(300)
+}
+
 /// The live filesystem.
 pub fn default_root() -> PathBuf {
     PathBuf::from("/")
@@ -184,6 +295,7 @@ pub struct AgentConfig {
     pub root: PathBuf,
     pub collector: CollectorConfig,
     pub schedule: ScheduleConfig,
+    pub spool: SpoolConfig,
     pub checks: Vec<ScheduledCheck>,
 }
 
@@ -210,6 +322,14 @@ pub struct ScheduleConfig {
     pub inventory_jitter: Duration,
     pub heartbeat_interval: Duration,
     pub max_concurrent_checks: usize,
+}
+
+/// The spool's bounds and the delivery retry policy.
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolConfig {
+    pub limits: crate::spool::SpoolLimits,
+    pub retry_initial_delay: Duration,
+    pub retry_max_delay: Duration,
 }
 
 /// Why the config could not be used.
@@ -315,6 +435,7 @@ impl ConfigFile {
             agent,
             collector,
             schedule,
+            spool,
             checks,
         } = self;
 
@@ -330,10 +451,11 @@ impl ConfigFile {
         at_least("collector.connect_timeout", collector.connect_timeout, MS)?;
         at_least("collector.timeout", collector.timeout, MS)?;
 
+        // Sub-second heartbeats are for tests that exercise many reports quickly.
         at_least(
             "schedule.heartbeat_interval",
             schedule.heartbeat_interval,
-            SECOND,
+            100 * MS,
         )?;
         at_least(
             "schedule.inventory_interval",
@@ -342,6 +464,23 @@ impl ConfigFile {
         )?;
         if schedule.max_concurrent_checks == 0 {
             return Err("`schedule.max_concurrent_checks` `0` must be at least 1".to_owned());
+        }
+
+        if spool.max_size.0 < MIN_SPOOL_BYTES {
+            return Err(format!(
+                "`spool.max_size` `{}` must be at least {}",
+                spool.max_size,
+                ByteSize(MIN_SPOOL_BYTES)
+            ));
+        }
+        at_least("spool.max_age", spool.max_age, SECOND)?;
+        at_least("spool.retry_initial_delay", spool.retry_initial_delay, MS)?;
+        if spool.retry_max_delay < spool.retry_initial_delay {
+            return Err(format!(
+                "`spool.retry_max_delay` `{}` must be at least `spool.retry_initial_delay` `{}`",
+                humantime::format_duration(spool.retry_max_delay),
+                humantime::format_duration(spool.retry_initial_delay),
+            ));
         }
 
         let mut names = BTreeSet::new();
@@ -391,12 +530,22 @@ impl ConfigFile {
                 heartbeat_interval: schedule.heartbeat_interval,
                 max_concurrent_checks: schedule.max_concurrent_checks,
             },
+            spool: SpoolConfig {
+                limits: crate::spool::SpoolLimits {
+                    max_bytes: spool.max_size.0,
+                    max_age: spool.max_age,
+                },
+                retry_initial_delay: spool.retry_initial_delay,
+                retry_max_delay: spool.retry_max_delay,
+            },
             checks: ready,
         })
     }
 }
 
 const MS: Duration = Duration::from_millis(1);
+/// The smallest spool accepted, 64 KiB: a few dozen heartbeats.
+const MIN_SPOOL_BYTES: u64 = 64 << 10;
 const SECOND: Duration = Duration::from_secs(1);
 
 fn at_least(key: &str, value: Duration, minimum: Duration) -> Result<(), String> {
@@ -515,7 +664,7 @@ mod tests {
         check(
             "[agent]\nroot = \"/\"\n[colector]\nurl = \"http://x:1\"\n",
             "failed to read config `/etc/estate/agent.toml`: line 3, column 2: unknown field \
-             `colector`, expected one of `agent`, `collector`, `schedule`, `checks`",
+             `colector`, expected one of `agent`, `collector`, `schedule`, `spool`, `checks`",
         );
         check(
             "[schedule]\nheartbeat = \"1m\"\n",
@@ -612,7 +761,7 @@ mod tests {
         check(
             "[schedule]\nheartbeat_interval = \"0s\"\n",
             "invalid config `/etc/estate/agent.toml`: `schedule.heartbeat_interval` `0s` must be \
-             at least 1s",
+             at least 100ms",
         );
         check(
             "[schedule]\nmax_concurrent_checks = 0\n",
@@ -680,6 +829,54 @@ mod tests {
     }
 
     #[test]
+    fn spool_settings_are_parsed_and_validated() {
+        let config =
+            load("[spool]\nmax_size = \"2 MiB\"\nmax_age = \"1h\"\nretry_max_delay = \"30s\"\n")
+                .unwrap();
+        assert_eq!(config.spool.limits.max_bytes, 2 << 20);
+        assert_eq!(config.spool.limits.max_age, Duration::from_secs(3600));
+        assert_eq!(config.spool.retry_initial_delay, Duration::from_secs(1));
+        assert_eq!(config.spool.retry_max_delay, Duration::from_secs(30));
+        assert_eq!(
+            load("[spool]\nmax_size = 70000\n")
+                .unwrap()
+                .spool
+                .limits
+                .max_bytes,
+            70_000
+        );
+        assert_eq!(ByteSize::parse("3GB"), Ok(ByteSize(3_000_000_000)));
+        assert_eq!(ByteSize::parse("64kib"), Ok(ByteSize(65_536)));
+
+        let check = |text: &str, expected: &str| {
+            assert_eq!(
+                load(text).unwrap_err().to_string(),
+                expected,
+                "config:\n{text}"
+            );
+        };
+        check(
+            "[spool]\nmax_size = \"1KiB\"\n",
+            "invalid config `/etc/estate/agent.toml`: `spool.max_size` `1KiB` must be at least \
+             64KiB",
+        );
+        check(
+            "[spool]\nmax_size = \"10 parsecs\"\n",
+            "failed to read config `/etc/estate/agent.toml`: line 2, column 12: invalid size \
+             `10 parsecs`, expected e.g. `100MiB`, `2GB` or `4096`",
+        );
+        check(
+            "[spool]\nretry_initial_delay = \"10s\"\nretry_max_delay = \"1s\"\n",
+            "invalid config `/etc/estate/agent.toml`: `spool.retry_max_delay` `1s` must be at \
+             least `spool.retry_initial_delay` `10s`",
+        );
+        check(
+            "[spool]\nmax_age = \"0s\"\n",
+            "invalid config `/etc/estate/agent.toml`: `spool.max_age` `0s` must be at least 1s",
+        );
+    }
+
+    #[test]
     fn location_counts_lines_and_characters() {
         assert_eq!(Location::of("ab\ncd", 4), Location(Some((2, 2))));
         assert_eq!(Location::of("é=1\nx", 2), Location(Some((1, 2))));
@@ -712,6 +909,10 @@ mod tests {
             "inventory_jitter",
             "heartbeat_interval",
             "max_concurrent_checks",
+            "max_size",
+            "max_age",
+            "retry_initial_delay",
+            "retry_max_delay",
             "name",
             "kind",
             "interval",

@@ -250,31 +250,44 @@ fn excerpt(text: &str) -> String {
 /// Writes `content` to a temporary file beside `path`, flushes it to disk and renames it over
 /// `path`, so a crash leaves either the old or the new content, never a torn file.
 fn write_atomically(path: &Path, content: &str) -> Result<(), IdentityError> {
-    let write_error = |source| IdentityError::Write {
+    write_file_atomically(path, content.as_bytes()).map_err(|source| IdentityError::Write {
         path: path.to_owned(),
         source,
-    };
+    })
+}
+
+/// Writes `content` to `<path>.tmp`, syncs it, renames it over `path` and syncs the directory:
+/// after a crash `path` holds the old or the new content, never a torn file.
+pub(crate) fn write_file_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     let temporary = PathBuf::from(temporary);
-    let mut file = std::fs::File::create(&temporary).map_err(write_error)?;
-    file.write_all(content.as_bytes()).map_err(write_error)?;
-    file.sync_all().map_err(write_error)?;
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(content)?;
+    file.sync_all()?;
     drop(file);
-    std::fs::rename(&temporary, path).map_err(write_error)?;
+    std::fs::rename(&temporary, path)?;
     // The rename itself is durable only once the directory is flushed (unix; Windows has no
     // directory handles to flush this way).
-    #[cfg(unix)]
     if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Flushes a directory's entries (created, renamed files) to disk. A no-op off unix.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
         let dir = if dir.as_os_str().is_empty() {
             Path::new(".")
         } else {
             dir
         };
-        std::fs::File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(write_error)?;
+        std::fs::File::open(dir)?.sync_all()?;
     }
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }
 

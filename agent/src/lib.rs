@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod report;
 pub mod schedule;
 pub mod sender;
+pub mod spool;
 
 /// The agent's version, reported in every report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -67,8 +67,7 @@ pub fn build_report(
         },
         vitals: Some(vitals),
         checks: checks.results,
-        // Nothing is dropped whole yet: undelivered check results go back into the pending
-        // queue (see `schedule`). The disk spool will count the reports it drops here.
+        // Filled in by the spool (`Spool::push`), which knows how many reports it dropped.
         dropped_reports: 0,
         check_names: checks.configured,
     }

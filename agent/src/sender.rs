@@ -35,6 +35,9 @@ pub enum SendError {
         code: Code,
         message: String,
     },
+    /// The collector's rate limit (`RESOURCE_EXHAUSTED`): send the same report again shortly.
+    #[error("collector `{url}` asks to slow down: {message}")]
+    Throttled { url: String, message: String },
     /// The collector knows this agent id from another machine (a cloned state directory).
     #[error("collector `{url}` reports an identity conflict: {message}")]
     IdentityConflict { url: String, message: String },
@@ -68,8 +71,8 @@ impl SendError {
             | Code::Unauthenticated
             | Code::NotFound
             | Code::AlreadyExists
-            | Code::Unimplemented
-            | Code::ResourceExhausted => SendError::Rejected { url, code, message },
+            | Code::Unimplemented => SendError::Rejected { url, code, message },
+            Code::ResourceExhausted => SendError::Throttled { url, message },
             // The network, or the collector's side (store busy or failing): try again later.
             Code::Ok
             | Code::Cancelled
@@ -132,6 +135,7 @@ mod tests {
             SendError::Unreachable { .. } => "unreachable",
             SendError::Rejected { .. } => "rejected",
             SendError::IdentityConflict { .. } => "identity conflict",
+            SendError::Throttled { .. } => "throttled",
         };
         format!("{kind}: {error}")
     }
@@ -155,6 +159,10 @@ mod tests {
             classify(Code::FailedPrecondition, "clock skew"),
             "rejected: collector `http://c:1` rejected the report (FailedPrecondition): clock \
              skew"
+        );
+        assert_eq!(
+            classify(Code::ResourceExhausted, "rate limit"),
+            "throttled: collector `http://c:1` asks to slow down: rate limit"
         );
         assert_eq!(
             classify(Code::Unavailable, "store busy"),

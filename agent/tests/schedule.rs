@@ -2,8 +2,9 @@
 //! agent answers the collector, and that `run` stops when told to.
 
 use estate_agent::checks::{Check, CheckConfig, ScheduledCheck, tcp::TcpCheckConfig};
-use estate_agent::config::{AgentConfig, CollectorConfig, ScheduleConfig};
+use estate_agent::config::{AgentConfig, CollectorConfig, ScheduleConfig, SpoolConfig};
 use estate_agent::schedule;
+use estate_agent::spool::SpoolLimits;
 use estate_proto::v1::ingest_server::{Ingest, IngestServer};
 use estate_proto::v1::{Outcome, ReportRequest, ReportResponse};
 use std::collections::VecDeque;
@@ -107,6 +108,14 @@ fn config(state_dir: &Path, root: &Path, collector: SocketAddr) -> AgentConfig {
             heartbeat_interval: Duration::from_millis(10),
             max_concurrent_checks: 4,
         },
+        spool: SpoolConfig {
+            limits: SpoolLimits {
+                max_bytes: 16 << 20,
+                max_age: Duration::from_secs(3600),
+            },
+            retry_initial_delay: Duration::from_millis(10),
+            retry_max_delay: Duration::from_millis(50),
+        },
         checks: Vec::new(),
     }
 }
@@ -160,39 +169,61 @@ async fn reports_carry_the_inventory_only_when_the_collector_needs_it() {
     );
     assert_eq!(second.inventory_hash, first.inventory_hash);
 
-    // The second answer asked for the full inventory.
-    let third = collector.next_report().await;
+    // The second answer asked for the full inventory: a later report carries it (reports
+    // built before the answer arrived may be queued ahead of it), then only the hash again.
+    let mut reports = vec![first.clone(), second];
+    while reports.len() < 3 || reports.last().unwrap().inventory.is_none() {
+        reports.push(collector.next_report().await);
+    }
     assert!(
-        third.inventory.is_some(),
-        "sent after `need_full_inventory`"
+        reports.len() <= 6,
+        "the full inventory came late: {}",
+        reports.len()
     );
+    let after = collector.next_report().await;
+    assert_eq!(after.inventory, None);
+    reports.push(after);
 
-    let fourth = collector.next_report().await;
-    assert_eq!(fourth.inventory, None);
-
-    let reports = [&first, &second, &third, &fourth];
     let sequences: Vec<u64> = reports.iter().map(|r| r.sequence).collect();
-    assert_eq!(sequences, [1, 2, 3, 4]);
+    let expected: Vec<u64> = (1..=reports.len() as u64).collect();
+    assert_eq!(
+        sequences, expected,
+        "sent in order, none lost, none repeated"
+    );
     assert!(reports.iter().all(|r| agent_id(r) == agent_id(&first)));
+    let last_sequence = reports.len() as u64;
 
     shutdown.send(()).unwrap();
     agent.await.unwrap().unwrap();
     collector.stop().await;
 
-    // A restart continues the sequence, with the same agent id, and sends the inventory again.
+    // A restart continues the sequence with the same agent id: first what was still spooled
+    // (the report in flight at shutdown may come again; the collector calls it a duplicate),
+    // then new reports, the first of which carries the inventory again.
     let mut collector = RunningCollector::start(Vec::new()).await;
     let (shutdown, agent) = start_agent(config(dir.path(), root.path(), collector.address));
-    let after_restart = collector.next_report().await;
+    let mut after_restart = vec![collector.next_report().await];
+    while after_restart.last().unwrap().inventory.is_none() {
+        after_restart.push(collector.next_report().await);
+        assert!(
+            after_restart.len() < 50,
+            "no full inventory after the restart"
+        );
+    }
     shutdown.send(()).unwrap();
     agent.await.unwrap().unwrap();
     collector.stop().await;
+    let sequences: Vec<u64> = after_restart.iter().map(|r| r.sequence).collect();
+    assert!(sequences[0] >= last_sequence, "{sequences:?}");
     assert!(
-        after_restart.sequence > 4,
-        "sequence {}",
-        after_restart.sequence
+        sequences.windows(2).all(|w| w[1] == w[0] + 1),
+        "{sequences:?}"
     );
-    assert_eq!(agent_id(&after_restart), agent_id(&first));
-    assert!(after_restart.inventory.is_some());
+    assert!(
+        after_restart
+            .iter()
+            .all(|r| agent_id(r) == agent_id(&first))
+    );
 }
 
 #[tokio::test]
@@ -218,6 +249,8 @@ async fn an_identity_conflict_makes_the_agent_report_as_a_new_host() {
 
     assert_ne!(agent_id(&renewed), agent_id(&first));
     assert_eq!(renewed.sequence, 1, "a new agent id starts a new sequence");
+    // The refused report itself is sent again under the new id: its results are not lost.
+    assert_eq!(renewed.agent_time_unix_ms, conflicting.agent_time_unix_ms);
     assert!(
         renewed.inventory.is_some(),
         "a new host sends its inventory"
@@ -227,7 +260,7 @@ async fn an_identity_conflict_makes_the_agent_report_as_a_new_host() {
 }
 
 #[tokio::test]
-async fn undelivered_reports_are_followed_by_the_full_inventory_and_the_check_results() {
+async fn undelivered_reports_stay_spooled_and_are_sent_again_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
     // The collector acknowledges nothing at first, as when it is unreachable.
@@ -243,19 +276,24 @@ async fn undelivered_reports_are_followed_by_the_full_inventory_and_the_check_re
     });
     let (shutdown, agent) = start_agent(config);
 
-    // Two unacknowledged reports, then an acknowledged one: all three carry the inventory.
+    // The first report is sent three times (two failures, then acknowledged): the spool
+    // keeps it, and reports built meanwhile wait behind it carrying only the hash.
     let mut reports = Vec::new();
     for _ in 0..4 {
         reports.push(collector.next_report().await);
     }
-    let full: Vec<bool> = reports.iter().map(|r| r.inventory.is_some()).collect();
-    assert_eq!(full, [true, true, true, false]);
-    // The check's result reaches an acknowledged report (sequence 3 on), even when it first
-    // rode with an undelivered one.
+    let shape: Vec<(u64, bool)> = reports
+        .iter()
+        .map(|r| (r.sequence, r.inventory.is_some()))
+        .collect();
+    assert_eq!(shape, [(1, true), (1, true), (1, true), (2, false)]);
+    // The check's result reaches an acknowledged report (all are, from the third on).
     let delivered = |reports: &[ReportRequest]| {
         reports
             .iter()
-            .position(|r| r.sequence >= 3 && !r.checks.is_empty())
+            .skip(2)
+            .position(|r| !r.checks.is_empty())
+            .map(|position| position + 2)
     };
     while delivered(&reports).is_none() {
         reports.push(collector.next_report().await);
@@ -331,4 +369,46 @@ async fn once_sends_one_report_and_returns_the_answer() {
     let second = schedule::once(config, true).await.unwrap();
     assert_eq!(second.request.sequence, sent.request.sequence + 1);
     collector.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_report_is_dropped_and_counted_and_a_throttled_one_is_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let answers = vec![
+        Ok(ReportResponse::default()),
+        Err(Status::invalid_argument(
+            "`identity.hostname` must not be empty",
+        )),
+        Err(Status::resource_exhausted(
+            "agent `x` exceeds the rate limit of 5 reports per second",
+        )),
+    ];
+    let mut collector = RunningCollector::start(answers).await;
+    let (shutdown, agent) = start_agent(config(dir.path(), root.path(), collector.address));
+
+    let mut reports = Vec::new();
+    // Until the refusal of report 2 has been counted in a later report.
+    while reports
+        .iter()
+        .all(|r: &ReportRequest| r.dropped_reports == 0)
+    {
+        reports.push(collector.next_report().await);
+        assert!(reports.len() < 100, "the refused report was never counted");
+    }
+    shutdown.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    collector.stop().await;
+
+    let sequences: Vec<u64> = reports.iter().map(|r| r.sequence).collect();
+    assert_eq!(
+        sequences[..4],
+        [1, 2, 3, 3],
+        "2 refused and not resent, 3 throttled and resent"
+    );
+    assert!(
+        sequences[3..].windows(2).all(|w| w[1] == w[0] + 1),
+        "{sequences:?}"
+    );
+    assert_eq!(reports.last().unwrap().dropped_reports, 1);
 }
