@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Asserts the interop tier's check results, read back through the collector's JSON API
-(`/api/v1/hosts/{id}` → `checks`) and `/metrics`, never from the agent's own output.
+(`/api/v1/hosts/{id}` → `checks`) and `/metrics`, never from the agent's own output, and
+through a real Prometheus scraping the collector (PromQL over its HTTP API, --prometheus).
 
 Run by tests/interop/run inside the client namespace, after one `estate-agent once`. Only the
 kinds given with --kinds are asserted (the others are not built yet and `run` says so). Exits 1
@@ -13,6 +14,7 @@ import json
 import re
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 
@@ -525,6 +527,86 @@ def assert_metrics(tally, text, hostname, checks):
                     f"missing for {missing}")
 
 
+def promql(prometheus, query):
+    """The result vector of an instant PromQL query through Prometheus's HTTP API."""
+    answer = json.loads(get(prometheus, "/api/v1/query?" + urllib.parse.urlencode({"query": query})))
+    if answer.get("status") != "success":
+        raise RuntimeError(f"query {query!r}: {answer}")
+    return answer["data"]["result"]
+
+
+def poll(what, fetch, done, limit=20):
+    """fetch() every half second until done(value) or `limit` seconds; the last value."""
+    deadline = time.monotonic() + limit
+    value = fetch()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        value = fetch()
+    return value
+
+
+def assert_prometheus(tally, prometheus, hostname, checks, kinds, args):
+    """A real Prometheus scraped the collector: PromQL returns the host's liveness and check
+    results, the repository's alert rules are loaded and evaluate cleanly, and the rogue DHCP
+    server raises its alert."""
+    selector = f'host="{hostname}"'
+    up = poll("estate_host_up", lambda: promql(prometheus, f"estate_host_up{{{selector}}}"),
+              lambda result: [sample["value"][1] for sample in result] == ["1"])
+    values = [sample["value"][1] for sample in up]
+    tally.check(values == ["1"], f"PromQL: estate_host_up{{{selector}}} is 1",
+                f"Prometheus returned {values}")
+    # The same pass/fail per (check, target) as the collector's API; skipped targets absent.
+    want = {(r.get("check"), r.get("target")): {"pass": "1", "fail": "0"}[r.get("outcome")]
+            for r in checks if r.get("outcome") in ("pass", "fail")}
+    def series():
+        return {(sample["metric"].get("check"), sample["metric"].get("target")): sample["value"][1]
+                for sample in promql(prometheus, f"estate_check_success{{{selector}}}")}
+    got = poll("estate_check_success", series, lambda got: got == want)
+    tally.check(bool(want) and got == want,
+                f"PromQL: estate_check_success{{{selector}}} has the API's {len(want)} pass/fail "
+                "results",
+                f"missing {sorted(set(want) - set(got))}, unexpected {sorted(set(got) - set(want))}, "
+                f"different {sorted(k for k in set(want) & set(got) if want[k] != got[k])}")
+    failing = promql(prometheus, f"count(estate_check_success{{{selector}}} == 0)")
+    failing_count = int(failing[0]["value"][1]) if failing else 0
+    want_failing = sum(1 for value in want.values() if value == "0")
+    tally.check(failing_count == want_failing,
+                f"PromQL: count(estate_check_success == 0) is {want_failing}, the API's failures",
+                f"Prometheus counts {failing_count}")
+
+    targets = json.loads(get(prometheus, "/api/v1/targets"))["data"]["activeTargets"]
+    health = [(target["labels"].get("job"), target["health"]) for target in targets]
+    tally.check(health == [("estate", "up")], "Prometheus's scrape of the collector is healthy",
+                f"targets {health}")
+
+    def rules():
+        groups = json.loads(get(prometheus, "/api/v1/rules"))["data"]["groups"]
+        return [(rule["name"], rule["health"], rule.get("lastError", ""))
+                for group in groups for rule in group["rules"]]
+    loaded = poll("rules", rules, lambda found: found and all(h == "ok" for _, h, _ in found))
+    tally.check(len(loaded) >= 6 and all(health == "ok" for _, health, _ in loaded),
+                f"Prometheus loaded deploy/prometheus/estate.rules.yml ({len(loaded)} alerts) and "
+                "evaluates every rule without error",
+                f"{[rule for rule in loaded if rule[1] != 'ok'] or loaded}")
+
+    def alerts():
+        return json.loads(get(prometheus, "/api/v1/alerts"))["data"]["alerts"]
+    def firing(found, name):
+        return [a for a in found if a["labels"].get("alertname") == name and a["state"] == "firing"]
+    if "dhcp" in kinds and args.rogue_ip:
+        found = poll("alerts", alerts, lambda found: any(
+            a["labels"].get("target") == args.rogue_ip for a in firing(found, "EstateRogueDhcpServer")))
+        rogue = sorted({a["labels"].get("target") for a in firing(found, "EstateRogueDhcpServer")})
+        tally.check(rogue == [args.rogue_ip],
+                    f"Prometheus alert EstateRogueDhcpServer fires for the rogue {args.rogue_ip} "
+                    "and no other server", f"firing for {rogue}")
+    else:
+        tally.skip("alert EstateRogueDhcpServer", "the dhcp kind is not exercised in this run")
+    stale = [a["labels"].get("host") for a in firing(alerts(), "EstateHostStale")]
+    tally.check(not stale, "Prometheus alert EstateHostStale does not fire for a reporting host",
+                f"firing for {stale}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--api", required=True)
@@ -536,6 +618,8 @@ def main():
     parser.add_argument("--dnsmasq-address", required=True)
     parser.add_argument("--mail-name", default="", help="Postfix's and nginx's name")
     parser.add_argument("--autodiscover-name", default="", help="nginx's Autodiscover name")
+    parser.add_argument("--prometheus", default="",
+                        help="a Prometheus scraping the collector, to query with PromQL")
     parser.add_argument("--not-run-file", required=True)
     parser.add_argument("--secret-file", action="append", default=[],
                         help="a password that must appear nowhere in the API or /metrics")
@@ -552,6 +636,10 @@ def main():
         assert_checks(tally, checks, kinds, args)
         metrics = get(args.api, "/metrics")
         assert_metrics(tally, metrics, hosts[0]["hostname"], checks)
+        if args.prometheus:
+            assert_prometheus(tally, args.prometheus, hosts[0]["hostname"], checks, kinds, args)
+        else:
+            tally.skip("Prometheus queries", "no --prometheus given")
         exposed = json.dumps(host) + metrics
         for path in args.secret_file:
             with open(path, encoding="utf-8") as secret_file:
