@@ -158,7 +158,6 @@ function Set-RestrictedAcl([string] $Path) {
             $identity, 'FullControl', $inherit, $propagate, 'Allow')
         $acl.AddAccessRule($rule)
     }
-    $acl.SetOwner((New-Object System.Security.Principal.SecurityIdentifier('S-1-5-32-544')))
     Set-Acl -LiteralPath $Path -AclObject $acl
 }
 
@@ -281,7 +280,7 @@ function Install-Estate {
                 Write-Step "firewall: inbound TCP $port to $exeName (Domain and Private profiles)"
                 New-NetFirewallRule -Name "$name-tcp-$port" -DisplayName "estate collector (TCP $port)" `
                     -Group $firewallGroup -Direction Inbound -Action Allow -Protocol TCP `
-                    -LocalPort $port -Program $installed -Profile Domain, Private | Out-Null
+                    -LocalPort $port -Program $installed -Profile @('Domain', 'Private') | Out-Null
             }
         }
     }
