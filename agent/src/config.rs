@@ -67,10 +67,18 @@ impl Default for AgentSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectorSection {
-    /// The collector's gRPC endpoint, `http://host:port`. (TLS comes later.)
+    /// The collector's gRPC endpoint, `https://host:port` (`http://` only with `insecure`).
     #[serde(default = "default_collector_url")]
     pub url: String,
-    /// How long to wait for the TCP (and later TLS) connection to the collector.
+    /// PEM file of the CA that signed the collector's certificate; without it the system's
+    /// trusted roots are used.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `true` allows an `http://` url: reports travel unencrypted and unauthenticated. An
+    /// explicit choice, logged at start.
+    #[serde(default)]
+    pub insecure: bool,
+    /// How long to wait for the TCP and TLS connection to the collector.
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
     /// How long one report may take, from sending it to the collector's acknowledgement.
@@ -82,6 +90,8 @@ impl Default for CollectorSection {
     fn default() -> Self {
         CollectorSection {
             url: default_collector_url(),
+            ca_file: None,
+            insecure: false,
             connect_timeout: default_connect_timeout(),
             timeout: default_request_timeout(),
         }
@@ -232,9 +242,9 @@ pub fn default_root() -> PathBuf {
     PathBuf::from("/")
 }
 
-/// A collector on the same machine, on estate's port.
+/// A collector on the same machine, on estate's port, over TLS.
 pub fn default_collector_url() -> String {
-    "http://127.0.0.1:9750".to_owned()
+    "https://127.0.0.1:9750".to_owned()
 }
 
 /// A reachable collector accepts a connection in well under five seconds.
@@ -309,8 +319,13 @@ impl AgentConfig {
 /// Where and how to reach the collector.
 #[derive(Debug, Clone)]
 pub struct CollectorConfig {
-    /// `http://host:port`, without credentials, so it is safe to log.
+    /// `https://host:port` (or, with `insecure`, `http://`), without credentials, so it is
+    /// safe to log.
     pub url: String,
+    /// The CA to verify the collector's certificate with; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Plain text was chosen explicitly (the url is `http://`).
+    pub insecure: bool,
     pub connect_timeout: Duration,
     pub timeout: Duration,
 }
@@ -447,7 +462,21 @@ impl ConfigFile {
             return Err("`agent.root` is empty".to_owned());
         }
 
-        validate_collector_url(&collector.url)?;
+        validate_collector_url(&collector.url, collector.insecure)?;
+        if collector.insecure && collector.ca_file.is_some() {
+            return Err(
+                "`collector.ca_file` is set but `collector.insecure = true` sends plain text: \
+                 remove one"
+                    .to_owned(),
+            );
+        }
+        if collector
+            .ca_file
+            .as_ref()
+            .is_some_and(|file| file.as_os_str().is_empty())
+        {
+            return Err("`collector.ca_file` is empty".to_owned());
+        }
         at_least("collector.connect_timeout", collector.connect_timeout, MS)?;
         at_least("collector.timeout", collector.timeout, MS)?;
 
@@ -521,6 +550,8 @@ impl ConfigFile {
             root: agent.root,
             collector: CollectorConfig {
                 url: collector.url,
+                ca_file: collector.ca_file,
+                insecure: collector.insecure,
                 connect_timeout: collector.connect_timeout,
                 timeout: collector.timeout,
             },
@@ -578,27 +609,49 @@ fn validate_check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Accepts `http://host[:port][/]` only: TLS comes later, and credentials in the URL would end
-/// up in logs (the URL is logged when the collector is unreachable).
-pub fn validate_collector_url(url: &str) -> Result<(), String> {
+/// How to set up TLS, for messages that refuse plain text.
+pub const TLS_HOW_TO: &str = "README section \"Securing a deployment\"";
+
+/// Accepts `https://host[:port][/]`, or `http://…` when `insecure` says plain text was chosen
+/// explicitly. Credentials in the URL would end up in logs (the URL is logged when the
+/// collector is unreachable), so they are refused.
+pub fn validate_collector_url(url: &str, insecure: bool) -> Result<(), String> {
     let uri: tonic::transport::Uri = url
         .parse()
         .map_err(|error| format!("collector url `{url}` is not a valid url: {error}"))?;
+    if uri
+        .authority()
+        .is_some_and(|authority| authority.as_str().contains('@'))
+    {
+        // Do not echo the URL: it holds the credentials.
+        return Err("collector url must not contain credentials".to_owned());
+    }
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
+        Some("https") if insecure => {
             return Err(format!(
-                "collector url `{url}`: TLS is not supported yet, use `http://`"
+                "collector url `{url}` is https but `collector.insecure = true` (`--insecure`) \
+                 is set: remove `insecure` (it only allows `http://`; certificates are always \
+                 verified)"
+            ));
+        }
+        Some("https") => {}
+        Some("http") if insecure => {}
+        Some("http") => {
+            let secure = url.replacen("http://", "https://", 1);
+            return Err(format!(
+                "collector url `{url}` is plain text: use `{secure}` with the collector's TLS \
+                 certificate (`collector.ca_file`, {TLS_HOW_TO}), or set \
+                 `collector.insecure = true` (`--insecure`) to send reports unencrypted"
             ));
         }
         Some(other) => {
             return Err(format!(
-                "collector url `{url}` has scheme `{other}`, expected `http`"
+                "collector url `{url}` has scheme `{other}`, expected `https`"
             ));
         }
         None => {
             return Err(format!(
-                "collector url `{url}` has no scheme, expected `http://{url}`"
+                "collector url `{url}` has no scheme, expected `https://{url}`"
             ));
         }
     }
@@ -614,7 +667,7 @@ pub fn validate_collector_url(url: &str) -> Result<(), String> {
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!(
-            "collector url `{url}` must not have a path or query, expected `http://host:port`"
+            "collector url `{url}` must not have a path or query, expected `https://host:port`"
         ));
     }
     Ok(())
@@ -771,31 +824,52 @@ mod tests {
         check(
             "[collector]\nurl = \"127.0.0.1:9750\"\n",
             "invalid config `/etc/estate/agent.toml`: collector url `127.0.0.1:9750` has no \
-             scheme, expected `http://127.0.0.1:9750`",
+             scheme, expected `https://127.0.0.1:9750`",
         );
         check(
-            "[collector]\nurl = \"https://collector:9750\"\n",
-            "invalid config `/etc/estate/agent.toml`: collector url `https://collector:9750`: \
-             TLS is not supported yet, use `http://`",
+            "[collector]\nurl = \"http://collector:9750\"\n",
+            "invalid config `/etc/estate/agent.toml`: collector url `http://collector:9750` is \
+             plain text: use `https://collector:9750` with the collector's TLS certificate \
+             (`collector.ca_file`, README section \"Securing a deployment\"), or set \
+             `collector.insecure = true` (`--insecure`) to send reports unencrypted",
+        );
+        check(
+            "[collector]\nurl = \"http://collector:9750\"\ninsecure = true\n",
+            "",
+        );
+        check(
+            "[collector]\nurl = \"https://collector:9750\"\ninsecure = true\n",
+            "invalid config `/etc/estate/agent.toml`: collector url `https://collector:9750` is \
+             https but `collector.insecure = true` (`--insecure`) is set: remove `insecure` (it \
+             only allows `http://`; certificates are always verified)",
+        );
+        check(
+            "[collector]\nurl = \"http://c:1\"\ninsecure = true\nca_file = \"ca.pem\"\n",
+            "invalid config `/etc/estate/agent.toml`: `collector.ca_file` is set but \
+             `collector.insecure = true` sends plain text: remove one",
+        );
+        check(
+            "[collector]\nurl = \"https://collector:9750\"\nca_file = \"/etc/estate/ca.pem\"\n",
+            "",
         );
         check(
             "[collector]\nurl = \"ftp://collector\"\n",
             "invalid config `/etc/estate/agent.toml`: collector url `ftp://collector` has scheme \
-             `ftp`, expected `http`",
+             `ftp`, expected `https`",
         );
         check(
             "[collector]\nurl = \"http://agent:secret@collector:9750\"\n",
             "invalid config `/etc/estate/agent.toml`: collector url must not contain credentials",
         );
         check(
-            "[collector]\nurl = \"http://collector:9750/ingest\"\n",
+            "[collector]\nurl = \"https://collector:9750/ingest\"\n",
             "invalid config `/etc/estate/agent.toml`: collector url \
-             `http://collector:9750/ingest` must not have a path or query, expected \
-             `http://host:port`",
+             `https://collector:9750/ingest` must not have a path or query, expected \
+             `https://host:port`",
         );
         check(
-            "[collector]\nurl = \"http://\"\n",
-            "invalid config `/etc/estate/agent.toml`: collector url `http://` is not a valid \
+            "[collector]\nurl = \"https://\"\n",
+            "invalid config `/etc/estate/agent.toml`: collector url `https://` is not a valid \
              url: empty string",
         );
         check(
@@ -807,7 +881,9 @@ mod tests {
     #[test]
     fn no_file_means_working_defaults() {
         let config = ConfigFile::default().validate(None).unwrap();
-        assert_eq!(config.collector.url, "http://127.0.0.1:9750");
+        assert_eq!(config.collector.url, "https://127.0.0.1:9750");
+        assert_eq!(config.collector.ca_file, None);
+        assert!(!config.collector.insecure);
         assert_eq!(config.schedule.heartbeat_interval, Duration::from_secs(60));
         assert_eq!(
             config.schedule.inventory_interval,
@@ -821,10 +897,10 @@ mod tests {
     #[test]
     fn errors_without_a_file_say_so() {
         let mut file = ConfigFile::default();
-        file.collector.url = "https://x:1".into();
+        file.collector.url = "ftp://x:1".into();
         assert_eq!(
             file.validate(None).unwrap_err().to_string(),
-            "invalid config: collector url `https://x:1`: TLS is not supported yet, use `http://`"
+            "invalid config: collector url `ftp://x:1` has scheme `ftp`, expected `https`"
         );
     }
 
@@ -903,6 +979,8 @@ mod tests {
             "state_dir",
             "root",
             "url",
+            "ca_file",
+            "insecure",
             "connect_timeout",
             "timeout",
             "inventory_interval",

@@ -28,9 +28,16 @@ struct Cli {
     /// Overrides `agent.state_dir` from the config
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Overrides `collector.url` from the config, e.g. `http://collector:9750`
+    /// Overrides `collector.url` from the config, e.g. `https://collector:9750`
     #[arg(long, global = true, value_name = "URL")]
     collector: Option<String>,
+    /// Overrides `collector.ca_file`: the PEM CA that signed the collector's certificate
+    #[arg(long, global = true, value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+    /// Sets `collector.insecure = true`: allows an `http://` collector url (plain text,
+    /// logged as a warning)
+    #[arg(long, global = true)]
+    insecure: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,6 +91,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(url) = cli.collector {
         file.collector.url = url;
+    }
+    if let Some(ca_file) = cli.ca_file {
+        file.collector.ca_file = Some(ca_file);
+    }
+    if cli.insecure {
+        file.collector.insecure = true;
     }
     let config = file.validate(path.as_deref())?;
     match &path {

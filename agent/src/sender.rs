@@ -4,8 +4,16 @@
 use crate::config::CollectorConfig;
 use estate_proto::v1::ingest_client::IngestClient;
 use estate_proto::v1::{ReportRequest, ReportResponse};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, ServerName};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::net::TcpStream;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 /// The prefix of a `FAILED_PRECONDITION` message by which the collector says that this agent id
 /// belongs to another machine.
@@ -21,6 +29,9 @@ pub enum SendError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The TLS settings cannot be used (unreadable or bad CA file, no system roots).
+    #[error("TLS setup for collector `{url}` failed: {message}")]
+    Tls { url: String, message: String },
     /// Not delivered, or delivered without an acknowledgement: send the content again later.
     #[error("collector `{url}` did not acknowledge the report ({code:?}): {message}")]
     Unreachable {
@@ -95,7 +106,8 @@ pub struct ReportSender {
 }
 
 impl ReportSender {
-    /// Prepares the channel; no connection is attempted until the first report.
+    /// Prepares the channel (reading the CA file now, so a bad one fails the start); no
+    /// connection is attempted until the first report.
     pub fn new(config: &CollectorConfig) -> Result<ReportSender, SendError> {
         let endpoint = Endpoint::from_shared(config.url.clone())
             .map_err(|source| SendError::InvalidUrl {
@@ -104,8 +116,25 @@ impl ReportSender {
             })?
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout);
+        let channel = if config.url.starts_with("https://") {
+            let tls = client_tls_config(config).map_err(|message| SendError::Tls {
+                url: config.url.clone(),
+                message,
+            })?;
+            endpoint.connect_with_connector_lazy(TlsConnector {
+                config: Arc::new(tls),
+            })
+        } else {
+            // Validation let `http://` through only with `collector.insecure = true`.
+            tracing::warn!(
+                collector = %config.url,
+                "sending reports in PLAIN TEXT (collector.insecure = true / --insecure): \
+                 anyone on the network path can read and alter them"
+            );
+            endpoint.connect_lazy()
+        };
         Ok(ReportSender {
-            client: IngestClient::new(endpoint.connect_lazy()),
+            client: IngestClient::new(channel),
             url: config.url.clone(),
         })
     }
@@ -124,6 +153,103 @@ impl ReportSender {
     }
 }
 
+/// The rustls (ring) client config: the collector's certificate is verified against
+/// `collector.ca_file` alone when set (a private CA should not share trust with the public
+/// ones), else against the operating system's trusted roots.
+fn client_tls_config(config: &CollectorConfig) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.ca_file {
+        Some(path) => {
+            for certificate in read_certificates(path)? {
+                roots.add(certificate).map_err(|error| {
+                    format!(
+                        "CA file `{}` holds an unusable certificate: {error}",
+                        path.display()
+                    )
+                })?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for error in &native.errors {
+                tracing::warn!(%error, "a system CA certificate could not be loaded");
+            }
+            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                return Err("the system has no usable trusted CA certificates: set \
+                            `collector.ca_file` to the CA that signed the collector's \
+                            certificate"
+                    .to_owned());
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("TLS provider: {error}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tls)
+}
+
+/// Every certificate in a PEM file; errors name the file.
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let text = std::fs::read(path)
+        .map_err(|error| format!("cannot read CA file `{}`: {error}", path.display()))?;
+    let certificates = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("CA file `{}` is not valid PEM: {error}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "CA file `{}` holds no `BEGIN CERTIFICATE` block",
+            path.display()
+        ));
+    }
+    Ok(certificates)
+}
+
+/// Opens TCP, then TLS with the collector's host name, for tonic's channel.
+#[derive(Debug, Clone)]
+struct TlsConnector {
+    config: Arc<rustls::ClientConfig>,
+}
+
+type Connecting<T> = Pin<Box<dyn Future<Output = std::io::Result<T>> + Send>>;
+
+impl tonic::codegen::Service<Uri> for TlsConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Connecting<Self::Response>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.config));
+        Box::pin(async move {
+            let invalid =
+                |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
+            let host = uri
+                .host()
+                .ok_or_else(|| invalid(format!("url `{uri}` has no host")))?;
+            // `[::1]` in a URL is `::1` as a name to verify.
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            let name = ServerName::try_from(host.clone())
+                .map_err(|error| invalid(format!("`{host}` is not a TLS server name: {error}")))?;
+            let stream = TcpStream::connect((host.as_str(), port)).await?;
+            let _ = stream.set_nodelay(true);
+            let stream = connector.connect(name, stream).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +258,7 @@ mod tests {
         let error = SendError::from_status("http://c:1", tonic::Status::new(code, message));
         let kind = match &error {
             SendError::InvalidUrl { .. } => "invalid url",
+            SendError::Tls { .. } => "tls",
             SendError::Unreachable { .. } => "unreachable",
             SendError::Rejected { .. } => "rejected",
             SendError::IdentityConflict { .. } => "identity conflict",
@@ -180,6 +307,8 @@ mod tests {
         };
         let config = CollectorConfig {
             url: format!("http://127.0.0.1:{port}"),
+            ca_file: None,
+            insecure: true,
             connect_timeout: std::time::Duration::from_secs(5),
             timeout: std::time::Duration::from_secs(5),
         };

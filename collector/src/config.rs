@@ -1,6 +1,7 @@
 //! Collector configuration: an optional TOML file, overridden by command-line flags, validated
 //! into a ready [`CollectorConfig`].
 
+use crate::tls::{TlsFiles, Transport};
 use anyhow::Context as _;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -15,8 +16,13 @@ pub struct CollectorConfig {
     pub database: PathBuf,
     pub stale_after: Duration,
     pub expire_after: Duration,
+    /// TLS or, chosen explicitly, plain text.
+    pub transport: Transport,
 }
 
+/// Plain text: for in-process tests and embedding, which pass already-bound loopback
+/// listeners. [`crate::run`] logs a warning whenever it runs without TLS, and the collector
+/// program never gets here without TLS files or `--insecure` ([`ConfigFile::into_config`]).
 impl Default for CollectorConfig {
     fn default() -> Self {
         CollectorConfig {
@@ -25,9 +31,18 @@ impl Default for CollectorConfig {
             database: default_database(),
             stale_after: DEFAULT_STALE_AFTER,
             expire_after: DEFAULT_EXPIRE_AFTER,
+            transport: Transport::Insecure,
         }
     }
 }
+
+/// What the collector says when it has neither TLS files nor `--insecure`.
+pub const TLS_HOW_TO: &str = "the collector needs a TLS certificate: set `tls_cert_file` and \
+     `tls_key_file` in the config (or `--tls-cert-file` and `--tls-key-file`); \
+     `estate-collector tls init --dir /etc/estate/tls --host collector.example.com` makes a CA \
+     and a certificate (README section \"Securing a deployment\"). To accept plain text \
+     instead, which lets anyone on the network read and forge reports, pass `--insecure` \
+     (config `insecure = true`)";
 
 /// Loopback by default: a first try on one machine exposes nothing to the network.
 pub fn default_grpc_listen() -> SocketAddr {
@@ -62,6 +77,14 @@ pub struct ConfigFile {
     pub stale_after: Option<String>,
     /// A host not heard from for this long disappears from `/metrics`, e.g. `7d`.
     pub expire_after: Option<String>,
+    /// PEM certificate chain of both listeners (leaf first).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s) whose client certificates authenticate agents (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// `true` serves plain text (no TLS): an explicit choice, logged at every start.
+    pub insecure: Option<bool>,
 }
 
 impl ConfigFile {
@@ -85,6 +108,12 @@ impl ConfigFile {
             database: self.database.unwrap_or(defaults.database),
             stale_after: parse_duration("stale_after", self.stale_after, defaults.stale_after)?,
             expire_after: parse_duration("expire_after", self.expire_after, defaults.expire_after)?,
+            transport: transport(
+                self.tls_cert_file,
+                self.tls_key_file,
+                self.client_ca_file,
+                self.insecure.unwrap_or(false),
+            )?,
         };
         if config.stale_after < Duration::from_secs(1) {
             anyhow::bail!(
@@ -100,6 +129,38 @@ impl ConfigFile {
             );
         }
         Ok(config)
+    }
+}
+
+fn transport(
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    insecure: bool,
+) -> anyhow::Result<Transport> {
+    match (cert_file, key_file) {
+        (Some(_), Some(_)) if insecure => anyhow::bail!(
+            "`insecure = true` (`--insecure`) and TLS files are both set: remove one; \
+             `insecure` serves plain text"
+        ),
+        (None, None) if client_ca_file.is_some() => {
+            anyhow::bail!("`client_ca_file` needs TLS: set `tls_cert_file` and `tls_key_file` too")
+        }
+        (None, None) if insecure => Ok(Transport::Insecure),
+        (None, None) => anyhow::bail!("{TLS_HOW_TO}"),
+        (Some(cert_file), Some(key_file)) => Ok(Transport::Tls(TlsFiles {
+            cert_file,
+            key_file,
+            client_ca_file,
+        })),
+        (Some(cert), None) => anyhow::bail!(
+            "`tls_cert_file` `{}` is set but `tls_key_file` is not: set both",
+            cert.display()
+        ),
+        (None, Some(key)) => anyhow::bail!(
+            "`tls_key_file` `{}` is set but `tls_cert_file` is not: set both",
+            key.display()
+        ),
     }
 }
 
@@ -141,8 +202,41 @@ mod tests {
     #[test]
     fn defaults_are_loopback_and_a_local_file() {
         check(
-            "",
+            "insecure = true",
             "grpc_listen: 127.0.0.1:9750, http_listen: 127.0.0.1:9751, database: \"estate.db\"",
+        );
+    }
+
+    #[test]
+    fn plain_text_is_an_explicit_choice_and_tls_needs_both_files() {
+        check(
+            "",
+            "the collector needs a TLS certificate: set `tls_cert_file`",
+        );
+        check("", "README section \"Securing a deployment\"");
+        check("", "pass `--insecure` (config `insecure = true`)");
+        check("insecure = false", "the collector needs a TLS certificate");
+        check("insecure = true", "transport: Insecure");
+        check(
+            "tls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n",
+            "transport: Tls(TlsFiles { cert_file: \"c.pem\", key_file: \"k.pem\", \
+             client_ca_file: None })",
+        );
+        check(
+            "tls_cert_file = \"c.pem\"\n",
+            "`tls_cert_file` `c.pem` is set but `tls_key_file` is not: set both",
+        );
+        check(
+            "tls_key_file = \"k.pem\"\n",
+            "`tls_key_file` `k.pem` is set but `tls_cert_file` is not: set both",
+        );
+        check(
+            "tls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\ninsecure = true\n",
+            "`insecure = true` (`--insecure`) and TLS files are both set",
+        );
+        check(
+            "insecure = true\nclient_ca_file = \"ca.pem\"\n",
+            "`client_ca_file` needs TLS",
         );
     }
 
@@ -154,18 +248,18 @@ mod tests {
         );
         check(
             "databse = \"x.db\"\n",
-            "unknown field `databse`, expected one of `grpc_listen`, `http_listen`, `database`, `stale_after`, `expire_after`",
+            "unknown field `databse`, expected one of `grpc_listen`, `http_listen`, `database`, `stale_after`, `expire_after`, `tls_cert_file`, `tls_key_file`, `client_ca_file`, `insecure`",
         );
         check(
-            "http_listen = \"localhost\"\n",
+            "http_listen = \"localhost\"\ninsecure = true\n",
             "`http_listen` `localhost` is not an address such as `127.0.0.1:9750`",
         );
         check(
-            "stale_after = \"soon\"\n",
+            "stale_after = \"soon\"\ninsecure = true\n",
             "`stale_after` `soon` is not a duration such as `5m` or `7d`",
         );
         check(
-            "stale_after = \"1h\"\nexpire_after = \"30m\"\n",
+            "stale_after = \"1h\"\nexpire_after = \"30m\"\ninsecure = true\n",
             "`expire_after` `30m` must be longer than `stale_after` `1h`",
         );
     }

@@ -5,6 +5,7 @@
 //! report is acknowledged only once the transaction holding it is durable.
 
 pub mod api;
+pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod document;
@@ -13,6 +14,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod validate;
 pub mod writer;
 
@@ -22,6 +24,7 @@ use crate::metrics::IngestMetrics;
 use crate::state::HostStates;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, WritePolicy};
+use crate::tls::Transport;
 use crate::writer::BatchWriter;
 use anyhow::Context as _;
 use estate_proto::v1::ingest_server::IngestServer;
@@ -41,6 +44,25 @@ pub async fn run(
     http_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Certificates first: a bad PEM file should fail the start before anything else happens.
+    let (grpc_tls, http_tls) = match &config.transport {
+        Transport::Tls(files) => (
+            Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                files, b"h2",
+            )?)),
+            Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                files,
+                b"http/1.1",
+            )?)),
+        ),
+        Transport::Insecure => {
+            tracing::warn!(
+                "serving PLAIN TEXT (--insecure): anyone on the network path can read and \
+                 forge reports and API answers; configure TLS (README \"Securing a deployment\")"
+            );
+            (None, None)
+        }
+    };
     let database = config.database.clone();
     let store: Arc<dyn Store> = Arc::new(
         tokio::task::spawn_blocking(move || SqliteStore::open(&database))
@@ -80,7 +102,7 @@ pub async fn run(
                 .max_encoding_message_size(64 * 1024),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            tls::accept(grpc_listener, grpc_tls, stop.clone(), "grpc")?.into_stream(),
             stopped(stop.clone()),
         );
 
@@ -93,7 +115,11 @@ pub async fn run(
             expire_after: config.expire_after,
         },
     });
-    let http = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop.clone()));
+    let http = axum::serve(
+        tls::accept(http_listener, http_tls, stop.clone(), "http")?,
+        app,
+    )
+    .with_graceful_shutdown(stopped(stop.clone()));
 
     let signal = tokio::spawn(async move {
         shutdown.await;

@@ -1,7 +1,7 @@
 //! `estate-collector`: parses flags, sets up logging and runs the collector library.
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use estate_collector::config::ConfigFile;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,48 @@ use std::process::ExitCode;
 /// Receives estate agents' reports, stores the inventory and serves /metrics, the API and a UI.
 #[derive(Debug, Parser)]
 #[command(name = "estate-collector", version)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Log filter, e.g. `info` or `estate_collector=debug`.
+    #[arg(long, env = "ESTATE_LOG", default_value = "info", global = true)]
+    log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Certificates for TLS: `tls init` makes a CA, the collector's certificate and client
+    /// certificates
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Make a private CA (or reuse DIR/ca.pem and DIR/ca.key), a server certificate for the
+    /// `--host` names and a client certificate per `--client` host; never overwrites a file
+    Init {
+        /// Directory for ca.pem, ca.key, server.pem, server.key, client-HOST.pem/.key
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A name agents use to reach the collector (DNS name or IP address); repeatable
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// An agent host (its hostname) to make a client certificate for (mTLS); repeatable
+        #[arg(long = "client", value_name = "HOST")]
+        clients: Vec<String>,
+        /// Validity of the server and client certificates, in days
+        #[arg(long, value_name = "DAYS", default_value_t = 825)]
+        days: u64,
+    },
+}
+
+/// Flags of the collector itself (no subcommand).
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
     /// TOML configuration file; flags override its keys.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -28,9 +69,18 @@ struct Cli {
     /// A host silent for this long disappears from /metrics [default: 7d].
     #[arg(long, value_name = "DURATION")]
     expire_after: Option<String>,
-    /// Log filter, e.g. `info` or `estate_collector=debug`.
-    #[arg(long, env = "ESTATE_LOG", default_value = "info")]
-    log: String,
+    /// PEM certificate chain for both listeners (config `tls_cert_file`).
+    #[arg(long, value_name = "PATH")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the certificate (config `tls_key_file`).
+    #[arg(long, value_name = "PATH")]
+    tls_key_file: Option<PathBuf>,
+    /// PEM CA whose client certificates authenticate agents (config `client_ca_file`).
+    #[arg(long, value_name = "PATH")]
+    client_ca_file: Option<PathBuf>,
+    /// Serve plain text, without TLS (config `insecure = true`); logged as a warning.
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn main() -> ExitCode {
@@ -44,7 +94,16 @@ fn main() -> ExitCode {
         // Colours only on a terminal: journald and log files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(cli) {
+    let result = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Tls(TlsCommand::Init {
+            dir,
+            hosts,
+            clients,
+            days,
+        })) => tls_init(dir, hosts, clients, days),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("estate-collector: {error:#}");
@@ -53,7 +112,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn tls_init(
+    dir: PathBuf,
+    hosts: Vec<String>,
+    clients: Vec<String>,
+    days: u64,
+) -> anyhow::Result<()> {
+    if days == 0 {
+        anyhow::bail!("`--days` must be at least 1");
+    }
+    let written = estate_collector::certs::init(&estate_collector::certs::InitRequest {
+        dir,
+        hosts,
+        clients,
+        valid_for: std::time::Duration::from_secs(days.saturating_mul(86_400)),
+    })?;
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     let mut file = match &cli.config {
         Some(path) => ConfigFile::read(path)?,
         None => ConfigFile::default(),
@@ -63,6 +143,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     file.database = cli.database.or(file.database);
     file.stale_after = cli.stale_after.or(file.stale_after);
     file.expire_after = cli.expire_after.or(file.expire_after);
+    file.tls_cert_file = cli.tls_cert_file.or(file.tls_cert_file);
+    file.tls_key_file = cli.tls_key_file.or(file.tls_key_file);
+    file.client_ca_file = cli.client_ca_file.or(file.client_ca_file);
+    if cli.insecure {
+        file.insecure = Some(true);
+    }
     let config = file.into_config()?;
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
@@ -74,11 +160,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("failed to listen on `{}` (HTTP)", config.http_listen))?;
         let http_address = http.local_addr()?;
+        let scheme = match config.transport {
+            estate_collector::tls::Transport::Tls(_) => "https",
+            estate_collector::tls::Transport::Insecure => "http",
+        };
         tracing::info!(
-            grpc = %grpc.local_addr()?,
-            metrics = %format!("http://{http_address}/metrics"),
-            api = %format!("http://{http_address}/api/v1/hosts"),
-            ui = %format!("http://{http_address}/"),
+            grpc = %format!("{scheme}://{}", grpc.local_addr()?),
+            metrics = %format!("{scheme}://{http_address}/metrics"),
+            api = %format!("{scheme}://{http_address}/api/v1/hosts"),
+            ui = %format!("{scheme}://{http_address}/"),
             "estate-collector listening"
         );
         estate_collector::run(config, grpc, http, shutdown_signal()).await

@@ -12,6 +12,7 @@ something yet) are written to --not-run-file, one `what: why` per line, for run'
 import argparse
 import json
 import re
+import ssl
 import sys
 import time
 import urllib.parse
@@ -43,8 +44,12 @@ class Tally:
         print(f"  NOT RUN  {what}: {why}")
 
 
+# The collector's CA (its HTTPS side is verified against it); set from --ca-file.
+TLS_CONTEXT = None
+
+
 def get(api, path):
-    with urllib.request.urlopen(api + path, timeout=10) as answer:
+    with urllib.request.urlopen(api + path, timeout=10, context=TLS_CONTEXT) as answer:
         return answer.read().decode()
 
 
@@ -610,6 +615,7 @@ def assert_prometheus(tally, prometheus, hostname, checks, kinds, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--api", required=True)
+    parser.add_argument("--ca-file", help="the CA of the collector's HTTPS certificate")
     parser.add_argument("--kinds", required=True, help="comma-separated kinds to assert")
     parser.add_argument("--rogue-ip", default="", help="the rogue DHCP server's address")
     parser.add_argument("--dc-hostname", required=True)
@@ -624,6 +630,9 @@ def main():
     parser.add_argument("--secret-file", action="append", default=[],
                         help="a password that must appear nowhere in the API or /metrics")
     args = parser.parse_args()
+    global TLS_CONTEXT
+    if args.ca_file:
+        TLS_CONTEXT = ssl.create_default_context(cafile=args.ca_file)
     kinds = {kind for kind in args.kinds.split(",") if kind}
     tally = Tally()
 

@@ -1,6 +1,7 @@
 //! End to end with the real binaries: `estate-collector` and `estate-agent` started as processes
 //! on loopback ports, the agent inventorying a fixture tree (a Dell server), then the API and
-//! `/metrics` checked over HTTP.
+//! `/metrics` checked over HTTPS. The collector's certificates come from its own
+//! `estate-collector tls init`.
 //!
 //! The binaries are the ones `cargo test --workspace` builds next to this test
 //! (`target/<profile>/`); `ESTATE_BIN_DIR` points elsewhere.
@@ -9,6 +10,7 @@ use serde_json::Value;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn bin_dir() -> PathBuf {
@@ -94,26 +96,64 @@ struct Collector {
     process: Option<Running>,
     grpc: String,
     http: String,
+    /// The CA of the collector's certificate; `None` with `--insecure`.
+    ca_file: Option<PathBuf>,
+    /// Client config trusting `ca_file`, for the HTTPS requests.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Runs `estate-collector tls init` for a collector on loopback; returns the CA file.
+fn tls_init(dir: &Path) -> PathBuf {
+    let output = Command::new(binary("estate-collector"))
+        .args(["tls", "init", "--dir"])
+        .arg(dir)
+        .args(["--host", "127.0.0.1", "--host", "localhost"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    dir.join("ca.pem")
 }
 
 impl Collector {
-    fn start(database: &Path) -> Self {
+    /// A collector with TLS, its database and certificates in `dir`.
+    fn start(dir: &Path) -> Self {
+        let tls_dir = dir.join("tls");
+        let ca_file = tls_init(&tls_dir);
+        let mut tls_args = vec!["--tls-cert-file".into(), tls_dir.join("server.pem")];
+        tls_args.extend(["--tls-key-file".into(), tls_dir.join("server.key")]);
+        Self::start_with(dir, &tls_args, Some(ca_file))
+    }
+
+    /// A plain-text collector (`--insecure`).
+    fn start_insecure(dir: &Path) -> Self {
+        Self::start_with(dir, &["--insecure".into()], None)
+    }
+
+    fn start_with(dir: &Path, extra: &[PathBuf], ca_file: Option<PathBuf>) -> Self {
         let (grpc, http) = (
             format!("127.0.0.1:{}", free_port()),
             format!("127.0.0.1:{}", free_port()),
         );
         let child = Command::new(binary("estate-collector"))
             .args(["--grpc-listen", &grpc, "--http-listen", &http, "--database"])
-            .arg(database)
+            .arg(dir.join("estate.db"))
             .args(["--stale-after", "1m"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        let tls = ca_file.as_deref().map(https::client_config);
         let collector = Collector {
             process: Some(Running(child)),
             grpc,
             http,
+            ca_file,
+            tls,
         };
         // Readiness: the HTTP side answers once the store is open and both listeners are bound.
         wait_until("the collector answers /healthz", || {
@@ -125,11 +165,14 @@ impl Collector {
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        match self.tls {
+            Some(_) => format!("https://{}", self.grpc),
+            None => format!("http://{}", self.grpc),
+        }
     }
 
     fn try_get(&self, path: &str) -> Option<(u16, String)> {
-        plain_http::get(&format!("http://{}{path}", self.http))
+        https::get(&self.http, path, self.tls.as_ref())
     }
 
     fn get(&self, path: &str) -> (u16, String) {
@@ -161,24 +204,62 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// A blocking HTTP GET over plain TCP, enough for loopback tests without a runtime.
-mod plain_http {
+/// A blocking HTTP GET over TLS (rustls) or plain TCP, enough for loopback tests without a
+/// runtime.
+mod https {
     use std::io::{Read, Write};
     use std::net::TcpStream;
+    use std::path::Path;
+    use std::sync::Arc;
 
-    pub fn get(url: &str) -> Option<(u16, String)> {
-        let rest = url.strip_prefix("http://")?;
-        let (host, path) = rest
-            .split_once('/')
-            .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-        let mut stream = TcpStream::connect(host).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    /// A client config trusting only the CA in `ca_file`.
+    pub fn client_config(ca_file: &Path) -> Arc<rustls::ClientConfig> {
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls_pki_types::CertificateDer::pem_file_iter(ca_file).unwrap() {
+            roots.add(certificate.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
         )
-        .ok()?;
+    }
+
+    /// `GET path` on `address` (`host:port`); `None` when the connection or the TLS
+    /// handshake fails.
+    pub fn get(
+        address: &str,
+        path: &str,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Option<(u16, String)> {
+        let tcp = TcpStream::connect(address).ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).ok()?;
+        match tls {
+            None => {
+                let mut stream = tcp;
+                stream.write_all(request.as_bytes()).ok()?;
+                stream.read_to_end(&mut raw).ok()?;
+            }
+            Some(config) => {
+                let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+                let name = rustls_pki_types::ServerName::try_from(host.to_owned()).ok()?;
+                let connection = rustls::ClientConnection::new(Arc::clone(config), name).ok()?;
+                let mut stream = rustls::StreamOwned::new(connection, tcp);
+                stream.write_all(request.as_bytes()).ok()?;
+                // The server closes without close_notify at times: keep what arrived.
+                match stream.read_to_end(&mut raw) {
+                    Ok(_) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                    Err(_) => return None,
+                }
+            }
+        }
         let text = String::from_utf8_lossy(&raw);
         let (head, body) = text.split_once("\r\n\r\n")?;
         let status = head.split_whitespace().nth(1)?.parse().ok()?;
@@ -209,8 +290,15 @@ mod plain_http {
     }
 }
 
-fn agent_config(dir: &Path, root: &Path, collector_url: &str) -> PathBuf {
+/// An agent config reporting to `collector_url`; an `https://` url is verified against
+/// `ca_file`, an `http://` one gets `insecure = true`.
+fn agent_config(dir: &Path, root: &Path, collector_url: &str, ca_file: Option<&Path>) -> PathBuf {
     let path = dir.join("agent.toml");
+    let transport = match ca_file {
+        Some(ca_file) => format!("ca_file = \"{}\"", ca_file.display()),
+        None if collector_url.starts_with("http://") => "insecure = true".to_owned(),
+        None => String::new(),
+    };
     std::fs::write(
         &path,
         format!(
@@ -221,6 +309,7 @@ root = "{root}"
 
 [collector]
 url = "{collector_url}"
+{transport}
 
 [schedule]
 inventory_interval = "1s"
@@ -236,7 +325,9 @@ timeout = "1s"
 "#,
             state = dir.join("state").display(),
             root = root.display(),
-            address = collector_url.trim_start_matches("http://"),
+            address = collector_url
+                .trim_start_matches("https://")
+                .trim_start_matches("http://"),
         ),
     )
     .unwrap();
@@ -257,8 +348,13 @@ fn agent_reports_into_collector_and_the_api_and_metrics_show_it() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     copy_tree(&fixture("physical-server"), &root);
-    let collector = Collector::start(&dir.path().join("estate.db"));
-    let config = agent_config(dir.path(), &root, &collector.url());
+    let collector = Collector::start(dir.path());
+    let config = agent_config(
+        dir.path(),
+        &root,
+        &collector.url(),
+        collector.ca_file.as_deref(),
+    );
 
     // One report, sent by `once`.
     let sent = agent(&config, &["once"]);
@@ -409,7 +505,12 @@ fn check_golden(name: &str, actual: &str) {
 fn once_json_prints_the_report_without_sending_it() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens there: `--json` must not try to send.
-    let config = agent_config(dir.path(), &fixture("vmware-guest"), "http://127.0.0.1:9");
+    let config = agent_config(
+        dir.path(),
+        &fixture("vmware-guest"),
+        "http://127.0.0.1:9",
+        None,
+    );
     let output = agent(&config, &["once", "--json"]);
     assert!(
         output.status.success(),
@@ -449,11 +550,17 @@ fn a_config_error_names_the_file_the_line_and_the_allowed_keys() {
 #[test]
 fn a_cloned_agent_is_flagged_and_takes_a_new_id() {
     let dir = tempfile::tempdir().unwrap();
-    let collector = Collector::start(&dir.path().join("estate.db"));
+    let collector = Collector::start(dir.path());
+    let ca_file = collector.ca_file.as_deref();
     let original = dir.path().join("original");
     let clone = dir.path().join("clone");
     std::fs::create_dir_all(&original).unwrap();
-    let original_config = agent_config(&original, &fixture("physical-server"), &collector.url());
+    let original_config = agent_config(
+        &original,
+        &fixture("physical-server"),
+        &collector.url(),
+        ca_file,
+    );
     let sent = agent(&original_config, &["once"]);
     assert!(
         sent.status.success(),
@@ -464,7 +571,7 @@ fn a_cloned_agent_is_flagged_and_takes_a_new_id() {
     // The clone: the original's state directory copied onto another machine (another tree,
     // so another machine-id).
     copy_tree(&original.join("state"), &clone.join("state"));
-    let clone_config = agent_config(&clone, &fixture("kvm-guest"), &collector.url());
+    let clone_config = agent_config(&clone, &fixture("kvm-guest"), &collector.url(), ca_file);
     let sent = agent(&clone_config, &["once"]);
     assert!(
         sent.status.success(),
@@ -490,6 +597,112 @@ fn a_cloned_agent_is_flagged_and_takes_a_new_id() {
     assert_eq!(
         collector.metric("estate_collector_reports_total{result=\"identity_conflict\"}"),
         Some(1.0)
+    );
+    collector.process.unwrap().terminate();
+}
+
+#[test]
+fn plain_text_needs_insecure_on_both_programs_and_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // The collector without TLS files or `--insecure` refuses, saying how to set up TLS.
+    let refused = Command::new(binary("estate-collector"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--database")
+        .arg(dir.path().join("refused.db"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    for needed in [
+        "`tls_cert_file`",
+        "`--tls-cert-file`",
+        "estate-collector tls init",
+        "Securing a deployment",
+        "`--insecure`",
+    ] {
+        assert!(stderr.contains(needed), "`{needed}` missing from: {stderr}");
+    }
+
+    // The agent with an http:// url and no `--insecure` refuses too.
+    let config = dir.path().join("plain.toml");
+    std::fs::write(&config, "[collector]\nurl = \"http://127.0.0.1:9\"\n").unwrap();
+    let refused = agent(&config, &["once"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("collector url `http://127.0.0.1:9` is plain text")
+            && stderr.contains("Securing a deployment")
+            && stderr.contains("`collector.insecure = true` (`--insecure`)"),
+        "{stderr}"
+    );
+
+    // Both with `--insecure`: a report goes through, and the agent says it was plain text.
+    let collector = Collector::start_insecure(dir.path());
+    let state = dir.path().join("state");
+    let sent = Command::new(binary("estate-agent"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--insecure", "--collector", &collector.url(), "once"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&sent.stderr);
+    assert!(sent.status.success(), "{stderr}");
+    assert!(stderr.contains("PLAIN TEXT"), "{stderr}");
+    assert_eq!(
+        collector.json("/api/v1/hosts")["hosts"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    collector.process.unwrap().terminate();
+}
+
+#[test]
+fn an_agent_refuses_a_collector_certificate_its_ca_did_not_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path());
+    let other_ca = tls_init(&dir.path().join("other-ca"));
+    let config = agent_config(
+        dir.path(),
+        &fixture("vmware-guest"),
+        &collector.url(),
+        Some(&other_ca),
+    );
+    let refused = agent(&config, &["once"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("did not acknowledge") && stderr.contains("invalid peer certificate"),
+        "{stderr}"
+    );
+    // A bad CA file is named.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "junk").unwrap();
+    let config = agent_config(
+        dir.path(),
+        &fixture("vmware-guest"),
+        &collector.url(),
+        Some(&junk),
+    );
+    let refused = agent(&config, &["once"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("CA file `{}` holds no", junk.display())),
+        "{stderr}"
+    );
+    // Over HTTPS the API answers only to a client that trusts the collector's CA.
+    let untrusting = https::client_config(&other_ca);
+    assert_eq!(
+        https::get(&collector.http, "/healthz", Some(&untrusting)),
+        None
     );
     collector.process.unwrap().terminate();
 }
