@@ -41,7 +41,7 @@ agent.windows-domain.example.toml (Agent) or collector.example.toml (Collector) 
 
 .PARAMETER CollectorUrl
 Agent only, for a new config: the collector's gRPC URL written into its [collector] section,
-for example http://estate.corp.example.com:9750. An existing config is not changed.
+for example https://estate.corp.example.com:9750. An existing config is not changed.
 
 .PARAMETER FirewallPorts
 Collector only: the TCP ports opened for inbound traffic (default 9750, where agents report;
@@ -58,7 +58,7 @@ With -Uninstall: also delete the config, the collector's database and the agent'
 (its agent id: a reinstalled agent then counts as a new host), and ConfigDir once empty.
 
 .EXAMPLE
-.\install.ps1 -CollectorUrl http://estate.corp.example.com:9750
+.\install.ps1 -CollectorUrl https://estate.corp.example.com:9750
 Installs the agent from the folder of this script and starts it.
 
 .EXAMPLE
@@ -217,6 +217,10 @@ function New-ConfigFromExample([string] $ConfigPath) {
         $database = ConvertTo-TomlLiteral (Join-Path $ConfigDir 'estate.db')
         $lines = Set-TomlKey $lines '' 'database' $database
         $lines = Set-TomlKey $lines '' 'grpc_listen' '"0.0.0.0:9750"'
+        # TLS files beside the config, e.g. from
+        # estate-collector.exe tls init --dir <ConfigDir>\tls --host <this server's name>
+        $lines = Set-TomlKey $lines '' 'tls_cert_file' (ConvertTo-TomlLiteral (Join-Path $ConfigDir 'tls\server.pem'))
+        $lines = Set-TomlKey $lines '' 'tls_key_file' (ConvertTo-TomlLiteral (Join-Path $ConfigDir 'tls\server.key'))
     } else {
         $state = ConvertTo-TomlLiteral (Join-Path $env:ProgramData 'estate-agent')
         $lines = Set-TomlKey $lines 'agent' 'state_dir' $state
