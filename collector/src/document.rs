@@ -104,6 +104,7 @@ pub fn known_fields() -> &'static BTreeSet<String> {
             networks: vec![Network {
                 addresses: vec![IpAddress::default()],
                 ipgateway: vec![String::new()],
+                dns_servers: vec![String::new()],
                 ..Default::default()
             }],
             operatingsystem: Some(OperatingSystem {
