@@ -175,7 +175,7 @@ fn collapse_spaces(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn x86_vendor(vendor_id: &str) -> &str {
+pub fn x86_vendor(vendor_id: &str) -> &str {
     match vendor_id {
         "GenuineIntel" => "Intel",
         "AuthenticAMD" => "AMD",

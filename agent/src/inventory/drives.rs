@@ -64,6 +64,7 @@ pub fn collect(source: &Source, inventory: &mut Inventory, problems: &mut Vec<St
                 mount: mount.mount_point,
                 volumn: mount.device,
                 filesystem: mount.filesystem,
+                ..Drive::default()
             }
         })
         .collect();

@@ -15,6 +15,7 @@ pub struct Fingerprints {
     pub primary_mac: String,
 }
 
+#[cfg_attr(windows, allow(dead_code))] // Windows reads MachineGuid instead
 pub fn read(source: &Source, inventory: &Inventory) -> Fingerprints {
     let hostname = inventory
         .operatingsystem

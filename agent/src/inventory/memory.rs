@@ -210,7 +210,7 @@ fn device_size_bytes(device: &Structure<'_>) -> Option<u64> {
 }
 
 /// SMBIOS memory type (DSP0134 table 76).
-fn memory_type(code: u8) -> &'static str {
+pub fn memory_type(code: u8) -> &'static str {
     match code {
         0x01 => "Other",
         0x03 => "DRAM",

@@ -19,6 +19,7 @@ mod softwares;
 pub mod source;
 mod storages;
 mod users;
+pub mod windows;
 
 use estate_proto::v1::{HostVitals, Inventory, Problem};
 use source::Source;
@@ -79,7 +80,20 @@ const AREAS: &[Area] = &[
 
 /// Collects the full inventory from the filesystem tree at `root` (`/` on a live host).
 /// Never fails: an area that cannot be read becomes an entry in `inventory.problems`.
+/// On Windows the inventory comes from WMI and the registry and `root` is not used.
 pub fn collect(root: &Path) -> Inventory {
+    #[cfg(windows)]
+    {
+        let _ = root;
+        windows::inventory_from_snapshot(&windows::read::snapshot())
+    }
+    #[cfg(not(windows))]
+    collect_tree(root)
+}
+
+/// The Linux inventory of the tree at `root`, area by area.
+#[cfg_attr(windows, allow(dead_code))]
+fn collect_tree(root: &Path) -> Inventory {
     let source = Source::new(root);
     let mut inventory = Inventory::default();
     for area in AREAS {
@@ -104,6 +118,17 @@ pub fn collect(root: &Path) -> Inventory {
 /// Collects the fast-changing figures sent with every report. Sources that cannot be read
 /// leave their figure at zero: vitals carry no problems (the inventory reports them).
 pub fn vitals(root: &Path) -> HostVitals {
+    #[cfg(windows)]
+    {
+        let _ = root;
+        windows::read::vitals()
+    }
+    #[cfg(not(windows))]
+    vitals_of_tree(root)
+}
+
+#[cfg_attr(windows, allow(dead_code))]
+fn vitals_of_tree(root: &Path) -> HostVitals {
     let source = Source::new(root);
     let mut vitals = HostVitals::default();
     memory::vitals(&source, &mut vitals);
@@ -114,6 +139,12 @@ pub fn vitals(root: &Path) -> HostVitals {
 
 /// Reads the host fingerprints, reusing what `inventory` already holds.
 pub fn fingerprints(root: &Path, inventory: &Inventory) -> Fingerprints {
+    #[cfg(windows)]
+    {
+        let _ = root;
+        windows::fingerprints(&windows::read::machine_guid(), inventory)
+    }
+    #[cfg(not(windows))]
     fingerprints::read(&Source::new(root), inventory)
 }
 

@@ -158,6 +158,7 @@ pub fn collect_with_ipv4(
                     .link_name(&format!("{dir}/device/driver"))
                     .unwrap_or_default(),
                 ipgateway,
+                ..Network::default()
             }
         })
         .collect();
