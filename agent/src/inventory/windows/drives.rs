@@ -136,3 +136,89 @@ pub fn encryption_method(code: u64) -> &'static str {
         _ => "",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn snapshot_with(volumes: serde_json::Value) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        let disks = json!([
+            {"DeviceID": "C:", "DriveType": 3, "FileSystem": "NTFS", "Size": "100"},
+            {"DeviceID": "D:", "DriveType": 3, "FileSystem": "NTFS", "Size": "200"},
+            {"DeviceID": "E:", "DriveType": 3, "FileSystem": "NTFS", "Size": "300"},
+            {"DeviceID": "F:", "DriveType": 5},
+        ]);
+        snapshot.wmi.insert(
+            "Win32_LogicalDisk".into(),
+            Reading::Read(serde_json::from_value(disks).unwrap()),
+        );
+        snapshot.wmi.insert(
+            "Win32_EncryptableVolume".into(),
+            serde_json::from_value(volumes).unwrap(),
+        );
+        snapshot
+    }
+
+    #[test]
+    fn bitlocker_states_in_glpi_words() {
+        let snapshot = snapshot_with(json!([
+            {"DriveLetter": "c:", "ProtectionStatus": 1, "ConversionStatus": 1, "EncryptionMethod": 6},
+            // Encrypted, protection suspended (for a BIOS update).
+            {"DriveLetter": "D:", "ProtectionStatus": 0, "ConversionStatus": 1, "EncryptionMethod": 3},
+            {"DriveLetter": "E:", "ProtectionStatus": 0, "ConversionStatus": 0, "EncryptionMethod": 0},
+        ]));
+        let mut inventory = Inventory::default();
+        let mut problems = Vec::new();
+        collect(&snapshot, &mut inventory, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let states: Vec<(&str, &str, &str, &str)> = inventory
+            .drives
+            .iter()
+            .map(|d| {
+                (
+                    d.mount.as_str(),
+                    d.encrypt_name.as_str(),
+                    d.encrypt_status.as_str(),
+                    d.encrypt_algo.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("C:", "BitLocker", "Yes", "XTS-AES 128"),
+                ("D:", "BitLocker", "Partially", "AES 128"),
+                ("E:", "BitLocker", "No", ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn unreadable_bitlocker_says_why_and_keeps_the_drives() {
+        for (error, hint) in [
+            ("Access denied (0x80041003)", "needs administrator rights"),
+            (
+                "Invalid namespace (0x8004100E)",
+                "not available on this edition",
+            ),
+        ] {
+            let snapshot = snapshot_with(json!({ "error": error }));
+            let mut inventory = Inventory::default();
+            let mut problems = Vec::new();
+            collect(&snapshot, &mut inventory, &mut problems);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains("Win32_EncryptableVolume"),
+                "{problems:?}"
+            );
+            assert!(
+                problems[0].contains(error) && problems[0].contains(hint),
+                "{problems:?}"
+            );
+            assert_eq!(inventory.drives.len(), 3);
+            assert!(inventory.drives.iter().all(|d| d.encrypt_status.is_empty()));
+        }
+    }
+}
