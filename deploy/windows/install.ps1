@@ -11,7 +11,9 @@ Install (the default):
   3. creates -ConfigDir with an ACL that only SYSTEM and the Administrators can read (the
      config names password files and the agent's state lives there), and, when the config
      file does not exist yet, writes it from the example config (an existing config is never
-     touched);
+     touched); a new collector config gets a private CA and a certificate from
+     `estate-collector tls init` in ConfigDir\tls, whose ca.pem the agents need
+     (-CollectorCaFile);
   4. runs `<exe> service install --config <absolute path>` and `<exe> service start`;
   5. for the collector, opens the firewall for the TCP ports it listens on (the agent never
      listens on a port, so it gets no rule).
@@ -43,6 +45,15 @@ agent.windows-domain.example.toml (Agent) or collector.example.toml (Collector) 
 Agent only, for a new config: the collector's gRPC URL written into its [collector] section,
 for example https://estate.corp.example.com:9750. An existing config is not changed.
 
+.PARAMETER CollectorCaFile
+Agent only: the collector's CA certificate (ca.pem from `estate-collector tls init`), copied to
+ConfigDir\ca.pem, which a new config names as collector.ca_file.
+
+.PARAMETER CollectorHostNames
+Collector only, for a new config: the names agents use for this machine, written into the
+certificate that `estate-collector tls init` makes in ConfigDir\tls. Default: this computer's
+DNS name and its short name.
+
 .PARAMETER FirewallPorts
 Collector only: the TCP ports opened for inbound traffic (default 9750, where agents report;
 add 9751 when a Prometheus on another machine scrapes /metrics and http_listen is not loopback).
@@ -54,11 +65,12 @@ Collector only: open no firewall port (a firewall managed by group policy, say).
 Remove the service, the firewall rules and the binaries instead of installing.
 
 .PARAMETER RemoveData
-With -Uninstall: also delete the config, the collector's database and the agent's state folder
+With -Uninstall: also delete the config, the collector's database and TLS folder (its CA), the
+agent's CA copy and state folder
 (its agent id: a reinstalled agent then counts as a new host), and ConfigDir once empty.
 
 .EXAMPLE
-.\install.ps1 -CollectorUrl https://estate.corp.example.com:9750
+.\install.ps1 -CollectorUrl https://estate.corp.example.com:9750 -CollectorCaFile .\ca.pem
 Installs the agent from the folder of this script and starts it.
 
 .EXAMPLE
@@ -83,6 +95,10 @@ param(
     [string] $ExampleConfig = '',
 
     [string] $CollectorUrl = '',
+
+    [string] $CollectorCaFile = '',
+
+    [string[]] $CollectorHostNames = @(),
 
     [ValidateRange(1, 65535)]
     [int[]] $FirewallPorts = @(9750),
@@ -213,17 +229,18 @@ function New-ConfigFromExample([string] $ConfigPath) {
     $lines = [string[]](Get-Content -LiteralPath $example -Encoding UTF8)
     if ($Component -eq 'Collector') {
         # The example's paths and loopback listener are Linux-shaped: on Windows the database
-        # lives beside the config, and agents reach the collector from the network.
+        # and the TLS files live beside the config, and agents reach the collector from the
+        # network.
         $database = ConvertTo-TomlLiteral (Join-Path $ConfigDir 'estate.db')
         $lines = Set-TomlKey $lines '' 'database' $database
         $lines = Set-TomlKey $lines '' 'grpc_listen' '"0.0.0.0:9750"'
-        # TLS files beside the config, e.g. from
-        # estate-collector.exe tls init --dir <ConfigDir>\tls --host <this server's name>
-        $lines = Set-TomlKey $lines '' 'tls_cert_file' (ConvertTo-TomlLiteral (Join-Path $ConfigDir 'tls\server.pem'))
-        $lines = Set-TomlKey $lines '' 'tls_key_file' (ConvertTo-TomlLiteral (Join-Path $ConfigDir 'tls\server.key'))
+        $tls = Join-Path $ConfigDir 'tls'
+        $lines = Set-TomlKey $lines '' 'tls_cert_file' (ConvertTo-TomlLiteral (Join-Path $tls 'server.pem'))
+        $lines = Set-TomlKey $lines '' 'tls_key_file' (ConvertTo-TomlLiteral (Join-Path $tls 'server.key'))
     } else {
         $state = ConvertTo-TomlLiteral (Join-Path $env:ProgramData 'estate-agent')
         $lines = Set-TomlKey $lines 'agent' 'state_dir' $state
+        $lines = Set-TomlKey $lines 'collector' 'ca_file' (ConvertTo-TomlLiteral (Join-Path $ConfigDir 'ca.pem'))
         if ($CollectorUrl -ne '') {
             $lines = Set-TomlKey $lines 'collector' 'url' "`"$CollectorUrl`""
         }
@@ -231,6 +248,28 @@ function New-ConfigFromExample([string] $ConfigPath) {
     # UTF-8 without a byte order mark: TOML parsers are not required to accept one.
     $utf8 = New-Object System.Text.UTF8Encoding($false)
     [System.IO.File]::WriteAllLines($ConfigPath, $lines, $utf8)
+}
+
+# A private CA and the collector's certificate for the names agents use, unless a certificate
+# is already there (`tls init` never overwrites one).
+function New-CollectorCertificate([string] $Exe) {
+    $tls = Join-Path $ConfigDir 'tls'
+    if (Test-Path -LiteralPath (Join-Path $tls 'server.pem') -PathType Leaf) {
+        Write-Step "keeping the certificate in $tls"
+        return
+    }
+    $names = $CollectorHostNames
+    if ($names.Count -eq 0) {
+        $names = @([System.Net.Dns]::GetHostEntry($env:COMPUTERNAME).HostName, $env:COMPUTERNAME) |
+            Select-Object -Unique
+    }
+    Write-Step "making the collector's CA and certificate in $tls for $($names -join ', ')"
+    $arguments = @('tls', 'init', '--dir', $tls)
+    foreach ($hostName in $names) {
+        $arguments += @('--host', $hostName)
+    }
+    Invoke-Estate $Exe $arguments
+    Write-Step "agents need $tls\ca.pem (install.ps1 -CollectorCaFile)"
 }
 
 function Install-Estate {
@@ -241,8 +280,14 @@ function Install-Estate {
     if ($Component -eq 'Agent' -and $scriptParameters.ContainsKey('FirewallPorts')) {
         throw '-FirewallPorts is for the collector: the agent never listens on a port'
     }
-    if ($Component -eq 'Collector' -and $CollectorUrl -ne '') {
-        throw '-CollectorUrl is for the agent'
+    if ($Component -eq 'Collector' -and ($CollectorUrl -ne '' -or $CollectorCaFile -ne '')) {
+        throw '-CollectorUrl and -CollectorCaFile are for the agent'
+    }
+    if ($Component -eq 'Agent' -and $CollectorHostNames.Count -gt 0) {
+        throw '-CollectorHostNames is for the collector'
+    }
+    if ($CollectorCaFile -ne '' -and -not (Test-Path -LiteralPath $CollectorCaFile -PathType Leaf)) {
+        throw "no CA certificate at ``$CollectorCaFile``"
     }
     $installed = Join-Path $InstallDir $exeName
 
@@ -261,6 +306,13 @@ function Install-Estate {
         Write-Step "keeping the existing $configPath"
     } else {
         New-ConfigFromExample $configPath
+        if ($Component -eq 'Collector') {
+            New-CollectorCertificate $installed
+        }
+    }
+    if ($CollectorCaFile -ne '') {
+        Write-Step "copying the collector's CA $CollectorCaFile to $ConfigDir\ca.pem"
+        Copy-Item -LiteralPath $CollectorCaFile -Destination (Join-Path $ConfigDir 'ca.pem') -Force
     }
 
     if ($Component -eq 'Agent') {
@@ -313,6 +365,7 @@ function Uninstall-Estate {
         Write-Step "removing $configPath"
         Remove-Item -LiteralPath $configPath -Force -ErrorAction SilentlyContinue
         if ($Component -eq 'Agent') {
+            Remove-Item -LiteralPath (Join-Path $ConfigDir 'ca.pem') -Force -ErrorAction SilentlyContinue
             $state = Join-Path $env:ProgramData 'estate-agent'
             Write-Step "removing the agent's state $state"
             Remove-Item -LiteralPath $state -Recurse -Force -ErrorAction SilentlyContinue
@@ -320,6 +373,8 @@ function Uninstall-Estate {
             foreach ($file in @('estate.db', 'estate.db-wal', 'estate.db-shm')) {
                 Remove-Item -LiteralPath (Join-Path $ConfigDir $file) -Force -ErrorAction SilentlyContinue
             }
+            Write-Step "removing the collector's CA and certificate $(Join-Path $ConfigDir 'tls')"
+            Remove-Item -LiteralPath (Join-Path $ConfigDir 'tls') -Recurse -Force -ErrorAction SilentlyContinue
         }
         if ((Test-Path -LiteralPath $ConfigDir) -and -not (Get-ChildItem -LiteralPath $ConfigDir -Force)) {
             Remove-Item -LiteralPath $ConfigDir -Force

@@ -307,7 +307,13 @@ fn every_alert_is_tested_firing_and_not_firing() {
 
 /// The listen port given to a service as `--flag=host:port` or `--flag host:port`.
 fn listen_port(command: &[String], flag: &str) -> Option<u16> {
-    let value = command.iter().enumerate().find_map(|(index, argument)| {
+    let value = flag_value(command, flag)?;
+    value.rsplit(':').next()?.parse().ok()
+}
+
+/// The value of `--flag=value` or `--flag value` in a command.
+fn flag_value(command: &[String], flag: &str) -> Option<String> {
+    command.iter().enumerate().find_map(|(index, argument)| {
         if let Some(value) = argument.strip_prefix(&format!("{flag}=")) {
             Some(value.to_owned())
         } else if argument == flag {
@@ -315,8 +321,7 @@ fn listen_port(command: &[String], flag: &str) -> Option<u16> {
         } else {
             None
         }
-    })?;
-    value.rsplit(':').next()?.parse().ok()
+    })
 }
 
 fn strings(value: &Yaml) -> Vec<String> {
@@ -456,6 +461,42 @@ fn compose_file_refers_to_files_that_exist_and_ports_that_listen() {
         targets.contains(&format!("collector:{http}")),
         "Prometheus does not scrape the collector service at collector:{http}: {targets:?}"
     );
+
+    // Prometheus verifies the collector's HTTPS with the CA in the volume the collector reads
+    // its certificate from (made by the tls-init service).
+    let scheme = config["scrape_configs"][0]["scheme"]
+        .as_str()
+        .unwrap_or("http");
+    let cert = flag_value(&collector_command, "--tls-cert-file");
+    match (scheme, cert) {
+        ("https", Some(cert)) => {
+            let ca_file = config["scrape_configs"][0]["tls_config"]["ca_file"]
+                .as_str()
+                .expect("an https scrape names its ca_file");
+            let volume_at = |service: &str, file: &str| {
+                strings(&services[service]["volumes"])
+                    .iter()
+                    .find_map(|volume| {
+                        let mut parts = volume.split(':');
+                        let (source, target) = (parts.next()?, parts.next()?);
+                        (Path::new(file).parent() == Some(Path::new(target)))
+                            .then(|| source.to_owned())
+                    })
+            };
+            let prometheus_volume = volume_at("prometheus", ca_file)
+                .unwrap_or_else(|| panic!("no volume holds Prometheus's ca_file `{ca_file}`"));
+            let collector_volume = volume_at("collector", &cert)
+                .unwrap_or_else(|| panic!("no volume holds the collector's certificate `{cert}`"));
+            assert_eq!(
+                prometheus_volume, collector_volume,
+                "Prometheus's CA and the collector's certificate come from different volumes"
+            );
+        }
+        ("http", None) => {}
+        (scheme, cert) => {
+            panic!("Prometheus scrapes with `{scheme}` but the collector's certificate is {cert:?}")
+        }
+    }
 
     // Grafana's provisioned data source is the Prometheus service, and the dashboards folder
     // it loads from is the one holding estate.json.
