@@ -13,11 +13,26 @@ use std::time::Duration;
 pub struct CollectorConfig {
     pub grpc_listen: SocketAddr,
     pub http_listen: SocketAddr,
+    /// A SQLite file, or a `postgres://` URL (see [`CollectorConfig::postgres_url`]).
     pub database: PathBuf,
     pub stale_after: Duration,
     pub expire_after: Duration,
     /// TLS or, chosen explicitly, plain text.
     pub transport: Transport,
+    /// This collector's name among those sharing one PostgreSQL database: recorded with each
+    /// host it receives, so that exactly one collector renders the host's series.
+    pub collector_id: String,
+    /// How often a collector on a shared database re-reads which hosts are its own.
+    pub ownership_refresh: Duration,
+}
+
+impl CollectorConfig {
+    /// The PostgreSQL URL when `database` is one, `None` for a SQLite file.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.database
+            .to_str()
+            .filter(|text| crate::store::postgres::is_postgres_url(text))
+    }
 }
 
 /// Plain text: for in-process tests and embedding, which pass already-bound loopback
@@ -32,6 +47,8 @@ impl Default for CollectorConfig {
             stale_after: DEFAULT_STALE_AFTER,
             expire_after: DEFAULT_EXPIRE_AFTER,
             transport: Transport::Insecure,
+            collector_id: default_collector_id(default_grpc_listen()),
+            ownership_refresh: DEFAULT_OWNERSHIP_REFRESH,
         }
     }
 }
@@ -43,6 +60,22 @@ pub const TLS_HOW_TO: &str = "the collector needs a TLS certificate: set `tls_ce
      and a certificate (README section \"Securing a deployment\"). To accept plain text \
      instead, which lets anyone on the network read and forge reports, pass `--insecure` \
      (config `insecure = true`)";
+/// `<hostname>:<gRPC port>`: unique per collector process on a machine, and stable across
+/// restarts, so a restarted collector takes its hosts back.
+pub fn default_collector_id(grpc_listen: SocketAddr) -> String {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "collector".to_owned());
+    format!("{hostname}:{}", grpc_listen.port())
+}
+
+/// Short enough that a host moving between collectors is handed over within seconds; each
+/// refresh costs one indexed query of the hosts that reported since the previous one.
+pub const DEFAULT_OWNERSHIP_REFRESH: Duration = Duration::from_secs(5);
 
 /// Loopback by default: a first try on one machine exposes nothing to the network.
 pub fn default_grpc_listen() -> SocketAddr {
@@ -71,7 +104,7 @@ pub struct ConfigFile {
     pub grpc_listen: Option<String>,
     /// Address for `/metrics`, `/healthz`, the API and the UI, e.g. `0.0.0.0:9751`.
     pub http_listen: Option<String>,
-    /// SQLite database file.
+    /// SQLite database file, or a PostgreSQL URL (`postgres://user:password@host/db?sslmode=…`).
     pub database: Option<PathBuf>,
     /// A host not heard from for this long is reported down (`estate_host_up 0`), e.g. `5m`.
     pub stale_after: Option<String>,
@@ -85,6 +118,11 @@ pub struct ConfigFile {
     pub client_ca_file: Option<PathBuf>,
     /// `true` serves plain text (no TLS): an explicit choice, logged at every start.
     pub insecure: Option<bool>,
+    /// This collector's name when several share one PostgreSQL database, e.g. `collector-a`
+    /// (default: hostname and gRPC port).
+    pub collector_id: Option<String>,
+    /// How often a collector on PostgreSQL re-reads which hosts it renders, e.g. `5s`.
+    pub ownership_refresh: Option<String>,
 }
 
 impl ConfigFile {
@@ -102,8 +140,9 @@ impl ConfigFile {
     /// Validates into a ready config; `self` holds the file merged with the flags.
     pub fn into_config(self) -> anyhow::Result<CollectorConfig> {
         let defaults = CollectorConfig::default();
+        let grpc_listen = parse_address("grpc_listen", self.grpc_listen, defaults.grpc_listen)?;
         let config = CollectorConfig {
-            grpc_listen: parse_address("grpc_listen", self.grpc_listen, defaults.grpc_listen)?,
+            grpc_listen,
             http_listen: parse_address("http_listen", self.http_listen, defaults.http_listen)?,
             database: self.database.unwrap_or(defaults.database),
             stale_after: parse_duration("stale_after", self.stale_after, defaults.stale_after)?,
@@ -114,7 +153,30 @@ impl ConfigFile {
                 self.client_ca_file,
                 self.insecure.unwrap_or(false),
             )?,
+            collector_id: match self.collector_id {
+                None => default_collector_id(grpc_listen),
+                Some(id) if id.trim().is_empty() || id.len() > 128 => {
+                    anyhow::bail!("`collector_id` `{id}` must be 1 to 128 characters and not blank")
+                }
+                Some(id) => id,
+            },
+            ownership_refresh: parse_duration(
+                "ownership_refresh",
+                self.ownership_refresh,
+                defaults.ownership_refresh,
+            )?,
         };
+        if let Some(url) = config.postgres_url() {
+            crate::store::postgres::check_url(url)?;
+        }
+        if config.ownership_refresh < Duration::from_millis(100)
+            || config.ownership_refresh > Duration::from_secs(300)
+        {
+            anyhow::bail!(
+                "`ownership_refresh` `{}` must be between 100ms and 5m",
+                humantime::format_duration(config.ownership_refresh)
+            );
+        }
         if config.stale_after < Duration::from_secs(1) {
             anyhow::bail!(
                 "`stale_after` `{}` must be at least 1s",
@@ -248,7 +310,7 @@ mod tests {
         );
         check(
             "databse = \"x.db\"\n",
-            "unknown field `databse`, expected one of `grpc_listen`, `http_listen`, `database`, `stale_after`, `expire_after`, `tls_cert_file`, `tls_key_file`, `client_ca_file`, `insecure`",
+            "unknown field `databse`, expected one of `grpc_listen`, `http_listen`, `database`, `stale_after`, `expire_after`, `tls_cert_file`, `tls_key_file`, `client_ca_file`, `insecure`, `collector_id`, `ownership_refresh`",
         );
         check(
             "http_listen = \"localhost\"\ninsecure = true\n",
@@ -260,8 +322,43 @@ mod tests {
         );
         check(
             "stale_after = \"1h\"\nexpire_after = \"30m\"\ninsecure = true\n",
+            "insecure = true\ndatabase = \"postgres://estate@db/estate?sslmode=verify\"\n",
+            "invalid database URL `postgres://estate@db/estate?sslmode=verify`: `sslmode` `verify` is not one of",
+        );
+        check(
+            "insecure = true\ndatabase = \"postgres://estate:secret@db/estate?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt\"\n",
+            "invalid database URL `postgres://estate:***@db/estate?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt`: cannot read `sslrootcert` `/nonexistent/ca.crt`",
+        );
+        check(
+            "insecure = true\nownership_refresh = \"1h\"\n",
+            "`ownership_refresh` `1h` must be between 100ms and 5m",
+        );
+        check(
+            "insecure = true\ncollector_id = \" \"\n",
+            "`collector_id` ` ` must be 1 to 128 characters",
+        );
+        check(
+            "stale_after = \"1h\"\nexpire_after = \"30m\"\n",
             "`expire_after` `30m` must be longer than `stale_after` `1h`",
         );
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgres_and_hides_its_password() {
+        let config = ConfigFile::parse(
+            "insecure = true\n\
+             database = \"postgres://estate:secret@db.example:5433/estate?sslmode=require\"\n\
+             collector_id = \"collector-a\"\n",
+        )
+        .and_then(ConfigFile::into_config)
+        .unwrap();
+        assert_eq!(
+            config.postgres_url(),
+            Some("postgres://estate:secret@db.example:5433/estate?sslmode=require")
+        );
+        assert_eq!(config.collector_id, "collector-a");
+        assert_eq!(CollectorConfig::default().postgres_url(), None);
+        assert!(CollectorConfig::default().collector_id.ends_with(":9750"));
     }
 
     #[test]

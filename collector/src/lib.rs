@@ -12,6 +12,7 @@ pub mod document;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
+pub mod ownership;
 pub mod state;
 pub mod store;
 pub mod tls;
@@ -21,7 +22,9 @@ pub mod writer;
 use crate::config::CollectorConfig;
 use crate::ingest::{IngestService, MAX_REPORT_BYTES};
 use crate::metrics::IngestMetrics;
+use crate::ownership::OwnershipRefresher;
 use crate::state::HostStates;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, WritePolicy};
 use crate::tls::Transport;
@@ -63,20 +66,42 @@ pub async fn run(
             (None, None)
         }
     };
-    let database = config.database.clone();
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteStore::open(&database))
-            .await
-            .context("failed to open the store")??,
-    );
+    let (store, shown_database) = open_store(&config).await?;
+    let loaded_at = clock::now_ms();
     let loader = Arc::clone(&store);
     let (records, checks) = tokio::task::spawn_blocking(move || {
         anyhow::Ok((loader.load_hosts()?, loader.load_checks()?))
     })
     .await
     .context("failed to load hosts")??;
-    tracing::info!(hosts = records.len(), database = %config.database.display(), "store opened");
+    tracing::info!(hosts = records.len(), database = %shown_database, "store opened");
     let states = Arc::new(HostStates::load(records, checks));
+    let refresher = if store.is_shared() {
+        states.share(
+            &config.collector_id,
+            config.ownership_refresh.as_millis() as i64,
+        );
+        let refresher = OwnershipRefresher {
+            store: Arc::clone(&store),
+            states: Arc::clone(&states),
+            collector_id: config.collector_id.clone(),
+            interval: config.ownership_refresh,
+        };
+        // Before serving: until it knows the other live collectors, this one would take every
+        // host for an orphan and render it twice.
+        let since = refresher
+            .refresh(loaded_at)
+            .await
+            .context("failed to read host ownership")?;
+        tracing::info!(
+            collector_id = %config.collector_id,
+            live_collectors = ?states.ownership().live_collectors,
+            "sharing the database with other collectors"
+        );
+        Some((refresher, since))
+    } else {
+        None
+    };
     let metrics = Arc::new(IngestMetrics::new());
     let policy = WritePolicy {
         stale_after_ms: config.stale_after.as_millis() as i64,
@@ -121,16 +146,44 @@ pub async fn run(
     )
     .with_graceful_shutdown(stopped(stop.clone()));
 
+    let refresh_task =
+        refresher.map(|(refresher, since)| tokio::spawn(refresher.run(since, stop.clone())));
     let signal = tokio::spawn(async move {
         shutdown.await;
         let _ = stop_sender.send(true);
     });
     let (grpc_result, http_result) = tokio::join!(grpc, http);
     signal.abort();
+    if let Some(task) = refresh_task {
+        task.abort();
+    }
     // Both servers are down, so every writer handle is dropped: the task drains and ends.
     writer_task.await.context("the store writer failed")?;
     grpc_result.context("gRPC server failed")?;
     http_result.context("HTTP server failed")?;
     tracing::info!("collector stopped");
     Ok(())
+}
+
+/// Opens the store `config.database` names: a `postgres://` URL or a SQLite file. Returns it
+/// with a name for logs (a URL's password hidden).
+async fn open_store(config: &CollectorConfig) -> anyhow::Result<(Arc<dyn Store>, String)> {
+    let opened: (Arc<dyn Store>, String) = match config.postgres_url() {
+        Some(url) => {
+            let (url, id) = (url.to_owned(), config.collector_id.clone());
+            let store = tokio::task::spawn_blocking(move || PostgresStore::open(&url, &id))
+                .await
+                .context("failed to open the store")??;
+            let shown = store.shown_url().to_owned();
+            (Arc::new(store), shown)
+        }
+        None => {
+            let database = config.database.clone();
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&database))
+                .await
+                .context("failed to open the store")??;
+            (Arc::new(store), config.database.display().to_string())
+        }
+    };
+    Ok(opened)
 }

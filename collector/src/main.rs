@@ -60,9 +60,14 @@ struct ServeArgs {
     /// Address for /metrics, /healthz, the API and the UI [default: 127.0.0.1:9751].
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<String>,
-    /// SQLite database file [default: estate.db in the working directory].
-    #[arg(long, value_name = "PATH")]
+    /// SQLite database file, or a PostgreSQL URL `postgres://user:password@host/db?sslmode=…`
+    /// [default: estate.db in the working directory].
+    #[arg(long, value_name = "PATH|URL")]
     database: Option<PathBuf>,
+    /// This collector's name among those sharing a PostgreSQL database [default: hostname and
+    /// gRPC port].
+    #[arg(long, value_name = "NAME")]
+    collector_id: Option<String>,
     /// A host silent for this long is reported down [default: 5m].
     #[arg(long, value_name = "DURATION")]
     stale_after: Option<String>,
@@ -149,6 +154,7 @@ fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     if cli.insecure {
         file.insecure = Some(true);
     }
+    file.collector_id = cli.collector_id.or(file.collector_id);
     let config = file.into_config()?;
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;

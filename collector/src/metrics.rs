@@ -393,10 +393,14 @@ pub fn render(
     let stale_ms = liveness.stale_after.as_millis() as i64;
     let expire_ms = liveness.expire_after.as_millis() as i64;
     let mut out = String::with_capacity(4096);
+    // With several collectors on one database, only the hosts this one owns.
+    let ownership = states.ownership();
     states.with_hosts(|hosts| {
         let mut entries: Vec<&HostEntry> = hosts
             .values()
-            .filter(|entry| now_ms - entry.record.last_seen_ms < expire_ms)
+            .filter(|entry| {
+                now_ms - entry.record.last_seen_ms < expire_ms && ownership.renders(entry, now_ms)
+            })
             .collect();
         entries.sort_by(|a, b| {
             (&a.record.hostname, &a.record.id).cmp(&(&b.record.hostname, &b.record.id))

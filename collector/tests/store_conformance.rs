@@ -1,10 +1,11 @@
 //! The store conformance suite: every backend must behave the same. The suite is written once in
 //! `store_conformance_suite!` and instantiated per backend below.
 
+use estate_collector::store::postgres::{PostgresStore, create_database, drop_database};
 use estate_collector::store::sqlite::SqliteStore;
 use estate_collector::store::{
-    ChangeQuery, CheckQuery, EventQuery, FieldFilter, HostCursor, HostQuery, IncomingReport,
-    Liveness, Store, ValuePattern, WriteOutcome, WritePolicy,
+    ChangeQuery, CheckQuery, EventQuery, FieldFilter, HostCursor, HostOwner, HostQuery,
+    IncomingReport, Liveness, Store, ValuePattern, WriteOutcome, WritePolicy,
 };
 use estate_collector::validate::{Limits, validate_report};
 use estate_proto::v1::{
@@ -654,10 +655,81 @@ pub fn hosts_load_back_for_the_in_memory_state(store: &dyn Store) {
     assert_eq!(loaded, vec!["a", "b"]);
 }
 
+/// Several reports of one host in one batch (a burst after an outage) behave as if written one
+/// by one: each sees the one before it.
+pub fn reports_of_one_host_in_one_batch_apply_in_order(store: &dyn Store) {
+    let mut second = heartbeat(
+        2,
+        vec![check_result("web", "db:5432", Outcome::Fail, "refused", 10)],
+        &["web"],
+    );
+    second.inventory_hash = "h2".into();
+    second.inventory = Some(inventory("Debian", "13", "Dell", &[]));
+    let mut third = heartbeat(
+        3,
+        vec![check_result("web", "db:5432", Outcome::Pass, "", 20)],
+        &["web"],
+    );
+    third.inventory_hash = "h2".into();
+    let outcomes = write(
+        store,
+        1_000,
+        vec![
+            report("a", 1, Some(("h1", inventory("Debian", "12", "Dell", &[])))),
+            second,
+            third,
+            report("a", 3, None),
+        ],
+    );
+    let kinds: Vec<bool> = outcomes.iter().map(stored).collect();
+    assert_eq!(
+        kinds,
+        vec![true, true, true, false],
+        "the replayed 3 is a duplicate"
+    );
+    let host = store.host_detail("a").unwrap().unwrap();
+    assert_eq!(host.host.last_sequence, 3);
+    assert_eq!(host.host.os_version, "13");
+    let changes = store
+        .host_changes(
+            "a",
+            &ChangeQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap()
+        .changes;
+    assert_eq!(
+        changes.iter().map(|c| c.field.as_str()).collect::<Vec<_>>(),
+        vec!["operatingsystem.version"]
+    );
+    let events = store
+        .list_events(&EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap()
+        .events;
+    let sequence: Vec<(Option<&str>, &str)> = events
+        .iter()
+        .rev()
+        .map(|e| (e.old_outcome.as_deref(), e.new_outcome.as_str()))
+        .collect();
+    assert_eq!(sequence, vec![(None, "fail"), (Some("fail"), "pass")]);
+    assert_eq!(host.checks.len(), 1);
+    assert_eq!(
+        (host.checks[0].outcome.as_str(), host.checks[0].since_ms),
+        ("pass", 1_000)
+    );
+}
+
 /// Instantiates every conformance test for one backend. `$open` makes a fresh, empty store and
 /// returns it with whatever keeps it alive (a temporary directory).
+/// Attributes after `$open` (`#[ignore = …]`) go on every test of the backend.
 macro_rules! store_conformance_suite {
-    ($backend:ident, $open:expr) => {
+    ($backend:ident, $open:expr $(, #[$attribute:meta])*) => {
         mod $backend {
             use super::*;
 
@@ -667,36 +739,49 @@ macro_rules! store_conformance_suite {
             }
 
             #[test]
+            $(#[$attribute])*
             fn first_report_creates_the_host() {
                 check(super::first_report_creates_the_host);
             }
             #[test]
+            $(#[$attribute])*
             fn a_replayed_sequence_is_a_duplicate_and_changes_nothing() {
                 check(super::a_replayed_sequence_is_a_duplicate_and_changes_nothing);
             }
             #[test]
+            $(#[$attribute])*
             fn an_unknown_hash_asks_for_the_full_inventory() {
                 check(super::an_unknown_hash_asks_for_the_full_inventory);
             }
             #[test]
+            $(#[$attribute])*
             fn a_changed_inventory_records_what_changed() {
                 check(super::a_changed_inventory_records_what_changed);
             }
             #[test]
+            $(#[$attribute])*
             fn a_second_live_machine_with_the_same_id_is_flagged() {
                 check(super::a_second_live_machine_with_the_same_id_is_flagged);
             }
             #[test]
+            $(#[$attribute])*
             fn hosts_are_filtered_and_paged() {
                 check(super::hosts_are_filtered_and_paged);
             }
             #[test]
+            $(#[$attribute])*
             fn check_outcomes_are_kept_and_changes_become_events() {
                 check(super::check_outcomes_are_kept_and_changes_become_events);
             }
             #[test]
+            $(#[$attribute])*
             fn hosts_load_back_for_the_in_memory_state() {
                 check(super::hosts_load_back_for_the_in_memory_state);
+            }
+            #[test]
+            $(#[$attribute])*
+            fn reports_of_one_host_in_one_batch_apply_in_order() {
+                check(super::reports_of_one_host_in_one_batch_apply_in_order);
             }
         }
     };
@@ -709,6 +794,56 @@ fn open_sqlite() -> (SqliteStore, tempfile::TempDir) {
 }
 
 store_conformance_suite!(sqlite, open_sqlite);
+
+/// The server the PostgreSQL suite runs against; `.ci/postgres-cluster start` prints it.
+const POSTGRES_URL_VARIABLE: &str = "ESTATE_TEST_POSTGRES_URL";
+
+/// A database of its own for one test, dropped when the test ends.
+struct TestDatabase {
+    server_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    fn url(&self) -> String {
+        let mut url = url::Url::parse(&self.server_url).unwrap();
+        url.set_path(&format!("/{}", self.name));
+        url.to_string()
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Err(error) = drop_database(&self.server_url, &self.name) {
+            eprintln!("could not drop test database `{}`: {error}", self.name);
+        }
+    }
+}
+
+fn open_postgres() -> (PostgresStore, TestDatabase) {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let server_url = std::env::var(POSTGRES_URL_VARIABLE).unwrap_or_else(|_| {
+        panic!(
+            "{POSTGRES_URL_VARIABLE} is not set: start a server with \
+             `.ci/postgres-cluster start DIR` and export the line it prints"
+        )
+    });
+    let name = format!(
+        "estate_conformance_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let url = create_database(&server_url, &name).unwrap();
+    let guard = TestDatabase { server_url, name };
+    let store = PostgresStore::open(&url, "conformance-collector").unwrap();
+    (store, guard)
+}
+
+store_conformance_suite!(
+    postgres,
+    open_postgres,
+    #[ignore = "needs PostgreSQL: .ci/run starts one (ESTATE_TEST_POSTGRES_URL)"]
+);
 
 #[test]
 fn sqlite_keeps_committed_reports_across_reopening() {
@@ -734,3 +869,107 @@ fn sqlite_open_names_the_file_it_cannot_open() {
         "{error}"
     );
 }
+
+const NEEDS_POSTGRES: &str = "needs PostgreSQL";
+
+#[test]
+#[ignore = "needs PostgreSQL: .ci/run starts one (ESTATE_TEST_POSTGRES_URL)"]
+fn postgres_collectors_starting_together_migrate_once() {
+    let (_first, database) = open_postgres();
+    let url = database.url();
+    let openers: Vec<_> = (0..4)
+        .map(|n| {
+            let url = url.clone();
+            std::thread::spawn(move || PostgresStore::open(&url, &format!("c{n}")).map(|_| ()))
+        })
+        .collect();
+    for opener in openers {
+        opener.join().unwrap().expect(NEEDS_POSTGRES);
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: .ci/run starts one (ESTATE_TEST_POSTGRES_URL)"]
+fn postgres_records_which_collector_stored_each_host() {
+    let (first, database) = open_postgres();
+    let second = PostgresStore::open(&database.url(), "collector-b").unwrap();
+    write(
+        &first,
+        1_000,
+        vec![report("a", 1, None), report("b", 1, None)],
+    );
+    write(&second, 2_000, vec![report("b", 2, None)]);
+    let view = second
+        .refresh_collectors("collector-b", 2_500, 0, 1_500)
+        .unwrap();
+    assert_eq!(view.live_collectors, vec!["collector-b"]);
+    assert_eq!(
+        view.reported,
+        vec![HostOwner {
+            id: "b".into(),
+            reported_to: "collector-b".into(),
+            last_seen_ms: 2_000
+        }]
+    );
+    let view = first
+        .refresh_collectors("conformance-collector", 3_000, 2_000, 0)
+        .unwrap();
+    assert_eq!(
+        view.live_collectors,
+        vec!["collector-b", "conformance-collector"]
+    );
+    assert_eq!(view.reported.len(), 2);
+    let (hosts, _) = first.load_hosts_by_id(&["a".into()]).unwrap();
+    assert_eq!(hosts[0].reported_to, "conformance-collector");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: .ci/run starts one (ESTATE_TEST_POSTGRES_URL)"]
+fn postgres_stores_text_with_nul_characters() {
+    let (store, _database) = open_postgres();
+    let mut odd = report(
+        "a",
+        1,
+        Some(("h1", inventory("Deb\0ian", "12", "Dell", &[]))),
+    );
+    odd.checks = vec![check_result("web", "x\0y", Outcome::Fail, "bad\0reply", 1)];
+    odd.check_names = vec!["web".into()];
+    let outcomes = write(&store, 1_000, vec![odd, report("b", 1, None)]);
+    assert!(outcomes.iter().all(stored));
+    let host = store.host_detail("a").unwrap().unwrap();
+    assert_eq!(host.host.os_name, "Deb\u{FFFD}ian");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: .ci/run starts one (ESTATE_TEST_POSTGRES_URL)"]
+fn postgres_verify_full_refuses_a_server_signed_by_another_ca() {
+    let url = std::env::var(POSTGRES_URL_VARIABLE).expect(POSTGRES_URL_VARIABLE);
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = dir.path().join("other-ca.crt");
+    std::fs::write(&other_ca, OTHER_CA_PEM).unwrap();
+    let (base, _) = url.split_once('?').unwrap();
+    let wrong = format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        other_ca.display()
+    );
+    let error = PostgresStore::open(&wrong, "c").unwrap_err().to_string();
+    assert!(
+        error.starts_with("failed to connect to database `postgres://estate:***@"),
+        "{error}"
+    );
+    let password = url::Url::parse(&url)
+        .unwrap()
+        .password()
+        .unwrap()
+        .to_owned();
+    assert!(!error.contains(&password), "password leaked: {error}");
+    let bad_mode = format!("{base}?sslmode=verify-everything");
+    let error = PostgresStore::open(&bad_mode, "c").unwrap_err().to_string();
+    assert!(
+        error.contains("`sslmode` `verify-everything` is not one of"),
+        "{error}"
+    );
+}
+
+/// A self-signed CA certificate unrelated to the test server (P-256, made for this test).
+const OTHER_CA_PEM: &str = include_str!("fixtures/unrelated-ca.crt");

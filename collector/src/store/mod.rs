@@ -4,6 +4,7 @@
 //! Writes arrive in batches from the [`crate::writer`] (group commit: many reports, one
 //! transaction, one sync); reads serve the API and the start-up load of the host state.
 
+pub mod postgres;
 pub mod sqlite;
 
 use crate::document::ChangeKind;
@@ -101,6 +102,9 @@ pub struct HostRecord {
     pub inventory_hash: String,
     pub dropped_reports_total: u64,
     pub vitals: HostVitals,
+    /// The collector that stored this host's last report, when several collectors share one
+    /// database (PostgreSQL); empty with SQLite, where one collector holds every host.
+    pub reported_to: String,
 }
 
 /// How a filter value is matched: exactly (case-insensitive) or as a `*` glob.
@@ -272,6 +276,25 @@ pub struct EventPage {
     pub next_before_id: Option<i64>,
 }
 
+/// Where a host last reported, for sharing `/metrics` between collectors on one database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostOwner {
+    pub id: String,
+    /// The collector id that stored the host's last report.
+    pub reported_to: String,
+    pub last_seen_ms: i64,
+}
+
+/// What a collector learns at each ownership refresh (see ARCHITECTURE.md, "Several
+/// collectors, one database").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CollectorView {
+    /// Collectors whose heartbeat is recent, this one included, sorted.
+    pub live_collectors: Vec<String>,
+    /// Hosts whose last report was stored (by any collector) since the requested instant.
+    pub reported: Vec<HostOwner>,
+}
+
 /// A storage backend. Methods block: callers run them on a blocking thread.
 pub trait Store: Send + Sync + 'static {
     /// Writes a batch of reports in one transaction and returns one outcome per report, in
@@ -299,4 +322,40 @@ pub trait Store: Send + Sync + 'static {
     /// `None` when the host does not exist.
     fn host_changes(&self, id: &str, query: &ChangeQuery)
     -> Result<Option<ChangePage>, StoreError>;
+
+    /// Whether several collectors may share this database, each rendering the series of the
+    /// hosts that report to it. `false` for SQLite: one collector renders every host.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Records `collector_id` as alive at `now_ms`, and returns the collectors alive since
+    /// `live_since_ms` and the hosts that reported anywhere since `reported_since_ms`. A store
+    /// that is not shared has one collector, which owns everything.
+    fn refresh_collectors(
+        &self,
+        collector_id: &str,
+        _now_ms: i64,
+        _live_since_ms: i64,
+        _reported_since_ms: i64,
+    ) -> Result<CollectorView, StoreError> {
+        Ok(CollectorView {
+            live_collectors: vec![collector_id.to_owned()],
+            reported: Vec::new(),
+        })
+    }
+
+    /// The records and latest check results of the given hosts (those this collector must now
+    /// render although another collector stored their last report).
+    fn load_hosts_by_id(
+        &self,
+        ids: &[String],
+    ) -> Result<(Vec<HostRecord>, Vec<CheckState>), StoreError> {
+        let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut hosts = self.load_hosts()?;
+        hosts.retain(|host| wanted.contains(host.id.as_str()));
+        let mut checks = self.load_checks()?;
+        checks.retain(|check| wanted.contains(check.host_id.as_str()));
+        Ok((hosts, checks))
+    }
 }

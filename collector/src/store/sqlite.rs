@@ -188,7 +188,7 @@ fn migrate(connection: &Connection) -> rusqlite::Result<()> {
 }
 
 /// `LIKE` pattern for a case-insensitive substring match.
-fn like_substring(text: &str) -> String {
+pub(super) fn like_substring(text: &str) -> String {
     format!("%{}%", escape_like(text))
 }
 
@@ -204,7 +204,7 @@ fn escape_like(text: &str) -> String {
 }
 
 /// Turns a `*` glob into a `LIKE` pattern; everything else matches literally.
-fn like_glob(text: &str) -> String {
+pub(super) fn like_glob(text: &str) -> String {
     escape_like(text).replace('*', "%")
 }
 
@@ -266,6 +266,7 @@ fn host_from_row(row: &Row<'_>) -> rusqlite::Result<HostRecord> {
         dropped_reports_total: row.get::<_, i64>(27)? as u64,
         // Written by this store from a validated message; unreadable only if edited by hand.
         vitals: serde_json::from_str(&vitals).unwrap_or_default(),
+        reported_to: String::new(),
     })
 }
 
@@ -314,7 +315,7 @@ fn save_host(tx: &Connection, host: &HostRecord) -> rusqlite::Result<()> {
 }
 
 /// Fingerprint parts that two reports of one machine always agree on, when both have them.
-fn other_machine(host: &HostRecord, identity: &HostIdentity) -> Option<String> {
+pub(super) fn other_machine(host: &HostRecord, identity: &HostIdentity) -> Option<String> {
     let differs = |stored: &str, reported: &str| {
         !stored.is_empty() && !reported.is_empty() && !stored.eq_ignore_ascii_case(reported)
     };
@@ -334,7 +335,7 @@ fn other_machine(host: &HostRecord, identity: &HostIdentity) -> Option<String> {
 }
 
 /// Copies the inventory facts that lists and metrics use into the host record.
-fn apply_inventory(host: &mut HostRecord, inventory: &Inventory) {
+pub(super) fn apply_inventory(host: &mut HostRecord, inventory: &Inventory) {
     if let Some(os) = &inventory.operatingsystem {
         host.fqdn.clone_from(&os.fqdn);
         host.os_name.clone_from(&os.name);
@@ -357,7 +358,7 @@ fn apply_inventory(host: &mut HostRecord, inventory: &Inventory) {
     host.cpu_threads = inventory.cpus.iter().map(|cpu| cpu.thread).sum();
 }
 
-fn apply_identity(host: &mut HostRecord, report: &ReportRequest) {
+pub(super) fn apply_identity(host: &mut HostRecord, report: &ReportRequest) {
     let identity = report.identity.clone().unwrap_or_default();
     host.hostname = identity.hostname;
     host.machine_id = identity.machine_id;

@@ -1,0 +1,1782 @@
+//! The shared store: PostgreSQL, for an organisation that outgrows one collector. Several
+//! collectors may use one database; each batch from a collector's writer is one transaction of
+//! set-based statements (`UNNEST` of column arrays), and each row of `hosts` records which
+//! collector stored the host's last report (`reported_to`), from which the collectors share out
+//! `/metrics` (ARCHITECTURE.md, "Several collectors, one database").
+//!
+//! `postgres` is the synchronous client: the [`Store`] trait is called from blocking threads.
+//! TLS to the database is rustls with the ring provider; `sslmode` is read by this module
+//! (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`, with `sslrootcert`), since the
+//! client library knows only the first three and never verifies a certificate itself.
+
+use super::sqlite::{apply_identity, apply_inventory, like_glob, like_substring, other_machine};
+use super::{
+    ChangePage, ChangeQuery, ChangeRecord, CheckEvent, CheckPage, CheckQuery, CheckState,
+    CollectorView, EventPage, EventQuery, HostCursor, HostDetail, HostOwner, HostPage, HostQuery,
+    HostRecord, IncomingReport, Liveness, Store, StoreError, ValuePattern, WriteOutcome,
+    WritePolicy,
+};
+use crate::document::{self, ChangeKind};
+use estate_proto::v1::CheckResult;
+use postgres::types::ToSql;
+use postgres::{Client, GenericClient, NoTls, Row, Transaction};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// Schema migrations, applied in order; `schema_version` records how many ran. Key columns
+/// use the `C` collation so that keyset pagination orders exactly as SQLite does (bytewise).
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE hosts (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    hostname TEXT COLLATE "C" NOT NULL,
+    fqdn TEXT NOT NULL DEFAULT '',
+    os_name TEXT NOT NULL DEFAULT '',
+    os_version TEXT NOT NULL DEFAULT '',
+    os_full_name TEXT NOT NULL DEFAULT '',
+    kernel_version TEXT NOT NULL DEFAULT '',
+    arch TEXT NOT NULL DEFAULT '',
+    vmsystem TEXT NOT NULL DEFAULT '',
+    manufacturer TEXT NOT NULL DEFAULT '',
+    model TEXT NOT NULL DEFAULT '',
+    chassis_type TEXT NOT NULL DEFAULT '',
+    serial_number TEXT NOT NULL DEFAULT '',
+    machine_id TEXT NOT NULL DEFAULT '',
+    smbios_uuid TEXT NOT NULL DEFAULT '',
+    primary_mac TEXT NOT NULL DEFAULT '',
+    agent_version TEXT NOT NULL DEFAULT '',
+    memory_bytes BIGINT NOT NULL DEFAULT 0,
+    swap_bytes BIGINT NOT NULL DEFAULT 0,
+    cpu_threads BIGINT NOT NULL DEFAULT 0,
+    first_seen_ms BIGINT NOT NULL,
+    last_seen_ms BIGINT NOT NULL,
+    last_sequence BIGINT NOT NULL,
+    clock_skew_ms BIGINT NOT NULL DEFAULT 0,
+    identity_conflict BOOLEAN NOT NULL DEFAULT FALSE,
+    identity_conflict_detail TEXT NOT NULL DEFAULT '',
+    inventory_hash TEXT NOT NULL DEFAULT '',
+    dropped_reports_total BIGINT NOT NULL DEFAULT 0,
+    vitals TEXT NOT NULL DEFAULT '{}',
+    reported_to TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX hosts_by_hostname ON hosts ((lower(hostname)), id);
+CREATE INDEX hosts_by_last_seen ON hosts (last_seen_ms);
+
+CREATE TABLE inventories (
+    host_id TEXT COLLATE "C" PRIMARY KEY REFERENCES hosts (id) ON DELETE CASCADE,
+    hash TEXT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    document TEXT NOT NULL
+);
+
+CREATE TABLE inventory_fields (
+    host_id TEXT COLLATE "C" NOT NULL REFERENCES hosts (id) ON DELETE CASCADE,
+    field TEXT COLLATE "C" NOT NULL,
+    value TEXT NOT NULL
+);
+CREATE INDEX inventory_fields_by_value
+    ON inventory_fields (field, (lower(value)) text_pattern_ops, host_id);
+CREATE INDEX inventory_fields_by_host ON inventory_fields (host_id);
+
+CREATE TABLE inventory_changes (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    host_id TEXT COLLATE "C" NOT NULL REFERENCES hosts (id) ON DELETE CASCADE,
+    at_ms BIGINT NOT NULL,
+    field TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    old TEXT NOT NULL,
+    new TEXT NOT NULL
+);
+CREATE INDEX inventory_changes_by_host ON inventory_changes (host_id, id);
+
+CREATE TABLE check_results (
+    host_id TEXT COLLATE "C" NOT NULL REFERENCES hosts (id) ON DELETE CASCADE,
+    check_name TEXT COLLATE "C" NOT NULL,
+    target TEXT COLLATE "C" NOT NULL,
+    kind TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    since_ms BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    started_ms BIGINT NOT NULL,
+    duration_seconds DOUBLE PRECISION NOT NULL,
+    measurements TEXT NOT NULL,
+    PRIMARY KEY (host_id, check_name, target)
+);
+CREATE INDEX check_results_by_outcome ON check_results (outcome, host_id);
+
+CREATE TABLE check_events (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    host_id TEXT COLLATE "C" NOT NULL REFERENCES hosts (id) ON DELETE CASCADE,
+    check_name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    old_outcome TEXT,
+    new_outcome TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX check_events_by_host ON check_events (host_id, id);
+CREATE INDEX check_events_by_time ON check_events (at_ms);
+
+CREATE TABLE collectors (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    heartbeat_ms BIGINT NOT NULL
+);
+"#];
+
+/// Advisory lock key held while migrating, so collectors starting together migrate once.
+const MIGRATION_LOCK: i64 = 0x6573_7461_7465_0001;
+
+/// Reader connections kept open for the API and the ownership refresh.
+const READER_CONNECTIONS: usize = 4;
+/// How long an API request waits for a free reader connection.
+const READER_WAIT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the connection to the database is protected, from the URL's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, certificate not verified (libpq's default).
+    Prefer,
+    /// TLS, certificate not verified.
+    Require,
+    /// TLS, certificate chain verified against `sslrootcert` (or the system roots).
+    VerifyCa,
+    /// TLS, chain and server name verified.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(format!(
+                    "`sslmode` `{other}` is not one of `disable`, `prefer`, `require`, \
+                     `verify-ca`, `verify-full`"
+                ));
+            }
+        })
+    }
+}
+
+/// A parsed `postgres://` URL: the client's settings plus our TLS settings.
+struct Connector {
+    config: postgres::Config,
+    tls: Option<MakeRustlsConnect>,
+    /// The URL with its password hidden, for messages.
+    shown: String,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("database", &self.shown)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Whether `text` names a PostgreSQL database rather than a SQLite file.
+pub fn is_postgres_url(text: &str) -> bool {
+    text.starts_with("postgres://") || text.starts_with("postgresql://")
+}
+
+/// Checks a database URL without connecting: its syntax, `sslmode` and `sslrootcert`.
+pub fn check_url(url: &str) -> Result<(), StoreError> {
+    Connector::parse(url).map(|_| ())
+}
+
+/// The URL with any password replaced, safe to log.
+pub fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparsable database URL>".to_owned(),
+    }
+}
+
+impl Connector {
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        let shown = redact_url(text);
+        let invalid = |message: String| {
+            StoreError::new(
+                format!("invalid database URL `{shown}`"),
+                std::io::Error::other(message),
+            )
+        };
+        let mut parsed = url::Url::parse(text).map_err(|e| invalid(e.to_string()))?;
+        if !is_postgres_url(text) {
+            return Err(invalid("the scheme must be `postgres://`".into()));
+        }
+        let mut mode = SslMode::Prefer;
+        let mut root_file: Option<PathBuf> = None;
+        let mut kept: Vec<(String, String)> = Vec::new();
+        for (key, value) in parsed.query_pairs() {
+            match key.as_ref() {
+                "sslmode" => mode = SslMode::parse(&value).map_err(invalid)?,
+                "sslrootcert" => root_file = Some(PathBuf::from(value.as_ref())),
+                _ => kept.push((key.into_owned(), value.into_owned())),
+            }
+        }
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        let mut config: postgres::Config = parsed
+            .as_str()
+            .parse()
+            .map_err(|e: postgres::Error| invalid(e.to_string()))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("estate-collector");
+        }
+        let tls = match mode {
+            SslMode::Disable => {
+                config.ssl_mode(postgres::config::SslMode::Disable);
+                None
+            }
+            SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                config.ssl_mode(if mode == SslMode::Prefer {
+                    postgres::config::SslMode::Prefer
+                } else {
+                    postgres::config::SslMode::Require
+                });
+                Some(MakeRustlsConnect::new(
+                    tls_config(mode, root_file.as_deref()).map_err(invalid)?,
+                ))
+            }
+        };
+        Ok(Connector { config, tls, shown })
+    }
+
+    fn connect(&self) -> Result<Client, postgres::Error> {
+        match &self.tls {
+            None => self.config.connect(NoTls),
+            Some(tls) => self.config.connect(tls.clone()),
+        }
+    }
+}
+
+fn tls_config(
+    mode: SslMode,
+    root_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?;
+    let verifier: Arc<dyn ServerCertVerifier> = match mode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => {
+            Arc::new(EncryptionOnly { provider })
+        }
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let mut roots = rustls::RootCertStore::empty();
+            match root_file {
+                Some(path) => {
+                    let text = std::fs::read(path).map_err(|e| {
+                        format!("cannot read `sslrootcert` `{}`: {e}", path.display())
+                    })?;
+                    let mut found = 0;
+                    for certificate in rustls_pki_types::pem::PemObject::pem_slice_iter(&text) {
+                        let certificate: CertificateDer<'static> = certificate.map_err(|e| {
+                            format!("`sslrootcert` `{}` is not PEM: {e}", path.display())
+                        })?;
+                        roots.add(certificate).map_err(|e| {
+                            format!(
+                                "`sslrootcert` `{}` holds a bad certificate: {e}",
+                                path.display()
+                            )
+                        })?;
+                        found += 1;
+                    }
+                    if found == 0 {
+                        return Err(format!(
+                            "`sslrootcert` `{}` holds no certificate",
+                            path.display()
+                        ));
+                    }
+                }
+                None => {
+                    for certificate in rustls_native_certs::load_native_certs().certs {
+                        let _ = roots.add(certificate);
+                    }
+                }
+            }
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("TLS setup failed: {e}"))?;
+            if mode == SslMode::VerifyCa {
+                Arc::new(ChainOnly { webpki })
+            } else {
+                webpki
+            }
+        }
+    };
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// `sslmode=require`/`prefer`: the channel is encrypted and the handshake signatures are
+/// checked, but whose certificate it is is not (libpq's meaning of these modes).
+#[derive(Debug)]
+struct EncryptionOnly {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for EncryptionOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `sslmode=verify-ca`: the chain must lead to a trusted root; the name is not compared.
+#[derive(Debug)]
+struct ChainOnly {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// A small pool: up to `max` connections, opened on demand, closed ones replaced.
+#[derive(Debug)]
+struct Pool {
+    idle: Mutex<PoolState>,
+    returned: Condvar,
+    max: usize,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    idle: Vec<ClientSlot>,
+    open: usize,
+}
+
+/// `postgres::Client` is not `Debug`; the pool only needs to hold it.
+struct ClientSlot(Client);
+
+impl std::fmt::Debug for ClientSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientSlot")
+    }
+}
+
+impl Pool {
+    fn new(max: usize) -> Self {
+        Pool {
+            idle: Mutex::new(PoolState::default()),
+            returned: Condvar::new(),
+            max,
+        }
+    }
+
+    fn run<T>(
+        &self,
+        connector: &Connector,
+        body: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, PoolError> {
+        let mut client = {
+            let mut state = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(ClientSlot(client)) = state.idle.pop() {
+                    break client;
+                }
+                if state.open < self.max {
+                    state.open += 1;
+                    drop(state);
+                    match connector.connect() {
+                        Ok(client) => break client,
+                        Err(error) => {
+                            let mut state = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                            state.open -= 1;
+                            self.returned.notify_one();
+                            return Err(PoolError::Connect(error));
+                        }
+                    }
+                }
+                let (next, timeout) = self
+                    .returned
+                    .wait_timeout(state, READER_WAIT)
+                    .unwrap_or_else(|p| p.into_inner());
+                state = next;
+                if timeout.timed_out() && state.idle.is_empty() && state.open >= self.max {
+                    return Err(PoolError::Busy);
+                }
+            }
+        };
+        let result = body(&mut client);
+        let mut state = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if client.is_closed() {
+            state.open -= 1;
+        } else {
+            state.idle.push(ClientSlot(client));
+        }
+        self.returned.notify_one();
+        result.map_err(PoolError::Query)
+    }
+}
+
+enum PoolError {
+    Connect(postgres::Error),
+    Query(postgres::Error),
+    Busy,
+}
+
+/// PostgreSQL implementation of [`Store`].
+#[derive(Debug)]
+pub struct PostgresStore {
+    connector: Connector,
+    collector_id: String,
+    /// The writer's own connection: batches are serial, and a dedicated connection keeps API
+    /// reads from ever queueing behind a commit.
+    writer: Pool,
+    readers: Pool,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url`, applies pending migrations (under an advisory lock,
+    /// so collectors starting together migrate once) and records reports as received by
+    /// `collector_id`.
+    pub fn open(url: &str, collector_id: &str) -> Result<Self, StoreError> {
+        let connector = Connector::parse(url)?;
+        let shown = connector.shown.clone();
+        let mut client = connector
+            .connect()
+            .map_err(|e| StoreError::new(format!("failed to connect to database `{shown}`"), e))?;
+        migrate(&mut client)
+            .map_err(|e| StoreError::new(format!("failed to migrate database `{shown}`"), e))?;
+        let writer = Pool::new(1);
+        writer
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .idle
+            .push(ClientSlot(client));
+        writer.idle.lock().unwrap_or_else(|p| p.into_inner()).open = 1;
+        Ok(PostgresStore {
+            connector,
+            collector_id: collector_id.to_owned(),
+            writer,
+            readers: Pool::new(READER_CONNECTIONS),
+        })
+    }
+
+    /// The database URL with its password hidden.
+    pub fn shown_url(&self) -> &str {
+        &self.connector.shown
+    }
+
+    fn error(&self, what: &str, error: PoolError) -> StoreError {
+        let shown = &self.connector.shown;
+        match error {
+            PoolError::Connect(e) => {
+                StoreError::new(format!("failed to connect to database `{shown}`"), e)
+            }
+            PoolError::Query(e) => StoreError::new(format!("failed to {what} in `{shown}`"), e),
+            PoolError::Busy => StoreError::new(
+                format!("failed to {what} in `{shown}`"),
+                std::io::Error::other(format!(
+                    "no free connection after {}s",
+                    READER_WAIT.as_secs()
+                )),
+            ),
+        }
+    }
+
+    fn read<T>(
+        &self,
+        what: &str,
+        body: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        self.readers
+            .run(&self.connector, body)
+            .map_err(|e| self.error(what, e))
+    }
+}
+
+fn migrate(client: &mut Client) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL); \
+         INSERT INTO schema_version (version) SELECT 0 \
+         WHERE NOT EXISTS (SELECT 1 FROM schema_version)",
+    )?;
+    let applied: i64 = tx
+        .query_one("SELECT version FROM schema_version", &[])?
+        .get(0);
+    let known = MIGRATIONS.len() as i64;
+    if applied > known {
+        return Err(format!(
+            "the schema is at version {applied}, newer than this collector knows ({known}); \
+             upgrade the collector"
+        )
+        .into());
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        tx.batch_execute(migration)?;
+        tx.execute(
+            "UPDATE schema_version SET version = $1",
+            &[&(index as i64 + 1)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// PostgreSQL text cannot hold NUL; SQLite can, and agents may send it. Replacing it keeps one
+/// odd string from failing a whole batch of other agents' reports.
+fn clean(text: &str) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.to_owned()
+    }
+}
+
+const HOST_COLUMNS: &str = "id, hostname, fqdn, os_name, os_version, os_full_name, kernel_version, \
+    arch, vmsystem, manufacturer, model, chassis_type, serial_number, machine_id, smbios_uuid, \
+    primary_mac, agent_version, memory_bytes, swap_bytes, cpu_threads, first_seen_ms, \
+    last_seen_ms, last_sequence, clock_skew_ms, identity_conflict, identity_conflict_detail, \
+    inventory_hash, dropped_reports_total, vitals, reported_to";
+
+/// The array type of each column of [`HOST_COLUMNS`], in order, for `UNNEST`.
+const HOST_COLUMN_TYPES: &[&str] = &[
+    "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text",
+    "text", "text", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "bigint",
+    "bigint", "bigint", "boolean", "text", "text", "bigint", "text", "text",
+];
+
+fn host_from_row(row: &Row) -> HostRecord {
+    let vitals: String = row.get(28);
+    HostRecord {
+        id: row.get(0),
+        hostname: row.get(1),
+        fqdn: row.get(2),
+        os_name: row.get(3),
+        os_version: row.get(4),
+        os_full_name: row.get(5),
+        kernel_version: row.get(6),
+        arch: row.get(7),
+        vmsystem: row.get(8),
+        manufacturer: row.get(9),
+        model: row.get(10),
+        chassis_type: row.get(11),
+        serial_number: row.get(12),
+        machine_id: row.get(13),
+        smbios_uuid: row.get(14),
+        primary_mac: row.get(15),
+        agent_version: row.get(16),
+        memory_bytes: row.get::<_, i64>(17) as u64,
+        swap_bytes: row.get::<_, i64>(18) as u64,
+        cpu_threads: row.get::<_, i64>(19) as u32,
+        first_seen_ms: row.get(20),
+        last_seen_ms: row.get(21),
+        last_sequence: row.get::<_, i64>(22) as u64,
+        clock_skew_ms: row.get(23),
+        identity_conflict: row.get(24),
+        identity_conflict_detail: row.get(25),
+        inventory_hash: row.get(26),
+        dropped_reports_total: row.get::<_, i64>(27) as u64,
+        // Written by this store from a validated message; unreadable only if edited by hand.
+        vitals: serde_json::from_str(&vitals).unwrap_or_default(),
+        reported_to: row.get(29),
+    }
+}
+
+const CHECK_COLUMNS: &str = "host_id, check_name, kind, target, outcome, reason, since_ms, \
+    received_ms, started_ms, duration_seconds, measurements";
+
+fn check_from_row(row: &Row) -> CheckState {
+    let measurements: String = row.get(10);
+    CheckState {
+        host_id: row.get(0),
+        check: row.get(1),
+        kind: row.get(2),
+        target: row.get(3),
+        outcome: row.get(4),
+        reason: row.get(5),
+        since_ms: row.get(6),
+        received_ms: row.get(7),
+        started_ms: row.get(8),
+        duration_seconds: row.get(9),
+        measurements: serde_json::from_str(&measurements).unwrap_or_default(),
+    }
+}
+
+/// Parameters of one statement, in placeholder order.
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn param_refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|param| param.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+/// `INSERT INTO table (columns) SELECT * FROM UNNEST($1::type[], …)`: one statement for any
+/// number of rows.
+fn unnest_insert(table: &str, columns: &str, types: &[&str]) -> String {
+    let arrays: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(index, kind)| format!("${}::{kind}[]", index + 1))
+        .collect();
+    format!(
+        "INSERT INTO {table} ({columns}) SELECT * FROM UNNEST({})",
+        arrays.join(", ")
+    )
+}
+
+/// Everything one batch writes, worked out in memory from what the batch read, then written
+/// with one set-based statement per table.
+#[derive(Default)]
+struct BatchPlan {
+    /// Final row of each host the batch touched.
+    hosts: BTreeMap<String, HostRecord>,
+    /// Latest inventory per host: hash, received, document text.
+    inventories: BTreeMap<String, (String, i64, String)>,
+    /// The replaced field index of each host that sent an inventory.
+    fields: BTreeMap<String, Vec<document::FieldValue>>,
+    /// host, at, field, kind, old, new; in the order they happened.
+    changes: Vec<(String, i64, String, &'static str, String, String)>,
+    events: Vec<CheckEvent>,
+    checks: BTreeMap<String, HostChecks>,
+}
+
+/// A host's check results during a batch: as read, as they now are, and which keys changed.
+struct HostChecks {
+    original: BTreeSet<(String, String)>,
+    current: BTreeMap<(String, String), CheckState>,
+    dirty: BTreeSet<(String, String)>,
+}
+
+/// What the batch read before planning.
+struct BatchInput {
+    hosts: HashMap<String, HostRecord>,
+    documents: HashMap<String, Value>,
+    checks: HashMap<String, Vec<CheckState>>,
+}
+
+impl BatchPlan {
+    fn plan_one(
+        &mut self,
+        input: &mut BatchInput,
+        incoming: &IncomingReport,
+        policy: WritePolicy,
+        collector_id: &str,
+    ) -> WriteOutcome {
+        let report = &incoming.report.report;
+        let identity = report.identity.clone().unwrap_or_default();
+        let now = incoming.received_ms;
+        let mut host = match input.hosts.get(&identity.agent_id).cloned() {
+            Some(host) if report.sequence <= host.last_sequence => return WriteOutcome::Duplicate,
+            Some(mut host) => {
+                if let Some(clash) = other_machine(&host, &identity) {
+                    let live = now - host.last_seen_ms < policy.stale_after_ms;
+                    if live {
+                        let message = format!(
+                            "identity conflict: agent id `{}` already reports from another \
+                             live machine (`{}`); this machine has {clash}. Its agent state \
+                             directory was probably cloned: the agent must pick a new id",
+                            identity.agent_id, host.hostname
+                        );
+                        host.identity_conflict = true;
+                        host.identity_conflict_detail = format!(
+                            "second machine `{}` with {clash} at {}",
+                            identity.hostname,
+                            humantime::format_rfc3339_seconds(crate::clock::system_time(now))
+                        );
+                        input.hosts.insert(host.id.clone(), host.clone());
+                        self.hosts.insert(host.id.clone(), host.clone());
+                        return WriteOutcome::IdentityConflict {
+                            message,
+                            host: Box::new(host),
+                        };
+                    }
+                    // The old machine is gone: this is the same agent on new hardware.
+                    self.record_changes(
+                        &host.id,
+                        now,
+                        &[document::Change {
+                            field: "identity".into(),
+                            kind: ChangeKind::Changed,
+                            old: serde_json::json!({
+                                "machine_id": host.machine_id, "smbios_uuid": host.smbios_uuid }),
+                            new: serde_json::json!({
+                                "machine_id": identity.machine_id,
+                                "smbios_uuid": identity.smbios_uuid }),
+                        }],
+                    );
+                }
+                host
+            }
+            None => HostRecord {
+                id: identity.agent_id.clone(),
+                first_seen_ms: now,
+                ..Default::default()
+            },
+        };
+
+        apply_identity(&mut host, report);
+        host.last_seen_ms = now;
+        host.last_sequence = report.sequence;
+        host.clock_skew_ms = report.agent_time_unix_ms.saturating_sub(now);
+        host.dropped_reports_total += report.dropped_reports;
+        host.vitals = report.vitals.clone().unwrap_or_default();
+        host.reported_to = collector_id.to_owned();
+        let need_full_inventory = match &report.inventory {
+            Some(inventory) => {
+                apply_inventory(&mut host, inventory);
+                host.inventory_hash.clone_from(&report.inventory_hash);
+                false
+            }
+            None => {
+                !report.inventory_hash.is_empty() && report.inventory_hash != host.inventory_hash
+            }
+        };
+        input.hosts.insert(host.id.clone(), host.clone());
+        self.hosts.insert(host.id.clone(), host.clone());
+
+        if report.inventory.is_some() {
+            let document = incoming
+                .report
+                .json
+                .get("inventory")
+                .cloned()
+                .unwrap_or(Value::Null);
+            if let Some(previous) = input.documents.get(&host.id) {
+                let changes = document::diff(previous, &document);
+                self.record_changes(&host.id, now, &changes);
+            }
+            self.fields
+                .insert(host.id.clone(), document::flatten(&document));
+            self.inventories.insert(
+                host.id.clone(),
+                (report.inventory_hash.clone(), now, document.to_string()),
+            );
+            input.documents.insert(host.id.clone(), document);
+        }
+        let checks = self.plan_checks(input, &host.id, now, incoming);
+        WriteOutcome::Stored {
+            need_full_inventory,
+            host: Box::new(host),
+            checks,
+        }
+    }
+
+    fn record_changes(&mut self, host_id: &str, now: i64, changes: &[document::Change]) {
+        for change in changes {
+            self.changes.push((
+                host_id.to_owned(),
+                now,
+                change.field.clone(),
+                change.kind.as_str(),
+                change.old.to_string(),
+                change.new.to_string(),
+            ));
+        }
+    }
+
+    /// The same rules as the SQLite store's `store_checks`: latest result per (check, target),
+    /// an event at every change of outcome, checks no longer configured and targets the latest
+    /// run no longer reports forgotten.
+    fn plan_checks(
+        &mut self,
+        input: &mut BatchInput,
+        host_id: &str,
+        now: i64,
+        incoming: &IncomingReport,
+    ) -> Option<Vec<CheckState>> {
+        let report = &incoming.report.report;
+        let entry = self.checks.entry(host_id.to_owned()).or_insert_with(|| {
+            let current: BTreeMap<(String, String), CheckState> = input
+                .checks
+                .remove(host_id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|state| ((state.check.clone(), state.target.clone()), state))
+                .collect();
+            HostChecks {
+                original: current.keys().cloned().collect(),
+                current,
+                dirty: BTreeSet::new(),
+            }
+        });
+        let configured: HashSet<&str> = report.check_names.iter().map(String::as_str).collect();
+        let mut removed: Vec<(String, String)> = entry
+            .current
+            .keys()
+            .filter(|(check, _)| !configured.contains(check.as_str()))
+            .cloned()
+            .collect();
+        if report.checks.is_empty() && removed.is_empty() {
+            return None;
+        }
+        // Oldest first, so that of two runs in one report the later one wins.
+        let mut results: Vec<&CheckResult> = report.checks.iter().collect();
+        results.sort_by_key(|result| result.started_unix_ms);
+        let mut latest_run: HashMap<&str, i64> = HashMap::new();
+        for result in &results {
+            let started = latest_run.entry(result.check.as_str()).or_insert(i64::MIN);
+            *started = (*started).max(result.started_unix_ms);
+        }
+        for result in results {
+            let outcome = estate_proto::outcome_name(result.outcome);
+            let key = (result.check.clone(), result.target.clone());
+            let previous = entry.current.get(&key);
+            let since = match previous {
+                Some(state) if state.outcome == outcome => state.since_ms,
+                _ => {
+                    self.events.push(CheckEvent {
+                        id: 0,
+                        host_id: host_id.to_owned(),
+                        hostname: String::new(),
+                        check: result.check.clone(),
+                        kind: result.kind.clone(),
+                        target: result.target.clone(),
+                        at_ms: now,
+                        old_outcome: previous.map(|state| state.outcome.clone()),
+                        new_outcome: outcome.to_owned(),
+                        reason: result.reason.clone(),
+                    });
+                    now
+                }
+            };
+            let state = CheckState {
+                host_id: host_id.to_owned(),
+                check: result.check.clone(),
+                kind: result.kind.clone(),
+                target: result.target.clone(),
+                outcome: outcome.to_owned(),
+                reason: result.reason.clone(),
+                since_ms: since,
+                received_ms: now,
+                started_ms: result.started_unix_ms,
+                duration_seconds: result.duration_seconds,
+                measurements: result.measurements.clone(),
+            };
+            entry.dirty.insert(key.clone());
+            entry.current.insert(key, state);
+        }
+        // Targets the latest run of a reported check no longer has.
+        removed.extend(
+            entry
+                .current
+                .iter()
+                .filter(|((check, _), state)| {
+                    latest_run
+                        .get(check.as_str())
+                        .is_some_and(|latest| state.started_ms < *latest)
+                })
+                .map(|(key, _)| key.clone()),
+        );
+        for key in &removed {
+            entry.current.remove(key);
+            entry.dirty.remove(key);
+        }
+        Some(entry.current.values().cloned().collect())
+    }
+
+    /// Writes the plan: one statement per table, whatever the number of reports.
+    fn execute(self, tx: &mut Transaction<'_>) -> Result<(), postgres::Error> {
+        if !self.hosts.is_empty() {
+            self.write_hosts(tx)?;
+        }
+        if !self.inventories.is_empty() {
+            let ids: Vec<&String> = self.inventories.keys().collect();
+            let hashes: Vec<String> = self.inventories.values().map(|v| clean(&v.0)).collect();
+            let received: Vec<i64> = self.inventories.values().map(|v| v.1).collect();
+            let documents: Vec<&String> = self.inventories.values().map(|v| &v.2).collect();
+            tx.execute(
+                &format!(
+                    "{} ON CONFLICT (host_id) DO UPDATE SET hash = excluded.hash, \
+                     received_ms = excluded.received_ms, document = excluded.document",
+                    unnest_insert(
+                        "inventories",
+                        "host_id, hash, received_ms, document",
+                        &["text", "text", "bigint", "text"]
+                    )
+                ),
+                &[&ids, &hashes, &received, &documents],
+            )?;
+        }
+        if !self.fields.is_empty() {
+            // The field index is derived data, rebuilt from each new document.
+            let ids: Vec<&String> = self.fields.keys().collect();
+            tx.execute(
+                "DELETE FROM inventory_fields WHERE host_id = ANY($1)",
+                &[&ids],
+            )?;
+            let mut hosts = Vec::new();
+            let mut names = Vec::new();
+            let mut values = Vec::new();
+            for (id, pairs) in &self.fields {
+                for pair in pairs {
+                    hosts.push(id.as_str());
+                    names.push(clean(&pair.field));
+                    values.push(clean(&pair.value));
+                }
+            }
+            tx.execute(
+                &unnest_insert(
+                    "inventory_fields",
+                    "host_id, field, value",
+                    &["text", "text", "text"],
+                ),
+                &[&hosts, &names, &values],
+            )?;
+        }
+        if !self.changes.is_empty() {
+            let mut columns: [Vec<String>; 5] = Default::default();
+            let mut at = Vec::with_capacity(self.changes.len());
+            for (host, at_ms, field, kind, old, new) in &self.changes {
+                columns[0].push(host.clone());
+                at.push(*at_ms);
+                columns[1].push(clean(field));
+                columns[2].push((*kind).to_owned());
+                columns[3].push(old.clone());
+                columns[4].push(new.clone());
+            }
+            // WITH ORDINALITY and ORDER BY: ids follow the order the changes happened in.
+            tx.execute(
+                "INSERT INTO inventory_changes (host_id, at_ms, field, kind, old, new) \
+                 SELECT h, a, f, k, o, n FROM UNNEST($1::text[], $2::bigint[], $3::text[], \
+                 $4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS t(h, a, f, k, o, n, i) \
+                 ORDER BY i",
+                &[
+                    &columns[0],
+                    &at,
+                    &columns[1],
+                    &columns[2],
+                    &columns[3],
+                    &columns[4],
+                ],
+            )?;
+        }
+        if !self.events.is_empty() {
+            let text = |get: fn(&CheckEvent) -> &str| -> Vec<String> {
+                self.events.iter().map(|e| clean(get(e))).collect()
+            };
+            let at: Vec<i64> = self.events.iter().map(|e| e.at_ms).collect();
+            let old: Vec<Option<String>> =
+                self.events.iter().map(|e| e.old_outcome.clone()).collect();
+            tx.execute(
+                "INSERT INTO check_events (host_id, check_name, kind, target, at_ms, \
+                 old_outcome, new_outcome, reason) \
+                 SELECT h, c, k, t, a, o, n, r FROM UNNEST($1::text[], $2::text[], $3::text[], \
+                 $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[]) \
+                 WITH ORDINALITY AS e(h, c, k, t, a, o, n, r, i) ORDER BY i",
+                &[
+                    &text(|e| &e.host_id),
+                    &text(|e| &e.check),
+                    &text(|e| &e.kind),
+                    &text(|e| &e.target),
+                    &at,
+                    &old,
+                    &text(|e| &e.new_outcome),
+                    &text(|e| &e.reason),
+                ],
+            )?;
+        }
+        self.write_checks(tx)
+    }
+
+    fn write_hosts(&self, tx: &mut Transaction<'_>) -> Result<(), postgres::Error> {
+        let hosts: Vec<&HostRecord> = self.hosts.values().collect();
+        let text = |get: fn(&HostRecord) -> &str| -> Box<dyn ToSql + Sync + Send> {
+            Box::new(hosts.iter().map(|h| clean(get(h))).collect::<Vec<String>>())
+        };
+        let number = |get: fn(&HostRecord) -> i64| -> Box<dyn ToSql + Sync + Send> {
+            Box::new(hosts.iter().map(|h| get(h)).collect::<Vec<i64>>())
+        };
+        let params: Params = vec![
+            text(|h| &h.id),
+            text(|h| &h.hostname),
+            text(|h| &h.fqdn),
+            text(|h| &h.os_name),
+            text(|h| &h.os_version),
+            text(|h| &h.os_full_name),
+            text(|h| &h.kernel_version),
+            text(|h| &h.arch),
+            text(|h| &h.vmsystem),
+            text(|h| &h.manufacturer),
+            text(|h| &h.model),
+            text(|h| &h.chassis_type),
+            text(|h| &h.serial_number),
+            text(|h| &h.machine_id),
+            text(|h| &h.smbios_uuid),
+            text(|h| &h.primary_mac),
+            text(|h| &h.agent_version),
+            number(|h| h.memory_bytes as i64),
+            number(|h| h.swap_bytes as i64),
+            number(|h| i64::from(h.cpu_threads)),
+            number(|h| h.first_seen_ms),
+            number(|h| h.last_seen_ms),
+            number(|h| h.last_sequence as i64),
+            number(|h| h.clock_skew_ms),
+            Box::new(
+                hosts
+                    .iter()
+                    .map(|h| h.identity_conflict)
+                    .collect::<Vec<bool>>(),
+            ),
+            text(|h| &h.identity_conflict_detail),
+            text(|h| &h.inventory_hash),
+            number(|h| h.dropped_reports_total as i64),
+            Box::new(
+                hosts
+                    .iter()
+                    .map(|h| {
+                        clean(&serde_json::to_string(&h.vitals).unwrap_or_else(|_| "{}".into()))
+                    })
+                    .collect::<Vec<String>>(),
+            ),
+            text(|h| &h.reported_to),
+        ];
+        // An upsert, never delete-and-insert: deleting the row would cascade to the host's
+        // inventory, changes and check results.
+        let updates: Vec<String> = HOST_COLUMNS
+            .split(',')
+            .map(str::trim)
+            .skip(1)
+            .map(|column| format!("{column} = excluded.{column}"))
+            .collect();
+        let sql = format!(
+            "{} ON CONFLICT (id) DO UPDATE SET {}",
+            unnest_insert("hosts", HOST_COLUMNS, HOST_COLUMN_TYPES),
+            updates.join(", ")
+        );
+        tx.execute(&sql, &param_refs(&params))?;
+        Ok(())
+    }
+
+    fn write_checks(&self, tx: &mut Transaction<'_>) -> Result<(), postgres::Error> {
+        let mut gone: [Vec<String>; 3] = Default::default();
+        let mut upserts: Vec<&CheckState> = Vec::new();
+        for (host_id, checks) in &self.checks {
+            for key in checks
+                .original
+                .difference(&checks.current.keys().cloned().collect())
+            {
+                gone[0].push(host_id.clone());
+                gone[1].push(key.0.clone());
+                gone[2].push(key.1.clone());
+            }
+            upserts.extend(
+                checks
+                    .dirty
+                    .iter()
+                    .filter_map(|key| checks.current.get(key)),
+            );
+        }
+        if !gone[0].is_empty() {
+            tx.execute(
+                "DELETE FROM check_results c USING UNNEST($1::text[], $2::text[], $3::text[]) \
+                 AS g(h, n, t) WHERE c.host_id = g.h AND c.check_name = g.n AND c.target = g.t",
+                &[&gone[0], &gone[1], &gone[2]],
+            )?;
+        }
+        if upserts.is_empty() {
+            return Ok(());
+        }
+        let text = |get: fn(&CheckState) -> &str| -> Box<dyn ToSql + Sync + Send> {
+            Box::new(
+                upserts
+                    .iter()
+                    .map(|c| clean(get(c)))
+                    .collect::<Vec<String>>(),
+            )
+        };
+        let number = |get: fn(&CheckState) -> i64| -> Box<dyn ToSql + Sync + Send> {
+            Box::new(upserts.iter().map(|c| get(c)).collect::<Vec<i64>>())
+        };
+        let params: Params = vec![
+            text(|c| &c.host_id),
+            text(|c| &c.check),
+            text(|c| &c.kind),
+            text(|c| &c.target),
+            text(|c| &c.outcome),
+            text(|c| &c.reason),
+            number(|c| c.since_ms),
+            number(|c| c.received_ms),
+            number(|c| c.started_ms),
+            Box::new(
+                upserts
+                    .iter()
+                    .map(|c| c.duration_seconds)
+                    .collect::<Vec<f64>>(),
+            ),
+            Box::new(
+                upserts
+                    .iter()
+                    .map(|c| {
+                        clean(
+                            &serde_json::to_string(&c.measurements).unwrap_or_else(|_| "[]".into()),
+                        )
+                    })
+                    .collect::<Vec<String>>(),
+            ),
+        ];
+        let sql = format!(
+            "{} ON CONFLICT (host_id, check_name, target) DO UPDATE SET kind = excluded.kind, \
+             outcome = excluded.outcome, reason = excluded.reason, since_ms = excluded.since_ms, \
+             received_ms = excluded.received_ms, started_ms = excluded.started_ms, \
+             duration_seconds = excluded.duration_seconds, measurements = excluded.measurements",
+            unnest_insert(
+                "check_results",
+                CHECK_COLUMNS,
+                &[
+                    "text",
+                    "text",
+                    "text",
+                    "text",
+                    "text",
+                    "text",
+                    "bigint",
+                    "bigint",
+                    "bigint",
+                    "double precision",
+                    "text"
+                ]
+            )
+        );
+        tx.execute(&sql, &param_refs(&params))?;
+        Ok(())
+    }
+}
+
+/// Reads what a batch needs, for all its hosts at once, after locking them.
+fn read_batch_input(
+    tx: &mut Transaction<'_>,
+    reports: &[IncomingReport],
+) -> Result<BatchInput, postgres::Error> {
+    let mut ids: Vec<String> = reports
+        .iter()
+        .map(|r| r.report.agent_id().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    // Two collectors may receive the same agent during a fail-over: a transaction-scoped lock
+    // per agent id (taken in id order, so two batches cannot deadlock) serialises them, new
+    // hosts included, which row locks could not.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) \
+         FROM UNNEST($1::text[]) WITH ORDINALITY AS t(id, i) ORDER BY i",
+        &[&ids],
+    )?;
+    let hosts = tx
+        .query(
+            &format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = ANY($1)"),
+            &[&ids],
+        )?
+        .iter()
+        .map(|row| {
+            let host = host_from_row(row);
+            (host.id.clone(), host)
+        })
+        .collect();
+    let with_inventory: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.report.report.inventory.is_some())
+        .map(|r| r.report.agent_id())
+        .collect();
+    let mut documents = HashMap::new();
+    if !with_inventory.is_empty() {
+        for row in tx.query(
+            "SELECT host_id, document FROM inventories WHERE host_id = ANY($1)",
+            &[&with_inventory],
+        )? {
+            let text: String = row.get(1);
+            documents.insert(
+                row.get::<_, String>(0),
+                serde_json::from_str(&text).unwrap_or(Value::Null),
+            );
+        }
+    }
+    let mut checks: HashMap<String, Vec<CheckState>> = HashMap::new();
+    for row in tx.query(
+        &format!("SELECT {CHECK_COLUMNS} FROM check_results WHERE host_id = ANY($1)"),
+        &[&ids],
+    )? {
+        let state = check_from_row(&row);
+        checks.entry(state.host_id.clone()).or_default().push(state);
+    }
+    Ok(BatchInput {
+        hosts,
+        documents,
+        checks,
+    })
+}
+
+fn load_host(
+    client: &mut impl GenericClient,
+    id: &str,
+) -> Result<Option<HostRecord>, postgres::Error> {
+    Ok(client
+        .query_opt(
+            &format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1"),
+            &[&id],
+        )?
+        .map(|row| host_from_row(&row)))
+}
+
+/// Builds a statement with numbered parameters, so each filter can refer to its own value.
+struct SqlBuilder {
+    text: String,
+    args: Params,
+}
+
+impl SqlBuilder {
+    fn new(text: String) -> Self {
+        SqlBuilder {
+            text,
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds a parameter and returns its placeholder (`$3`).
+    fn bind(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.args.push(Box::new(value));
+        format!("${}", self.args.len())
+    }
+
+    fn push(&mut self, fragment: &str) {
+        self.text.push_str(fragment);
+    }
+}
+
+impl Store for PostgresStore {
+    fn write_batch(
+        &self,
+        reports: &[IncomingReport],
+        policy: WritePolicy,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.writer
+            .run(&self.connector, |client| {
+                let mut tx = client.transaction()?;
+                let mut input = read_batch_input(&mut tx, reports)?;
+                let mut plan = BatchPlan::default();
+                let outcomes: Vec<WriteOutcome> = reports
+                    .iter()
+                    .map(|report| plan.plan_one(&mut input, report, policy, &self.collector_id))
+                    .collect();
+                plan.execute(&mut tx)?;
+                tx.commit()?;
+                Ok(outcomes)
+            })
+            .map_err(|e| self.error("write a batch", e))
+    }
+
+    fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.read("load hosts", |client| {
+            Ok(client
+                .query(&format!("SELECT {HOST_COLUMNS} FROM hosts"), &[])?
+                .iter()
+                .map(host_from_row)
+                .collect())
+        })
+    }
+
+    fn load_checks(&self) -> Result<Vec<CheckState>, StoreError> {
+        self.read("load check results", |client| {
+            Ok(client
+                .query(&format!("SELECT {CHECK_COLUMNS} FROM check_results"), &[])?
+                .iter()
+                .map(check_from_row)
+                .collect())
+        })
+    }
+
+    fn list_hosts(&self, query: &HostQuery) -> Result<HostPage, StoreError> {
+        let mut sql = SqlBuilder::new(format!("SELECT {HOST_COLUMNS} FROM hosts WHERE TRUE"));
+        if let Some(after) = &query.after {
+            // Keyset pagination over (lower(hostname), id), the order of `hosts_by_hostname`.
+            let hostname = sql.bind(after.hostname.clone());
+            let id = sql.bind(after.id.clone());
+            sql.push(&format!(
+                " AND (lower(hostname), id) > (lower({hostname}::text) COLLATE \"C\", {id}::text)"
+            ));
+        }
+        if let Some(hostname) = &query.hostname {
+            let pattern = sql.bind(like_substring(hostname));
+            sql.push(&format!(
+                " AND (hostname ILIKE {pattern} ESCAPE '\\' OR fqdn ILIKE {pattern} ESCAPE '\\')"
+            ));
+        }
+        if let Some(os) = &query.os {
+            let pattern = sql.bind(like_substring(os));
+            sql.push(&format!(
+                " AND (os_name || ' ' || os_version || ' ' || os_full_name) \
+                 ILIKE {pattern} ESCAPE '\\'"
+            ));
+        }
+        if let Some(liveness) = query.liveness {
+            let threshold = sql.bind(query.stale_before_ms);
+            let comparison = match liveness {
+                Liveness::Up => ">=",
+                Liveness::Stale => "<",
+            };
+            sql.push(&format!(" AND last_seen_ms {comparison} {threshold}"));
+        }
+        if let Some(conflict) = query.identity_conflict {
+            let flag = sql.bind(conflict);
+            sql.push(&format!(" AND identity_conflict = {flag}"));
+        }
+        for filter in &query.fields {
+            let field = sql.bind(filter.field.clone());
+            let comparison = match &filter.pattern {
+                ValuePattern::Exact(value) => format!("= lower({}::text)", sql.bind(value.clone())),
+                ValuePattern::Glob(glob) => {
+                    format!(
+                        "LIKE lower({}::text) ESCAPE '\\'",
+                        sql.bind(like_glob(glob))
+                    )
+                }
+            };
+            sql.push(&format!(
+                " AND id IN (SELECT host_id FROM inventory_fields \
+                 WHERE field = {field} AND lower(value) {comparison})"
+            ));
+        }
+        let limit = query.limit.max(1);
+        sql.push(&format!(
+            " ORDER BY lower(hostname), id LIMIT {}",
+            limit + 1
+        ));
+        let SqlBuilder { text, args } = sql;
+        let mut hosts = self.read("list hosts", |client| {
+            Ok(client
+                .query(&text, &param_refs(&args))?
+                .iter()
+                .map(host_from_row)
+                .collect::<Vec<_>>())
+        })?;
+        let next = if hosts.len() > limit {
+            hosts.truncate(limit);
+            hosts.last().map(|host| HostCursor {
+                hostname: host.hostname.clone(),
+                id: host.id.clone(),
+            })
+        } else {
+            None
+        };
+        Ok(HostPage { hosts, next })
+    }
+
+    fn list_checks(&self, query: &CheckQuery) -> Result<CheckPage, StoreError> {
+        let columns: Vec<String> = CHECK_COLUMNS
+            .split(',')
+            .map(|column| format!("c.{}", column.trim()))
+            .collect();
+        let mut sql = SqlBuilder::new(format!(
+            "SELECT {}, h.hostname FROM check_results c JOIN hosts h ON h.id = c.host_id \
+             WHERE TRUE",
+            columns.join(", ")
+        ));
+        for (column, value) in [
+            ("c.host_id", &query.host_id),
+            ("c.kind", &query.kind),
+            ("c.check_name", &query.check),
+            ("c.outcome", &query.outcome),
+        ] {
+            if let Some(value) = value {
+                let placeholder = sql.bind(value.clone());
+                sql.push(&format!(" AND {column} = {placeholder}"));
+            }
+        }
+        if let Some((host, check, target)) = &query.after {
+            let (host, check, target) = (
+                sql.bind(host.clone()),
+                sql.bind(check.clone()),
+                sql.bind(target.clone()),
+            );
+            sql.push(&format!(
+                " AND (c.host_id, c.check_name, c.target) > \
+                 ({host}::text, {check}::text, {target}::text)"
+            ));
+        }
+        let limit = query.limit.max(1);
+        sql.push(&format!(
+            " ORDER BY c.host_id, c.check_name, c.target LIMIT {}",
+            limit + 1
+        ));
+        let SqlBuilder { text, args } = sql;
+        let mut checks = self.read("list check results", |client| {
+            Ok(client
+                .query(&text, &param_refs(&args))?
+                .iter()
+                .map(|row| (row.get::<_, String>(11), check_from_row(row)))
+                .collect::<Vec<_>>())
+        })?;
+        let next = if checks.len() > limit {
+            checks.truncate(limit);
+            checks
+                .last()
+                .map(|(_, c)| (c.host_id.clone(), c.check.clone(), c.target.clone()))
+        } else {
+            None
+        };
+        Ok(CheckPage { checks, next })
+    }
+
+    fn list_events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
+        let mut sql = SqlBuilder::new(
+            "SELECT e.id, e.host_id, h.hostname, e.check_name, e.kind, e.target, e.at_ms, \
+             e.old_outcome, e.new_outcome, e.reason \
+             FROM check_events e JOIN hosts h ON h.id = e.host_id WHERE TRUE"
+                .to_owned(),
+        );
+        for (column, value) in [
+            ("e.host_id", &query.host_id),
+            ("e.kind", &query.kind),
+            ("e.check_name", &query.check),
+        ] {
+            if let Some(value) = value {
+                let placeholder = sql.bind(value.clone());
+                sql.push(&format!(" AND {column} = {placeholder}"));
+            }
+        }
+        if let Some(since) = query.since_ms {
+            let placeholder = sql.bind(since);
+            sql.push(&format!(" AND e.at_ms >= {placeholder}"));
+        }
+        if let Some(before) = query.before_id {
+            let placeholder = sql.bind(before);
+            sql.push(&format!(" AND e.id < {placeholder}"));
+        }
+        let limit = query.limit.max(1);
+        sql.push(&format!(" ORDER BY e.id DESC LIMIT {}", limit + 1));
+        let SqlBuilder { text, args } = sql;
+        let mut events = self.read("list check events", |client| {
+            Ok(client
+                .query(&text, &param_refs(&args))?
+                .iter()
+                .map(|row| CheckEvent {
+                    id: row.get(0),
+                    host_id: row.get(1),
+                    hostname: row.get(2),
+                    check: row.get(3),
+                    kind: row.get(4),
+                    target: row.get(5),
+                    at_ms: row.get(6),
+                    old_outcome: row.get(7),
+                    new_outcome: row.get(8),
+                    reason: row.get(9),
+                })
+                .collect::<Vec<_>>())
+        })?;
+        let next_before_id = if events.len() > limit {
+            events.truncate(limit);
+            events.last().map(|event| event.id)
+        } else {
+            None
+        };
+        Ok(EventPage {
+            events,
+            next_before_id,
+        })
+    }
+
+    fn host_detail(&self, id: &str) -> Result<Option<HostDetail>, StoreError> {
+        self.read("read a host", |client| {
+            let Some(host) = load_host(client, id)? else {
+                return Ok(None);
+            };
+            let inventory: Option<(String, i64)> = client
+                .query_opt(
+                    "SELECT document, received_ms FROM inventories WHERE host_id = $1",
+                    &[&id],
+                )?
+                .map(|row| (row.get(0), row.get(1)));
+            let checks = client
+                .query(
+                    &format!(
+                        "SELECT {CHECK_COLUMNS} FROM check_results WHERE host_id = $1 \
+                         ORDER BY check_name, target"
+                    ),
+                    &[&id],
+                )?
+                .iter()
+                .map(check_from_row)
+                .collect();
+            Ok(Some(HostDetail {
+                host,
+                inventory: inventory
+                    .as_ref()
+                    .map(|(text, _)| serde_json::from_str(text).unwrap_or(Value::Null)),
+                inventory_received_ms: inventory.map(|(_, at)| at),
+                checks,
+            }))
+        })
+    }
+
+    fn host_changes(
+        &self,
+        id: &str,
+        query: &ChangeQuery,
+    ) -> Result<Option<ChangePage>, StoreError> {
+        self.read("read inventory changes", |client| {
+            if load_host(client, id)?.is_none() {
+                return Ok(None);
+            }
+            let limit = query.limit.max(1);
+            let mut changes: Vec<ChangeRecord> = client
+                .query(
+                    "SELECT id, at_ms, field, kind, old, new FROM inventory_changes \
+                     WHERE host_id = $1 AND id > $2 AND at_ms >= $3 ORDER BY id LIMIT $4",
+                    &[
+                        &id,
+                        &query.after_id.unwrap_or(0),
+                        &query.since_ms.unwrap_or(i64::MIN),
+                        &((limit + 1) as i64),
+                    ],
+                )?
+                .iter()
+                .map(|row| {
+                    let kind: String = row.get(3);
+                    let old: String = row.get(4);
+                    let new: String = row.get(5);
+                    ChangeRecord {
+                        id: row.get(0),
+                        at_ms: row.get(1),
+                        field: row.get(2),
+                        kind: ChangeKind::parse(&kind).unwrap_or(ChangeKind::Changed),
+                        old: serde_json::from_str(&old).unwrap_or(Value::Null),
+                        new: serde_json::from_str(&new).unwrap_or(Value::Null),
+                    }
+                })
+                .collect();
+            let next_after_id = if changes.len() > limit {
+                changes.truncate(limit);
+                changes.last().map(|change| change.id)
+            } else {
+                None
+            };
+            Ok(Some(ChangePage {
+                changes,
+                next_after_id,
+            }))
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn refresh_collectors(
+        &self,
+        collector_id: &str,
+        now_ms: i64,
+        live_since_ms: i64,
+        reported_since_ms: i64,
+    ) -> Result<CollectorView, StoreError> {
+        self.read("refresh host ownership", |client| {
+            client.execute(
+                "INSERT INTO collectors (id, heartbeat_ms) VALUES ($1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
+                &[&collector_id, &now_ms],
+            )?;
+            let live_collectors = client
+                .query(
+                    "SELECT id FROM collectors WHERE heartbeat_ms >= $1 ORDER BY id",
+                    &[&live_since_ms],
+                )?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            let reported = client
+                .query(
+                    "SELECT id, reported_to, last_seen_ms FROM hosts WHERE last_seen_ms >= $1",
+                    &[&reported_since_ms],
+                )?
+                .iter()
+                .map(|row| HostOwner {
+                    id: row.get(0),
+                    reported_to: row.get(1),
+                    last_seen_ms: row.get(2),
+                })
+                .collect();
+            Ok(CollectorView {
+                live_collectors,
+                reported,
+            })
+        })
+    }
+
+    fn load_hosts_by_id(
+        &self,
+        ids: &[String],
+    ) -> Result<(Vec<HostRecord>, Vec<CheckState>), StoreError> {
+        self.read("load hosts", |client| {
+            let hosts = client
+                .query(
+                    &format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = ANY($1)"),
+                    &[&ids],
+                )?
+                .iter()
+                .map(host_from_row)
+                .collect();
+            let checks = client
+                .query(
+                    &format!("SELECT {CHECK_COLUMNS} FROM check_results WHERE host_id = ANY($1)"),
+                    &[&ids],
+                )?
+                .iter()
+                .map(check_from_row)
+                .collect();
+            Ok((hosts, checks))
+        })
+    }
+}
+
+/// Creates an empty database `name` on the server of `url` (whose user may create databases)
+/// and returns the URL of the new database. For tests and benchmarks, which each want a fresh
+/// database.
+pub fn create_database(url: &str, name: &str) -> Result<String, StoreError> {
+    with_admin_connection(url, |client| {
+        client.batch_execute(&format!("CREATE DATABASE {}", quote_identifier(name)))
+    })?;
+    let mut parsed = url::Url::parse(url)
+        .map_err(|e| StoreError::new(format!("invalid database URL `{}`", redact_url(url)), e))?;
+    parsed.set_path(&format!("/{name}"));
+    Ok(parsed.to_string())
+}
+
+/// Drops database `name` on the server of `url`, closing its connections first.
+pub fn drop_database(url: &str, name: &str) -> Result<(), StoreError> {
+    with_admin_connection(url, |client| {
+        client.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_identifier(name)
+        ))
+    })
+}
+
+fn with_admin_connection(
+    url: &str,
+    body: impl FnOnce(&mut Client) -> Result<(), postgres::Error>,
+) -> Result<(), StoreError> {
+    let connector = Connector::parse(url)?;
+    let shown = connector.shown.clone();
+    let mut client = connector
+        .connect()
+        .map_err(|e| StoreError::new(format!("failed to connect to database `{shown}`"), e))?;
+    body(&mut client)
+        .map_err(|e| StoreError::new(format!("failed to manage databases on `{shown}`"), e))
+}
+
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
