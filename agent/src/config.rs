@@ -68,8 +68,14 @@ impl Default for AgentSection {
 #[serde(deny_unknown_fields)]
 pub struct CollectorSection {
     /// The collector's gRPC endpoint, `https://host:port` (`http://` only with `insecure`).
-    #[serde(default = "default_collector_url")]
-    pub url: String,
+    /// Default `https://127.0.0.1:9750`; give `urls` instead for several collectors.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Several collectors sharing one database, tried in order: the agent stays with the one
+    /// that answers and moves to the next when it stops answering. A name resolving to several
+    /// addresses is tried at each of them in turn.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// PEM file of the CA that signed the collector's certificate; without it the system's
     /// trusted roots are used.
     #[serde(default)]
@@ -89,7 +95,8 @@ pub struct CollectorSection {
 impl Default for CollectorSection {
     fn default() -> Self {
         CollectorSection {
-            url: default_collector_url(),
+            url: None,
+            urls: Vec::new(),
             ca_file: None,
             insecure: false,
             connect_timeout: default_connect_timeout(),
@@ -316,12 +323,15 @@ impl AgentConfig {
     }
 }
 
-/// Where and how to reach the collector.
+/// Most collectors one agent may list.
+pub const MAX_COLLECTOR_URLS: usize = 16;
+
+/// Where and how to reach the collectors.
 #[derive(Debug, Clone)]
 pub struct CollectorConfig {
-    /// `https://host:port` (or, with `insecure`, `http://`), without credentials, so it is
-    /// safe to log.
-    pub url: String,
+    /// `https://host:port` each (or, with `insecure`, `http://`), without credentials, so they
+    /// are safe to log; tried in order (at least one).
+    pub urls: Vec<String>,
     /// The CA to verify the collector's certificate with; `None`: the system's roots.
     pub ca_file: Option<PathBuf>,
     /// Plain text was chosen explicitly (the url is `http://`).
@@ -462,7 +472,7 @@ impl ConfigFile {
             return Err("`agent.root` is empty".to_owned());
         }
 
-        validate_collector_url(&collector.url, collector.insecure)?;
+        let urls = collector_urls(collector.url, collector.urls, collector.insecure)?;
         if collector.insecure && collector.ca_file.is_some() {
             return Err(
                 "`collector.ca_file` is set but `collector.insecure = true` sends plain text: \
@@ -549,7 +559,7 @@ impl ConfigFile {
             state_dir,
             root: agent.root,
             collector: CollectorConfig {
-                url: collector.url,
+                urls,
                 ca_file: collector.ca_file,
                 insecure: collector.insecure,
                 connect_timeout: collector.connect_timeout,
@@ -615,6 +625,35 @@ pub const TLS_HOW_TO: &str = "README section \"Securing a deployment\"";
 /// Accepts `https://host[:port][/]`, or `http://…` when `insecure` says plain text was chosen
 /// explicitly. Credentials in the URL would end up in logs (the URL is logged when the
 /// collector is unreachable), so they are refused.
+/// `url` or `urls` (not both), each valid, none twice; the default collector when neither.
+fn collector_urls(
+    url: Option<String>,
+    urls: Vec<String>,
+    insecure: bool,
+) -> Result<Vec<String>, String> {
+    let urls = match (url, urls.is_empty()) {
+        (Some(_), false) => {
+            return Err("set `collector.url` or `collector.urls`, not both".to_owned());
+        }
+        (Some(url), true) => vec![url],
+        (None, false) => urls,
+        (None, true) => vec![default_collector_url()],
+    };
+    if urls.len() > MAX_COLLECTOR_URLS {
+        return Err(format!(
+            "`collector.urls` lists {} collectors, the limit is {MAX_COLLECTOR_URLS}",
+            urls.len()
+        ));
+    }
+    for (index, url) in urls.iter().enumerate() {
+        validate_collector_url(url, insecure)?;
+        if urls[..index].contains(url) {
+            return Err(format!("`collector.urls` lists `{url}` twice"));
+        }
+    }
+    Ok(urls)
+}
+
 pub fn validate_collector_url(url: &str, insecure: bool) -> Result<(), String> {
     let uri: tonic::transport::Uri = url
         .parse()
@@ -809,6 +848,32 @@ mod tests {
     }
 
     #[test]
+    fn several_collectors_are_listed_with_urls() {
+        let config = load(
+            "[collector]\nurls = [\"https://collector-a:9750\", \"https://collectors.example:9750\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.collector.urls,
+            vec!["https://collector-a:9750", "https://collectors.example:9750"]
+        );
+        check(
+            "[collector]\nurl = \"https://a:1\"\nurls = [\"https://b:1\"]\n",
+            "invalid config `/etc/estate/agent.toml`: set `collector.url` or `collector.urls`, \
+             not both",
+        );
+        check(
+            "[collector]\nurls = [\"https://a:1\", \"https://a:1\"]\n",
+            "invalid config `/etc/estate/agent.toml`: `collector.urls` lists `https://a:1` twice",
+        );
+        check(
+            "[collector]\nurls = [\"https://a:1\", \"a:2\"]\n",
+            "invalid config `/etc/estate/agent.toml`: collector url `a:2` has no scheme, \
+             expected `https://a:2`",
+        );
+    }
+
+    #[test]
     fn values_are_validated_and_named() {
         check("", "");
         check(
@@ -881,7 +946,7 @@ mod tests {
     #[test]
     fn no_file_means_working_defaults() {
         let config = ConfigFile::default().validate(None).unwrap();
-        assert_eq!(config.collector.url, "https://127.0.0.1:9750");
+        assert_eq!(config.collector.urls, vec!["https://127.0.0.1:9750"]);
         assert_eq!(config.collector.ca_file, None);
         assert!(!config.collector.insecure);
         assert_eq!(config.schedule.heartbeat_interval, Duration::from_secs(60));
@@ -897,7 +962,7 @@ mod tests {
     #[test]
     fn errors_without_a_file_say_so() {
         let mut file = ConfigFile::default();
-        file.collector.url = "ftp://x:1".into();
+        file.collector.url = Some("ftp://x:1".into());
         assert_eq!(
             file.validate(None).unwrap_err().to_string(),
             "invalid config: collector url `ftp://x:1` has scheme `ftp`, expected `https`"

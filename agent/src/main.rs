@@ -28,7 +28,8 @@ struct Cli {
     /// Overrides `agent.state_dir` from the config
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Overrides `collector.url` from the config, e.g. `https://collector:9750`
+    /// Overrides `collector.url` and `collector.urls` from the config, e.g.
+    /// `https://collector:9750`
     #[arg(long, global = true, value_name = "URL")]
     collector: Option<String>,
     /// Overrides `collector.ca_file`: the PEM CA that signed the collector's certificate
@@ -90,7 +91,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         file.agent.state_dir = Some(state_dir);
     }
     if let Some(url) = cli.collector {
-        file.collector.url = url;
+        file.collector.url = Some(url);
+        file.collector.urls.clear();
     }
     if let Some(ca_file) = cli.ca_file {
         file.collector.ca_file = Some(ca_file);

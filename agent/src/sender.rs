@@ -1,5 +1,9 @@
 //! Delivers reports to the collector over gRPC (`estate.v1.Ingest/Report`) and sorts its
 //! failures into what the agent does next: retry later, drop, or take a new identity.
+//!
+//! With several collectors (`collector.urls`), an unreachable one is skipped for a growing
+//! while and the report goes to the next; the agent stays with whichever answered, so its host
+//! keeps one collector (and one `/metrics`) until that one fails.
 
 use crate::config::CollectorConfig;
 use estate_proto::v1::ingest_client::IngestClient;
@@ -11,6 +15,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -49,6 +54,9 @@ pub enum SendError {
     /// The collector's rate limit (`RESOURCE_EXHAUSTED`): send the same report again shortly.
     #[error("collector `{url}` asks to slow down: {message}")]
     Throttled { url: String, message: String },
+    /// The configuration lists no collector (validation prevents it).
+    #[error("no collector url is configured")]
+    NoCollector,
     /// The collector knows this agent id from another machine (a cloned state directory).
     #[error("collector `{url}` reports an identity conflict: {message}")]
     IdentityConflict { url: String, message: String },
@@ -97,28 +105,35 @@ impl SendError {
     }
 }
 
-/// A gRPC client for one collector. Connects lazily and reconnects by itself, so a collector
-/// that is down at start-up is not an error here.
+/// How long an unreachable collector is skipped after its first failure; doubled at each
+/// further failure up to [`MAX_SKIP`].
+const FIRST_SKIP: Duration = Duration::from_secs(1);
+const MAX_SKIP: Duration = Duration::from_secs(60);
+
+/// One collector's client and its recent failures.
 #[derive(Debug, Clone)]
-pub struct ReportSender {
+struct CollectorClient {
     client: IngestClient<Channel>,
     url: String,
+    failures: u32,
+    skip_until: Option<Instant>,
 }
 
-impl ReportSender {
-    /// Prepares the channel (reading the CA file now, so a bad one fails the start); no
-    /// connection is attempted until the first report.
-    pub fn new(config: &CollectorConfig) -> Result<ReportSender, SendError> {
-        let endpoint = Endpoint::from_shared(config.url.clone())
+impl CollectorClient {
+    /// Prepares the channel (reading the CA file now, so a bad one fails the start). Lazy: a
+    /// collector that is down at start-up is not an error. Each (re)connection resolves the
+    /// name and tries every address it resolves to, in turn.
+    fn new(url: &str, config: &CollectorConfig) -> Result<Self, SendError> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|source| SendError::InvalidUrl {
-                url: config.url.clone(),
+                url: url.to_owned(),
                 source,
             })?
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout);
-        let channel = if config.url.starts_with("https://") {
+        let channel = if url.starts_with("https://") {
             let tls = client_tls_config(config).map_err(|message| SendError::Tls {
-                url: config.url.clone(),
+                url: url.to_owned(),
                 message,
             })?;
             endpoint.connect_with_connector_lazy(TlsConnector {
@@ -127,29 +142,130 @@ impl ReportSender {
         } else {
             // Validation let `http://` through only with `collector.insecure = true`.
             tracing::warn!(
-                collector = %config.url,
+                collector = %url,
                 "sending reports in PLAIN TEXT (collector.insecure = true / --insecure): \
                  anyone on the network path can read and alter them"
             );
             endpoint.connect_lazy()
         };
-        Ok(ReportSender {
+        Ok(CollectorClient {
             client: IngestClient::new(channel),
-            url: config.url.clone(),
+            url: url.to_owned(),
+            failures: 0,
+            skip_until: None,
         })
     }
 
-    /// The collector's URL, safe to log.
-    pub fn url(&self) -> &str {
-        &self.url
+    fn skipped(&self, now: Instant) -> bool {
+        self.skip_until.is_some_and(|until| now < until)
     }
 
-    /// Sends one report and waits for the collector's acknowledgement.
-    pub async fn send(&mut self, report: ReportRequest) -> Result<ReportResponse, SendError> {
-        match self.client.report(report).await {
-            Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(SendError::from_status(&self.url, status)),
+    fn failed(&mut self, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        let skip = FIRST_SKIP
+            .saturating_mul(1 << (self.failures - 1).min(6))
+            .min(MAX_SKIP);
+        self.skip_until = Some(now + skip);
+    }
+
+    fn answered(&mut self) {
+        self.failures = 0;
+        self.skip_until = None;
+    }
+}
+
+/// gRPC clients for the configured collectors, of which one is current.
+#[derive(Debug, Clone)]
+pub struct ReportSender {
+    collectors: Vec<CollectorClient>,
+    current: usize,
+}
+
+impl ReportSender {
+    /// Prepares a channel per collector; no connection is attempted until the first report.
+    pub fn new(config: &CollectorConfig) -> Result<ReportSender, SendError> {
+        let collectors = config
+            .urls
+            .iter()
+            .map(|url| CollectorClient::new(url, config))
+            .collect::<Result<Vec<_>, _>>()?;
+        if collectors.is_empty() {
+            return Err(SendError::NoCollector);
         }
+        Ok(ReportSender {
+            collectors,
+            current: 0,
+        })
+    }
+
+    /// The current collector's URL, safe to log.
+    pub fn url(&self) -> &str {
+        &self.collectors[self.current].url
+    }
+
+    /// The order in which to try the collectors now: the current one, then the others in
+    /// configured order after it, leaving out those skipped after a failure; if every one is
+    /// skipped, the one whose skip ends first.
+    fn attempt_order(&self, now: Instant) -> Vec<usize> {
+        let count = self.collectors.len();
+        let order: Vec<usize> = (0..count)
+            .map(|offset| (self.current + offset) % count)
+            .filter(|&index| !self.collectors[index].skipped(now))
+            .collect();
+        if !order.is_empty() {
+            return order;
+        }
+        let soonest = (0..count)
+            .min_by_key(|&index| self.collectors[index].skip_until)
+            .unwrap_or(self.current);
+        vec![soonest]
+    }
+
+    /// Sends one report and waits for an acknowledgement, moving on to the next collector
+    /// while one is unreachable. Any other answer (a refusal, a request to slow down) is
+    /// final: the collectors share one database and would answer the same.
+    pub async fn send(&mut self, report: ReportRequest) -> Result<ReportResponse, SendError> {
+        let order = self.attempt_order(Instant::now());
+        let mut last_error = None;
+        let mut pending = Some(report);
+        for (attempt, &index) in order.iter().enumerate() {
+            // The last candidate takes the report itself: no copy of a large inventory.
+            let request = if attempt + 1 == order.len() {
+                pending.take()
+            } else {
+                pending.clone()
+            };
+            let Some(request) = request else { break };
+            let collector = &mut self.collectors[index];
+            match collector.client.report(request).await {
+                Ok(response) => {
+                    collector.answered();
+                    if index != self.current {
+                        tracing::info!(
+                            from = %self.collectors[self.current].url,
+                            to = %self.collectors[index].url,
+                            "reporting to another collector"
+                        );
+                        self.current = index;
+                    }
+                    return Ok(response.into_inner());
+                }
+                Err(status) => match SendError::from_status(&collector.url, status) {
+                    error @ SendError::Unreachable { .. } => {
+                        collector.failed(Instant::now());
+                        if order.len() > 1 {
+                            tracing::warn!(%error, "collector unreachable; trying the next");
+                        }
+                        last_error = Some(error);
+                    }
+                    other => {
+                        collector.answered();
+                        return Err(other);
+                    }
+                },
+            }
+        }
+        Err(last_error.unwrap_or(SendError::NoCollector))
     }
 }
 
@@ -258,6 +374,7 @@ mod tests {
         let error = SendError::from_status("http://c:1", tonic::Status::new(code, message));
         let kind = match &error {
             SendError::InvalidUrl { .. } => "invalid url",
+            SendError::NoCollector => "no collector",
             SendError::Tls { .. } => "tls",
             SendError::Unreachable { .. } => "unreachable",
             SendError::Rejected { .. } => "rejected",
@@ -306,7 +423,7 @@ mod tests {
             listener.local_addr().unwrap().port()
         };
         let config = CollectorConfig {
-            url: format!("http://127.0.0.1:{port}"),
+            urls: vec![format!("http://127.0.0.1:{port}")],
             ca_file: None,
             insecure: true,
             connect_timeout: std::time::Duration::from_secs(5),
@@ -324,5 +441,120 @@ mod tests {
             ),
             "{error:?}"
         );
+    }
+
+    /// A collector that answers every report with `answer` and counts what it received.
+    #[derive(Clone)]
+    struct FakeCollector {
+        received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        answer: Result<(), (Code, &'static str)>,
+    }
+
+    #[tonic::async_trait]
+    impl estate_proto::v1::ingest_server::Ingest for FakeCollector {
+        async fn report(
+            &self,
+            _request: tonic::Request<ReportRequest>,
+        ) -> Result<tonic::Response<ReportResponse>, tonic::Status> {
+            self.received
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match self.answer {
+                Ok(()) => Ok(tonic::Response::new(ReportResponse::default())),
+                Err((code, message)) => Err(tonic::Status::new(code, message)),
+            }
+        }
+    }
+
+    impl FakeCollector {
+        /// Serves on a loopback port until the test ends; returns its URL.
+        async fn serve(answer: Result<(), (Code, &'static str)>) -> (String, Self) {
+            let fake = FakeCollector {
+                received: Default::default(),
+                answer,
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let service = estate_proto::v1::ingest_server::IngestServer::new(fake.clone());
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+            (url, fake)
+        }
+
+        fn received(&self) -> usize {
+            self.received.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    fn unused_port_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    }
+
+    fn sender(urls: &[&str]) -> ReportSender {
+        ReportSender::new(&CollectorConfig {
+            urls: urls.iter().map(|url| (*url).to_owned()).collect(),
+            ca_file: None,
+            insecure: true,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_collector_is_skipped_and_the_next_one_kept() {
+        let dead = unused_port_url();
+        let (live, collector) = FakeCollector::serve(Ok(())).await;
+        let mut sender = sender(&[&dead, &live]);
+        assert_eq!(sender.url(), dead);
+        sender.send(ReportRequest::default()).await.unwrap();
+        assert_eq!(sender.url(), live, "failed over");
+        // The next report goes straight to the collector that answered.
+        sender.send(ReportRequest::default()).await.unwrap();
+        assert_eq!(collector.received(), 2);
+        assert_eq!(sender.collectors[0].failures, 1);
+        assert!(sender.collectors[0].skipped(Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn when_every_collector_is_down_the_last_error_is_returned() {
+        let (first, second) = (unused_port_url(), unused_port_url());
+        let mut sender = sender(&[&first, &second]);
+        let error = sender.send(ReportRequest::default()).await.unwrap_err();
+        assert!(
+            matches!(&error, SendError::Unreachable { url, .. } if *url == second),
+            "{error:?}"
+        );
+        // Both are skipped now: the next send tries only the one whose skip ends first.
+        assert_eq!(sender.attempt_order(Instant::now()), vec![0]);
+        assert_eq!(sender.collectors[0].failures, 1);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_not_retried_at_another_collector() {
+        let (refusing, first) =
+            FakeCollector::serve(Err((Code::InvalidArgument, "hostname too long"))).await;
+        let (other, second) = FakeCollector::serve(Ok(())).await;
+        let mut sender = sender(&[&refusing, &other]);
+        let error = sender.send(ReportRequest::default()).await.unwrap_err();
+        assert!(matches!(error, SendError::Rejected { .. }), "{error:?}");
+        assert_eq!((first.received(), second.received()), (1, 0));
+    }
+
+    #[test]
+    fn skips_grow_and_stop_at_a_minute() {
+        let mut collector = sender(&["http://127.0.0.1:1"]).collectors.remove(0);
+        let now = Instant::now();
+        let mut skips = Vec::new();
+        for _ in 0..9 {
+            collector.failed(now);
+            skips.push((collector.skip_until.unwrap() - now).as_secs());
+        }
+        assert_eq!(skips, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        collector.answered();
+        assert!(!collector.skipped(now));
     }
 }

@@ -98,7 +98,7 @@ fn config(state_dir: &Path, root: &Path, collector: SocketAddr) -> AgentConfig {
         state_dir: state_dir.to_owned(),
         root: root.to_owned(),
         collector: CollectorConfig {
-            url: format!("http://{collector}"),
+            urls: vec![format!("http://{collector}")],
             // A fake collector on loopback: plain text is fine here.
             ca_file: None,
             insecure: true,

@@ -1,1 +1,3 @@
-//! Placeholder.
+//! Helpers shared by the tests that run the real binaries.
+
+pub mod harness;
