@@ -855,7 +855,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             config.collector.urls,
-            vec!["https://collector-a:9750", "https://collectors.example:9750"]
+            vec![
+                "https://collector-a:9750",
+                "https://collectors.example:9750"
+            ]
         );
         check(
             "[collector]\nurl = \"https://a:1\"\nurls = [\"https://b:1\"]\n",

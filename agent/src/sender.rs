@@ -426,8 +426,8 @@ mod tests {
             urls: vec![format!("http://127.0.0.1:{port}")],
             ca_file: None,
             insecure: true,
-            connect_timeout: std::time::Duration::from_secs(5),
-            timeout: std::time::Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
         };
         let mut sender = ReportSender::new(&config).unwrap();
         let error = sender.send(ReportRequest::default()).await.unwrap_err();
@@ -446,7 +446,7 @@ mod tests {
     /// A collector that answers every report with `answer` and counts what it received.
     #[derive(Clone)]
     struct FakeCollector {
-        received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        received: Arc<std::sync::atomic::AtomicUsize>,
         answer: Result<(), (Code, &'static str)>,
     }
 
@@ -544,8 +544,8 @@ mod tests {
         assert_eq!((first.received(), second.received()), (1, 0));
     }
 
-    #[test]
-    fn skips_grow_and_stop_at_a_minute() {
+    #[tokio::test]
+    async fn skips_grow_and_stop_at_a_minute() {
         let mut collector = sender(&["http://127.0.0.1:1"]).collectors.remove(0);
         let now = Instant::now();
         let mut skips = Vec::new();
