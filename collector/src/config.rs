@@ -321,7 +321,6 @@ mod tests {
             "`stale_after` `soon` is not a duration such as `5m` or `7d`",
         );
         check(
-            "stale_after = \"1h\"\nexpire_after = \"30m\"\ninsecure = true\n",
             "insecure = true\ndatabase = \"postgres://estate@db/estate?sslmode=verify\"\n",
             "invalid database URL `postgres://estate@db/estate?sslmode=verify`: `sslmode` `verify` is not one of",
         );
@@ -338,7 +337,7 @@ mod tests {
             "`collector_id` ` ` must be 1 to 128 characters",
         );
         check(
-            "stale_after = \"1h\"\nexpire_after = \"30m\"\n",
+            "stale_after = \"1h\"\nexpire_after = \"30m\"\ninsecure = true\n",
             "`expire_after` `30m` must be longer than `stale_after` `1h`",
         );
     }
