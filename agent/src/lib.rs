@@ -8,6 +8,7 @@ mod calendar;
 pub mod checks;
 pub mod config;
 pub mod identity;
+pub mod install;
 pub mod inventory;
 pub mod report;
 pub mod schedule;

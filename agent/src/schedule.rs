@@ -65,6 +65,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         ));
     }
     drop(results_sender);
+    estate_service::notify::ready("running: collecting the inventory, then reporting");
 
     let mut agent = Agent {
         root: config.root.clone(),
@@ -88,6 +89,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         outcome = agent.main_loop(&config, results) => outcome,
         () = shutdown => Ok(()),
     };
+    estate_service::notify::stopping();
     checks.shutdown().await;
     info!("estate agent stopped");
     outcome
@@ -253,6 +255,12 @@ impl Agent {
         // The report being sent, and when the next attempt may start after a failure.
         let mut delivery: Option<Delivery> = None;
         let mut retry_at: Option<Instant> = None;
+        // Pinged from this loop, not from a task of its own: a loop stuck in one of its
+        // steps stops the pings, and systemd restarts the agent.
+        let watchdog_period = estate_service::notify::watchdog_interval();
+        let mut watchdog =
+            tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
+        watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
         loop {
             if delivery.is_none() && retry_at.is_none() {
@@ -276,6 +284,9 @@ impl Agent {
                     None => checks_running = false,
                 },
                 _ = heartbeat.tick() => self.enqueue_report().await?,
+                _ = watchdog.tick(), if watchdog_period.is_some() => {
+                    estate_service::notify::watchdog();
+                }
                 () = tokio::time::sleep_until(collection_due) => {
                     let collected = collect_inventory(self.root.clone()).await?;
                     let changed = self.inventory.as_ref().map(|i| &i.hash) != Some(&collected.hash);

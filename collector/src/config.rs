@@ -226,6 +226,29 @@ fn transport(
     }
 }
 
+/// The state directory systemd gives the collector's service (`StateDirectory=`), also its
+/// working directory, where a relative `database` lands.
+pub const SERVICE_STATE_DIR: &str = "/var/lib/estate-collector";
+
+impl CollectorConfig {
+    /// What the collector's service needs beyond the default sandbox: binding a port below
+    /// 1024, and writing a database kept outside its state directory (the directory, for
+    /// SQLite's `-wal` and `-shm` files beside it).
+    pub fn service_needs(&self) -> estate_service::ServiceNeeds {
+        let mut needs = estate_service::ServiceNeeds::default();
+        if self.grpc_listen.port() < 1024 || self.http_listen.port() < 1024 {
+            needs.add_capability("CAP_NET_BIND_SERVICE");
+        }
+        if self.database.is_absolute()
+            && !self.database.starts_with(SERVICE_STATE_DIR)
+            && let Some(directory) = self.database.parent()
+        {
+            needs.writable_paths.push(directory.to_owned());
+        }
+        needs
+    }
+}
+
 fn parse_address(
     key: &str,
     text: Option<String>,
@@ -358,6 +381,29 @@ mod tests {
         assert_eq!(config.collector_id, "collector-a");
         assert_eq!(CollectorConfig::default().postgres_url(), None);
         assert!(CollectorConfig::default().collector_id.ends_with(":9750"));
+    }
+
+    #[test]
+    fn the_service_gets_a_low_port_and_a_database_elsewhere_only_when_configured() {
+        let needs = |text: &str| {
+            ConfigFile::parse(text)
+                .and_then(ConfigFile::into_config)
+                .unwrap()
+                .service_needs()
+        };
+        assert_eq!(
+            needs("insecure = true\n"),
+            estate_service::ServiceNeeds::default()
+        );
+        assert_eq!(
+            needs("insecure = true\ndatabase = \"/var/lib/estate-collector/estate.db\"\n"),
+            estate_service::ServiceNeeds::default()
+        );
+        let low = needs(
+            "insecure = true\nhttp_listen = \"0.0.0.0:80\"\ndatabase = \"/srv/estate/estate.db\"\n",
+        );
+        assert_eq!(low.capabilities, ["CAP_NET_BIND_SERVICE"]);
+        assert_eq!(low.writable_paths, [PathBuf::from("/srv/estate")]);
     }
 
     #[test]

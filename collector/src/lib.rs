@@ -150,12 +150,28 @@ pub async fn run(
         refresher.map(|(refresher, since)| tokio::spawn(refresher.run(since, stop.clone())));
     let signal = tokio::spawn(async move {
         shutdown.await;
+        estate_service::notify::stopping();
         let _ = stop_sender.send(true);
+    });
+    // The listeners are bound and the store is loaded: agents and scrapes are served now.
+    estate_service::notify::ready("serving gRPC ingest, /metrics and the API");
+    // A task on the runtime pings systemd's watchdog: a wedged runtime stops the pings.
+    let watchdog = estate_service::notify::watchdog_interval().map(|period| {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            loop {
+                ticks.tick().await;
+                estate_service::notify::watchdog();
+            }
+        })
     });
     let (grpc_result, http_result) = tokio::join!(grpc, http);
     signal.abort();
     if let Some(task) = refresh_task {
         task.abort();
+    }
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
     }
     // Both servers are down, so every writer handle is dropped: the task drains and ends.
     writer_task.await.context("the store writer failed")?;

@@ -3,6 +3,8 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use estate_collector::config::ConfigFile;
+use estate_service::{Installation, Running, ServiceAction};
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,6 +28,16 @@ enum Command {
     /// certificates
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Install, remove, start, stop or inspect the collector as a system service (systemd
+    /// unit, Windows service) running with the config file given with `--config`
+    Service {
+        /// The collector's config file, stored absolute in the service [default:
+        /// /etc/estate/collector.toml]
+        #[arg(long, global = true, value_name = "PATH")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,26 +102,38 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Under the Windows service manager there is no console: that mode logs to the Event
+    // Log and a file, set up by `estate_service::windows::run_service`.
+    let under_service_manager = matches!(
+        cli.command,
+        Some(Command::Service {
+            action: ServiceAction::Run,
+            ..
+        })
+    );
+    if !under_service_manager {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_new(&cli.log)
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            // Colours only on a terminal: journald and log files get plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let result = match cli.command {
-        None => serve(cli.serve),
+        None => serve(cli.serve, shutdown_signal()).map(|()| ExitCode::SUCCESS),
         Some(Command::Tls(TlsCommand::Init {
             dir,
             hosts,
             clients,
             days,
-        })) => tls_init(dir, hosts, clients, days),
+        })) => tls_init(dir, hosts, clients, days).map(|()| ExitCode::SUCCESS),
+        Some(Command::Service { config, action }) => service(action, config, cli.log),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("estate-collector: {error:#}");
             ExitCode::FAILURE
@@ -138,7 +162,76 @@ fn tls_init(
     Ok(())
 }
 
-fn serve(cli: ServeArgs) -> anyhow::Result<()> {
+/// `estate-collector service ...`: every setting comes from the config file.
+fn service(
+    action: ServiceAction,
+    config: Option<PathBuf>,
+    log: String,
+) -> anyhow::Result<ExitCode> {
+    let program = estate_service::COLLECTOR;
+    match action {
+        ServiceAction::Install { root } => {
+            let path = estate_service::resolve_config(&program, config.as_deref())?;
+            let collector = ConfigFile::read(&path)?
+                .into_config()
+                .with_context(|| format!("invalid config `{}`", path.display()))?;
+            let installation = Installation {
+                program,
+                binary: estate_service::current_binary()?,
+                config: path,
+                needs: collector.service_needs(),
+            };
+            estate_service::install(&installation, root.as_deref())?;
+        }
+        ServiceAction::Uninstall { root } => estate_service::uninstall(&program, root.as_deref())?,
+        ServiceAction::Start => estate_service::start(&program)?,
+        ServiceAction::Stop => estate_service::stop(&program)?,
+        ServiceAction::Status => {
+            return Ok(match estate_service::status(&program)? {
+                Running::Yes => ExitCode::SUCCESS,
+                Running::No => ExitCode::from(3),
+            });
+        }
+        ServiceAction::Run => {
+            #[cfg(windows)]
+            estate_service::windows::run_service(program, &log, move |shutdown| {
+                let args = ServeArgs {
+                    config,
+                    grpc_listen: None,
+                    http_listen: None,
+                    database: None,
+                    stale_after: None,
+                    expire_after: None,
+                    tls_cert_file: None,
+                    tls_key_file: None,
+                    client_ca_file: None,
+                    insecure: false,
+                };
+                // A relative `database` lands beside the logs in ProgramData, not in System32.
+                let home = estate_service::windows::program_data().join(program.name);
+                std::fs::create_dir_all(&home)
+                    .and_then(|()| std::env::set_current_dir(&home))
+                    .with_context(|| format!("cannot work in `{}`", home.display()))?;
+                serve(args, shutdown)
+            })?;
+            #[cfg(not(windows))]
+            {
+                let _ = (config, log);
+                anyhow::bail!(
+                    "`service run` is what the Windows service manager starts; under systemd \
+                     the unit runs `estate-collector --config PATH`"
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the collector until `shutdown` resolves.
+fn serve(
+    cli: ServeArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let mut file = match &cli.config {
         Some(path) => ConfigFile::read(path)?,
         None => ConfigFile::default(),
@@ -177,7 +270,7 @@ fn serve(cli: ServeArgs) -> anyhow::Result<()> {
             ui = %format!("{scheme}://{http_address}/"),
             "estate-collector listening"
         );
-        estate_collector::run(config, grpc, http, shutdown_signal()).await
+        estate_collector::run(config, grpc, http, shutdown).await
     })
 }
 
