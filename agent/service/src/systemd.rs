@@ -493,7 +493,7 @@ mod tests {
     /// `ESTATE_BLESS=1` rewrites them.
     #[test]
     fn the_reference_units_are_the_generated_units_for_the_default_paths() {
-        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/systemd");
         for program in [AGENT, COLLECTOR] {
             let generated = render_unit(&default_installation(program)).unwrap();
             let path = deploy.join(unit_name(&program));
