@@ -80,6 +80,13 @@ pub struct CollectorSection {
     /// trusted roots are used.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for collectors that authenticate agents by certificate (mTLS);
+    /// it must name this host's hostname.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
     /// `true` allows an `http://` url: reports travel unencrypted and unauthenticated. An
     /// explicit choice, logged at start.
     #[serde(default)]
@@ -98,6 +105,8 @@ impl Default for CollectorSection {
             url: None,
             urls: Vec::new(),
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             insecure: false,
             connect_timeout: default_connect_timeout(),
             timeout: default_request_timeout(),
@@ -334,6 +343,9 @@ pub struct CollectorConfig {
     pub urls: Vec<String>,
     /// The CA to verify the collector's certificate with; `None`: the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// The client certificate and key (mTLS), both or neither.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     /// Plain text was chosen explicitly (the url is `http://`).
     pub insecure: bool,
     pub connect_timeout: Duration,
@@ -480,12 +492,34 @@ impl ConfigFile {
                     .to_owned(),
             );
         }
-        if collector
-            .ca_file
-            .as_ref()
-            .is_some_and(|file| file.as_os_str().is_empty())
-        {
-            return Err("`collector.ca_file` is empty".to_owned());
+        for (key, file) in [
+            ("collector.ca_file", &collector.ca_file),
+            ("collector.client_cert_file", &collector.client_cert_file),
+            ("collector.client_key_file", &collector.client_key_file),
+        ] {
+            if file
+                .as_ref()
+                .is_some_and(|file| file.as_os_str().is_empty())
+            {
+                return Err(format!("`{key}` is empty"));
+            }
+        }
+        match (&collector.client_cert_file, &collector.client_key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(
+                    "`collector.client_cert_file` and `collector.client_key_file` go together: \
+                     set both or neither"
+                        .to_owned(),
+                );
+            }
+            (Some(_), Some(_)) if collector.insecure => {
+                return Err(
+                    "`collector.client_cert_file` needs TLS but `collector.insecure = true` \
+                     sends plain text: remove one"
+                        .to_owned(),
+                );
+            }
+            _ => {}
         }
         at_least("collector.connect_timeout", collector.connect_timeout, MS)?;
         at_least("collector.timeout", collector.timeout, MS)?;
@@ -561,6 +595,8 @@ impl ConfigFile {
             collector: CollectorConfig {
                 urls,
                 ca_file: collector.ca_file,
+                client_cert_file: collector.client_cert_file,
+                client_key_file: collector.client_key_file,
                 insecure: collector.insecure,
                 connect_timeout: collector.connect_timeout,
                 timeout: collector.timeout,
@@ -921,6 +957,15 @@ mod tests {
             "",
         );
         check(
+            "[collector]\nclient_cert_file = \"c.pem\"\n",
+            "invalid config `/etc/estate/agent.toml`: `collector.client_cert_file` and \
+             `collector.client_key_file` go together: set both or neither",
+        );
+        check(
+            "[collector]\nclient_cert_file = \"c.pem\"\nclient_key_file = \"k.pem\"\n",
+            "",
+        );
+        check(
             "[collector]\nurl = \"ftp://collector\"\n",
             "invalid config `/etc/estate/agent.toml`: collector url `ftp://collector` has scheme \
              `ftp`, expected `https`",
@@ -1048,6 +1093,8 @@ mod tests {
             "root",
             "url",
             "ca_file",
+            "client_cert_file",
+            "client_key_file",
             "insecure",
             "connect_timeout",
             "timeout",

@@ -34,6 +34,17 @@ pub enum SendError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The collector does not accept this agent's credentials (none, or another host's). Not
+    /// the report's fault: it stays queued until an administrator fixes the credentials.
+    #[error(
+        "collector `{url}` refused this agent's credentials ({code:?}): {message}; the reports \
+         are kept and sent again once the agent's certificate is fixed"
+    )]
+    NotAuthorized {
+        url: String,
+        code: Code,
+        message: String,
+    },
     /// The TLS settings cannot be used (unreadable or bad CA file, no system roots).
     #[error("TLS setup for collector `{url}` failed: {message}")]
     Tls { url: String, message: String },
@@ -82,12 +93,13 @@ impl SendError {
             Code::FailedPrecondition if status.message().starts_with(IDENTITY_CONFLICT_PREFIX) => {
                 SendError::IdentityConflict { url, message }
             }
-            // The report is at fault (or the agent's credentials): resending cannot help.
+            Code::PermissionDenied | Code::Unauthenticated => {
+                SendError::NotAuthorized { url, code, message }
+            }
+            // The report is at fault: resending cannot help.
             Code::InvalidArgument
             | Code::FailedPrecondition
             | Code::OutOfRange
-            | Code::PermissionDenied
-            | Code::Unauthenticated
             | Code::NotFound
             | Code::AlreadyExists
             | Code::Unimplemented => SendError::Rejected { url, code, message },
@@ -300,11 +312,35 @@ fn client_tls_config(config: &CollectorConfig) -> Result<rustls::ClientConfig, S
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|error| format!("TLS provider: {error}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut tls = match (&config.client_cert_file, &config.client_key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            let chain = read_certificates(cert_file)?;
+            let text = std::fs::read(key_file).map_err(|error| {
+                format!(
+                    "cannot read client key file `{}`: {error}",
+                    key_file.display()
+                )
+            })?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&text).map_err(|error| {
+                format!(
+                    "client key file `{}` holds no usable PEM private key: {error}",
+                    key_file.display()
+                )
+            })?;
+            builder.with_client_auth_cert(chain, key).map_err(|error| {
+                format!(
+                    "client certificate `{}` and key `{}` do not make a usable pair: {error}",
+                    cert_file.display(),
+                    key_file.display()
+                )
+            })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![b"h2".to_vec()];
     Ok(tls)
 }
@@ -312,13 +348,18 @@ fn client_tls_config(config: &CollectorConfig) -> Result<rustls::ClientConfig, S
 /// Every certificate in a PEM file; errors name the file.
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let text = std::fs::read(path)
-        .map_err(|error| format!("cannot read CA file `{}`: {error}", path.display()))?;
+        .map_err(|error| format!("cannot read certificate file `{}`: {error}", path.display()))?;
     let certificates = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| format!("CA file `{}` is not valid PEM: {error}", path.display()))?;
+        .map_err(|error| {
+            format!(
+                "certificate file `{}` is not valid PEM: {error}",
+                path.display()
+            )
+        })?;
     if certificates.is_empty() {
         return Err(format!(
-            "CA file `{}` holds no `BEGIN CERTIFICATE` block",
+            "certificate file `{}` holds no `BEGIN CERTIFICATE` block",
             path.display()
         ));
     }
@@ -376,6 +417,7 @@ mod tests {
             SendError::InvalidUrl { .. } => "invalid url",
             SendError::NoCollector => "no collector",
             SendError::Tls { .. } => "tls",
+            SendError::NotAuthorized { .. } => "not authorized",
             SendError::Unreachable { .. } => "unreachable",
             SendError::Rejected { .. } => "rejected",
             SendError::IdentityConflict { .. } => "identity conflict",
@@ -425,6 +467,8 @@ mod tests {
         let config = CollectorConfig {
             urls: vec![format!("http://127.0.0.1:{port}")],
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             insecure: true,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(5),

@@ -101,6 +101,8 @@ fn config(state_dir: &Path, root: &Path, collector: SocketAddr) -> AgentConfig {
             urls: vec![format!("http://{collector}")],
             // A fake collector on loopback: plain text is fine here.
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             insecure: true,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(5),

@@ -6,6 +6,7 @@ use crate::error::ApiError;
 use crate::metrics::{IngestMetrics, ReportResult};
 use crate::state::HostStates;
 use crate::store::{IncomingReport, WriteOutcome};
+use crate::tls::PeerInfo;
 use crate::validate::{Limits, validate_report};
 use crate::writer::BatchWriter;
 use estate_proto::v1::ingest_server::Ingest;
@@ -23,6 +24,84 @@ pub struct IngestService {
     pub states: Arc<HostStates>,
     pub metrics: Arc<IngestMetrics>,
     pub limits: Limits,
+    /// Agents must present a client certificate (the collector has a `client_ca_file`), and
+    /// may report only as the host it names.
+    pub require_client_certificate: bool,
+}
+
+/// What an agent without a client certificate is told.
+pub const CLIENT_CERTIFICATE_HOW_TO: &str = "this collector authenticates agents by client \
+     certificate: make one for this host with `estate-collector tls init --dir DIR --client \
+     HOSTNAME` and set `collector.client_cert_file` and `collector.client_key_file` (README \
+     \"Securing a deployment\")";
+
+/// The names a client certificate vouches for: its SAN DNS names, or, without any, its
+/// subject common names.
+pub fn certificate_names(der: &[u8]) -> Result<Vec<String>, String> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der)
+        .map_err(|error| format!("unreadable client certificate: {error}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = certificate.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_owned());
+            }
+        }
+    }
+    if names.is_empty() {
+        names.extend(
+            certificate
+                .subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok().map(str::to_owned)),
+        );
+    }
+    if names.is_empty() {
+        return Err("the client certificate names no host (no SAN DNS name, no CN)".to_owned());
+    }
+    Ok(names)
+}
+
+/// Binds the report to the client certificate: the report's hostname must equal (ignoring
+/// case) one of the certificate's names.
+pub fn authorize_by_certificate(
+    peer: Option<&PeerInfo>,
+    report: &ReportRequest,
+) -> Result<(), (ReportResult, Status)> {
+    let Some(leaf) = peer
+        .and_then(|peer| peer.certificates.as_ref())
+        .and_then(|chain| chain.first())
+    else {
+        return Err((
+            ReportResult::Unauthenticated,
+            Status::unauthenticated(CLIENT_CERTIFICATE_HOW_TO),
+        ));
+    };
+    let names = certificate_names(leaf).map_err(|message| {
+        (
+            ReportResult::Unauthenticated,
+            Status::unauthenticated(message),
+        )
+    })?;
+    let hostname = report
+        .identity
+        .as_ref()
+        .map_or("", |identity| identity.hostname.as_str());
+    if names.iter().any(|name| name.eq_ignore_ascii_case(hostname)) {
+        return Ok(());
+    }
+    let names = names
+        .iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err((
+        ReportResult::PermissionDenied,
+        Status::permission_denied(format!(
+            "the client certificate is for host {names} but the report is from host \
+             `{hostname}`: an agent may report only as its own host"
+        )),
+    ))
 }
 
 #[tonic::async_trait]
@@ -33,8 +112,21 @@ impl Ingest for IngestService {
     ) -> Result<Response<ReportResponse>, Status> {
         let started = Instant::now();
         let received_ms = now_ms();
+        let peer = request.extensions().get::<PeerInfo>().cloned();
         let report = request.into_inner();
         let had_inventory = report.inventory.is_some();
+        if self.require_client_certificate
+            && let Err((result, status)) = authorize_by_certificate(peer.as_ref(), &report)
+        {
+            tracing::warn!(
+                remote = ?peer.and_then(|peer| peer.remote_addr),
+                error = %status.message(),
+                "report refused"
+            );
+            self.metrics
+                .observe_report(result, started.elapsed(), had_inventory);
+            return Err(status);
+        }
         let (result, answer) = self.handle(report, received_ms).await;
         self.metrics
             .observe_report(result, started.elapsed(), had_inventory);

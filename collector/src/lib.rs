@@ -119,6 +119,10 @@ pub async fn run(
         states: Arc::clone(&states),
         metrics: Arc::clone(&metrics),
         limits: validate::Limits::default(),
+        require_client_certificate: matches!(
+            &config.transport,
+            Transport::Tls(files) if files.client_ca_file.is_some()
+        ),
     };
     let grpc = tonic::transport::Server::builder()
         .add_service(

@@ -250,6 +250,10 @@ pub enum ReportResult {
     Duplicate,
     Invalid,
     IdentityConflict,
+    /// No client certificate where one is required.
+    Unauthenticated,
+    /// Authenticated as another host than the report's.
+    PermissionDenied,
     Error,
 }
 
@@ -260,15 +264,19 @@ impl ReportResult {
             ReportResult::Duplicate => "duplicate",
             ReportResult::Invalid => "invalid",
             ReportResult::IdentityConflict => "identity_conflict",
+            ReportResult::Unauthenticated => "unauthenticated",
+            ReportResult::PermissionDenied => "permission_denied",
             ReportResult::Error => "error",
         }
     }
 
-    const ALL: [ReportResult; 5] = [
+    const ALL: [ReportResult; 7] = [
         ReportResult::Stored,
         ReportResult::Duplicate,
         ReportResult::Invalid,
         ReportResult::IdentityConflict,
+        ReportResult::Unauthenticated,
+        ReportResult::PermissionDenied,
         ReportResult::Error,
     ];
 }
@@ -285,7 +293,7 @@ impl IngestMetrics {
         let reports = IntCounterVec::new(
             Opts::new(
                 "estate_collector_reports_total",
-                "Reports received, by result (stored, duplicate, invalid, identity_conflict, error).",
+                "Reports received, by result (stored, duplicate, invalid, identity_conflict, unauthenticated, permission_denied, error).",
             ),
             &["result"],
         )

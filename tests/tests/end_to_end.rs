@@ -695,7 +695,7 @@ fn an_agent_refuses_a_collector_certificate_its_ca_did_not_sign() {
     let refused = agent(&config, &["once"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains(&format!("CA file `{}` holds no", junk.display())),
+        stderr.contains(&format!("certificate file `{}` holds no", junk.display())),
         "{stderr}"
     );
     // Over HTTPS the API answers only to a client that trusts the collector's CA.
@@ -704,5 +704,114 @@ fn an_agent_refuses_a_collector_certificate_its_ca_did_not_sign() {
         https::get(&collector.http, "/healthz", Some(&untrusting)),
         None
     );
+    collector.process.unwrap().terminate();
+}
+
+/// Adds a client certificate from `tls_dir` (made by `tls init --client HOST`) to an agent
+/// config.
+fn with_client_certificate(config: &Path, tls_dir: &Path, host: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let keys = format!(
+        "[collector]\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+        tls_dir.join(format!("client-{host}.pem")).display(),
+        tls_dir.join(format!("client-{host}.key")).display()
+    );
+    std::fs::write(config, text.replacen("[collector]\n", &keys, 1)).unwrap();
+}
+
+#[test]
+fn with_client_certificates_an_agent_reports_only_as_its_own_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_dir = dir.path().join("tls");
+    let made = Command::new(binary("estate-collector"))
+        .args(["tls", "init", "--dir"])
+        .arg(&tls_dir)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--client",
+            "db01",
+            "--client",
+            "web02",
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let ca_file = tls_dir.join("ca.pem");
+    let collector = Collector::start_with(
+        dir.path(),
+        &[
+            "--tls-cert-file".into(),
+            tls_dir.join("server.pem"),
+            "--tls-key-file".into(),
+            tls_dir.join("server.key"),
+            "--client-ca-file".into(),
+            ca_file.clone(),
+        ],
+        Some(ca_file.clone()),
+    );
+    // The fixture's hostname is db01.
+    let host = |name: &str| {
+        let agent_dir = dir.path().join(name);
+        std::fs::create_dir_all(&agent_dir).unwrap();
+        agent_config(
+            &agent_dir,
+            &fixture("physical-server"),
+            &collector.url(),
+            Some(&ca_file),
+        )
+    };
+
+    // No certificate: refused, told how to get one.
+    let refused = agent(&host("without"), &["once"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("Unauthenticated")
+            && stderr.contains("tls init --dir DIR --client")
+            && stderr.contains("the reports are kept"),
+        "{stderr}"
+    );
+
+    // web02's certificate on db01: refused, naming both hosts.
+    let impostor = host("impostor");
+    with_client_certificate(&impostor, &tls_dir, "web02");
+    let refused = agent(&impostor, &["once"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("PermissionDenied")
+            && stderr.contains(
+                "the client certificate is for host `web02` but the report is \
+                                from host `db01`"
+            ),
+        "{stderr}"
+    );
+
+    // db01's own certificate: stored.
+    let own = host("own");
+    with_client_certificate(&own, &tls_dir, "db01");
+    let sent = agent(&own, &["once"]);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let hosts = collector.json("/api/v1/hosts")["hosts"].clone();
+    assert_eq!(hosts.as_array().map(Vec::len), Some(1), "{hosts}");
+    assert_eq!(hosts[0]["hostname"], "db01");
+    for (result, count) in [
+        ("unauthenticated", 1.0),
+        ("permission_denied", 1.0),
+        ("stored", 1.0),
+    ] {
+        assert_eq!(
+            collector.metric(&format!(
+                "estate_collector_reports_total{{result=\"{result}\"}}"
+            )),
+            Some(count),
+            "{result}"
+        );
+    }
     collector.process.unwrap().terminate();
 }
