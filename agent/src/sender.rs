@@ -541,6 +541,8 @@ mod tests {
         ReportSender::new(&CollectorConfig {
             urls: urls.iter().map(|url| (*url).to_owned()).collect(),
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             insecure: true,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
