@@ -17,7 +17,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE hosts (
     id TEXT PRIMARY KEY,
     hostname TEXT NOT NULL,
@@ -107,7 +108,11 @@ CREATE TABLE check_events (
 );
 CREATE INDEX check_events_by_host ON check_events (host_id, id);
 CREATE INDEX check_events_by_time ON check_events (at_ms);
-"#];
+"#,
+    r#"
+ALTER TABLE hosts ADD COLUMN reports_received_total INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 const READER_CONNECTIONS: usize = 4;
 
@@ -212,7 +217,7 @@ const HOST_COLUMNS: &str = "id, hostname, fqdn, os_name, os_version, os_full_nam
     arch, vmsystem, manufacturer, model, chassis_type, serial_number, machine_id, smbios_uuid, \
     primary_mac, agent_version, memory_bytes, swap_bytes, cpu_threads, first_seen_ms, \
     last_seen_ms, last_sequence, clock_skew_ms, identity_conflict, identity_conflict_detail, \
-    inventory_hash, dropped_reports_total, vitals";
+    inventory_hash, dropped_reports_total, vitals, reports_received_total";
 
 fn upsert_host_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -264,6 +269,7 @@ fn host_from_row(row: &Row<'_>) -> rusqlite::Result<HostRecord> {
         identity_conflict_detail: row.get(25)?,
         inventory_hash: row.get(26)?,
         dropped_reports_total: row.get::<_, i64>(27)? as u64,
+        reports_received_total: row.get::<_, i64>(29)? as u64,
         // Written by this store from a validated message; unreadable only if edited by hand.
         vitals: serde_json::from_str(&vitals).unwrap_or_default(),
     })
@@ -309,6 +315,7 @@ fn save_host(tx: &Connection, host: &HostRecord) -> rusqlite::Result<()> {
         host.inventory_hash,
         host.dropped_reports_total as i64,
         vitals,
+        host.reports_received_total as i64,
     ])?;
     Ok(())
 }
@@ -429,6 +436,7 @@ fn write_one(
     host.last_sequence = report.sequence;
     host.clock_skew_ms = report.agent_time_unix_ms.saturating_sub(now);
     host.dropped_reports_total += report.dropped_reports;
+    host.reports_received_total += 1;
     host.vitals = report.vitals.clone().unwrap_or_default();
 
     let need_full_inventory = match &report.inventory {
