@@ -18,6 +18,10 @@ pub struct CollectorConfig {
     pub expire_after: Duration,
     /// TLS or, chosen explicitly, plain text.
     pub transport: Transport,
+    /// Reports per agent: sustained rate and burst.
+    pub agent_rate_limit: crate::limits::RateLimit,
+    /// HTTP/2 streams (reports in flight) per agent connection.
+    pub max_concurrent_streams: u32,
 }
 
 /// Plain text: for in-process tests and embedding, which pass already-bound loopback
@@ -32,6 +36,8 @@ impl Default for CollectorConfig {
             stale_after: DEFAULT_STALE_AFTER,
             expire_after: DEFAULT_EXPIRE_AFTER,
             transport: Transport::Insecure,
+            agent_rate_limit: DEFAULT_AGENT_RATE_LIMIT,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -43,6 +49,15 @@ pub const TLS_HOW_TO: &str = "the collector needs a TLS certificate: set `tls_ce
      and a certificate (README section \"Securing a deployment\"). To accept plain text \
      instead, which lets anyone on the network read and forge reports, pass `--insecure` \
      (config `insecure = true`)";
+/// An agent sends one report a minute; two a second sustained and a burst of 100 let one that
+/// spooled through an outage catch up quickly, while a runaway agent cannot flood the store.
+pub const DEFAULT_AGENT_RATE_LIMIT: crate::limits::RateLimit = crate::limits::RateLimit {
+    reports_per_second: 2.0,
+    burst: 100,
+};
+/// An agent sends one report at a time; a few streams leave room for a proxy multiplexing
+/// several agents on one connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 64;
 
 /// Loopback by default: a first try on one machine exposes nothing to the network.
 pub fn default_grpc_listen() -> SocketAddr {
@@ -85,6 +100,13 @@ pub struct ConfigFile {
     pub client_ca_file: Option<PathBuf>,
     /// `true` serves plain text (no TLS): an explicit choice, logged at every start.
     pub insecure: Option<bool>,
+    /// Sustained reports per second accepted from one agent; more are refused with
+    /// `RESOURCE_EXHAUSTED` and retried by the agent.
+    pub agent_rate_limit: Option<f64>,
+    /// Reports one agent may send in a burst (a replay after an outage) before the rate applies.
+    pub agent_burst: Option<u32>,
+    /// Reports in flight on one agent connection (HTTP/2 streams).
+    pub max_concurrent_streams: Option<u32>,
 }
 
 impl ConfigFile {
@@ -114,7 +136,28 @@ impl ConfigFile {
                 self.client_ca_file,
                 self.insecure.unwrap_or(false),
             )?,
+            agent_rate_limit: crate::limits::RateLimit {
+                reports_per_second: self
+                    .agent_rate_limit
+                    .unwrap_or(defaults.agent_rate_limit.reports_per_second),
+                burst: self.agent_burst.unwrap_or(defaults.agent_rate_limit.burst),
+            },
+            max_concurrent_streams: self
+                .max_concurrent_streams
+                .unwrap_or(defaults.max_concurrent_streams),
         };
+        let rate = config.agent_rate_limit.reports_per_second;
+        if !(rate.is_finite() && rate > 0.0) {
+            anyhow::bail!(
+                "`agent_rate_limit` `{rate}` must be a positive number of reports per second"
+            );
+        }
+        if config.agent_rate_limit.burst == 0 {
+            anyhow::bail!("`agent_burst` `0` must be at least 1");
+        }
+        if config.max_concurrent_streams == 0 {
+            anyhow::bail!("`max_concurrent_streams` `0` must be at least 1");
+        }
         if config.stale_after < Duration::from_secs(1) {
             anyhow::bail!(
                 "`stale_after` `{}` must be at least 1s",

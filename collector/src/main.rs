@@ -81,6 +81,12 @@ struct ServeArgs {
     /// Serve plain text, without TLS (config `insecure = true`); logged as a warning.
     #[arg(long)]
     insecure: bool,
+    /// Sustained reports per second accepted from one agent [default: 2].
+    #[arg(long, value_name = "RATE")]
+    agent_rate_limit: Option<f64>,
+    /// Reports one agent may send at once before the rate applies [default: 100].
+    #[arg(long, value_name = "COUNT")]
+    agent_burst: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -149,6 +155,8 @@ fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     if cli.insecure {
         file.insecure = Some(true);
     }
+    file.agent_rate_limit = cli.agent_rate_limit.or(file.agent_rate_limit);
+    file.agent_burst = cli.agent_burst.or(file.agent_burst);
     let config = file.into_config()?;
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
