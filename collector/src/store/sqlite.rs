@@ -131,8 +131,16 @@ impl SqliteStore {
         let shown = path.display().to_string();
         let writer = Connection::open(path)
             .map_err(|e| StoreError::new(format!("failed to open database `{shown}`"), e))?;
-        configure(&writer)
-            .map_err(|e| StoreError::new(format!("failed to configure database `{shown}`"), e))?;
+        configure(&writer).map_err(|e| {
+            StoreError::new(
+                format!(
+                    "failed to configure database `{shown}`{}",
+                    corruption_hint(&e, &shown)
+                ),
+                e,
+            )
+        })?;
+        check_integrity(&writer, &shown)?;
         migrate(&writer)
             .map_err(|e| StoreError::new(format!("failed to migrate database `{shown}`"), e))?;
         let mut readers = Vec::with_capacity(READER_CONNECTIONS);
@@ -168,6 +176,76 @@ impl SqliteStore {
             StoreError::new(format!("failed to {what} in `{}`", self.path.display()), e)
         })
     }
+}
+
+/// What to do about a database SQLite calls damaged, appended to the error.
+fn corruption_hint(error: &rusqlite::Error, shown: &str) -> String {
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            recovery_steps(shown)
+        }
+        _ => String::new(),
+    }
+}
+
+fn recovery_steps(shown: &str) -> String {
+    format!(
+        "; the file is damaged: stop the collector, keep a copy of `{shown}` (with its -wal \
+         file), list the damage with `sqlite3 {shown} 'PRAGMA integrity_check'` and follow \
+         the recovery steps in the README (\"Recovering from a corrupt spool or database\")"
+    )
+}
+
+/// `PRAGMA quick_check` at start: a damaged file is refused with the recovery steps instead of
+/// failing on some later write.
+fn check_integrity(connection: &Connection, shown: &str) -> Result<(), StoreError> {
+    let problems = integrity_problems(connection, "quick_check").map_err(|e| {
+        StoreError::new(
+            format!(
+                "failed to check database `{shown}`{}",
+                corruption_hint(&e, shown)
+            ),
+            e,
+        )
+    })?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::new(
+        format!(
+            "database `{shown}` is corrupt (`PRAGMA quick_check` found {} problem(s)){}",
+            problems.len(),
+            recovery_steps(shown)
+        ),
+        problems.into_iter().take(3).collect::<Vec<_>>().join("; "),
+    ))
+}
+
+/// The problems `PRAGMA quick_check` or `integrity_check` reports; empty when the file is sound.
+fn integrity_problems(connection: &Connection, pragma: &str) -> rusqlite::Result<Vec<String>> {
+    let mut statement = connection.prepare(&format!("PRAGMA {pragma}"))?;
+    let lines = statement
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(lines.into_iter().filter(|line| line != "ok").collect())
+}
+
+/// A full `PRAGMA integrity_check` of the file at `path`, opened read-only: the problems found
+/// (empty when sound).
+pub fn check_database(path: &Path) -> Result<Vec<String>, StoreError> {
+    let shown = path.display().to_string();
+    let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StoreError::new(format!("failed to open database `{shown}`"), e))?;
+    integrity_problems(&connection, "integrity_check").or_else(|e| {
+        if corruption_hint(&e, &shown).is_empty() {
+            Err(StoreError::new(
+                format!("failed to check database `{shown}`"),
+                e,
+            ))
+        } else {
+            Ok(vec![e.to_string()])
+        }
+    })
 }
 
 fn configure(connection: &Connection) -> rusqlite::Result<()> {
