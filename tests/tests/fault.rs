@@ -87,7 +87,14 @@ struct Collector {
 impl Collector {
     fn start(&self) -> Running {
         let child = Command::new(binary("estate-collector"))
-            .args(["--grpc-listen", &self.grpc, "--http-listen", &self.http])
+            // Plain text on loopback: TLS is tested elsewhere; this test is about delivery.
+            .args([
+                "--insecure",
+                "--grpc-listen",
+                &self.grpc,
+                "--http-listen",
+                &self.http,
+            ])
             .arg("--database")
             .arg(&self.database)
             // Agents report every 250 ms here, faster than the default sustained rate.
@@ -162,6 +169,7 @@ root = "{root}"
 
 [collector]
 url = "http://{grpc}"
+insecure = true
 connect_timeout = "1s"
 timeout = "5s"
 

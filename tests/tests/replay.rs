@@ -58,7 +58,7 @@ async fn a_rate_limited_replay_is_paced_not_starved() {
     }));
 
     let text = format!(
-        "[agent]\nstate_dir = \"{}\"\nroot = \"{}\"\n[collector]\nurl = \"http://{grpc_address}\"\n\
+        "[agent]\nstate_dir = \"{}\"\nroot = \"{}\"\n[collector]\nurl = \"http://{grpc_address}\"\ninsecure = true\n\
          [schedule]\nheartbeat_interval = \"1h\"\n[spool]\nretry_initial_delay = \"50ms\"\n\
          retry_max_delay = \"200ms\"\n",
         state_dir.display(),
