@@ -212,6 +212,7 @@ pub fn host_json(host: &HostRecord, now_ms: i64, liveness: Liveness) -> Value {
             "last_sequence": host.last_sequence,
             "clock_skew_seconds": host.clock_skew_ms as f64 / 1000.0,
             "dropped_reports_total": host.dropped_reports_total,
+            "reports_received_total": host.reports_received_total,
         },
         "inventory_hash": host.inventory_hash,
         "vitals": host.vitals,

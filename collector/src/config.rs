@@ -24,6 +24,10 @@ pub struct CollectorConfig {
     pub collector_id: String,
     /// How often a collector on a shared database re-reads which hosts are its own.
     pub ownership_refresh: Duration,
+    /// Reports per agent: sustained rate and burst.
+    pub agent_rate_limit: crate::limits::RateLimit,
+    /// HTTP/2 streams (reports in flight) per agent connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl CollectorConfig {
@@ -49,6 +53,8 @@ impl Default for CollectorConfig {
             transport: Transport::Insecure,
             collector_id: default_collector_id(default_grpc_listen()),
             ownership_refresh: DEFAULT_OWNERSHIP_REFRESH,
+            agent_rate_limit: DEFAULT_AGENT_RATE_LIMIT,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -76,6 +82,15 @@ pub fn default_collector_id(grpc_listen: SocketAddr) -> String {
 /// Short enough that a host moving between collectors is handed over within seconds; each
 /// refresh costs one indexed query of the hosts that reported since the previous one.
 pub const DEFAULT_OWNERSHIP_REFRESH: Duration = Duration::from_secs(5);
+/// An agent sends one report a minute; two a second sustained and a burst of 100 let one that
+/// spooled through an outage catch up quickly, while a runaway agent cannot flood the store.
+pub const DEFAULT_AGENT_RATE_LIMIT: crate::limits::RateLimit = crate::limits::RateLimit {
+    reports_per_second: 2.0,
+    burst: 100,
+};
+/// An agent sends one report at a time; a few streams leave room for a proxy multiplexing
+/// several agents on one connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 64;
 
 /// Loopback by default: a first try on one machine exposes nothing to the network.
 pub fn default_grpc_listen() -> SocketAddr {
@@ -123,6 +138,13 @@ pub struct ConfigFile {
     pub collector_id: Option<String>,
     /// How often a collector on PostgreSQL re-reads which hosts it renders, e.g. `5s`.
     pub ownership_refresh: Option<String>,
+    /// Sustained reports per second accepted from one agent; more are refused with
+    /// `RESOURCE_EXHAUSTED` and retried by the agent.
+    pub agent_rate_limit: Option<f64>,
+    /// Reports one agent may send in a burst (a replay after an outage) before the rate applies.
+    pub agent_burst: Option<u32>,
+    /// Reports in flight on one agent connection (HTTP/2 streams).
+    pub max_concurrent_streams: Option<u32>,
 }
 
 impl ConfigFile {
@@ -165,6 +187,15 @@ impl ConfigFile {
                 self.ownership_refresh,
                 defaults.ownership_refresh,
             )?,
+            agent_rate_limit: crate::limits::RateLimit {
+                reports_per_second: self
+                    .agent_rate_limit
+                    .unwrap_or(defaults.agent_rate_limit.reports_per_second),
+                burst: self.agent_burst.unwrap_or(defaults.agent_rate_limit.burst),
+            },
+            max_concurrent_streams: self
+                .max_concurrent_streams
+                .unwrap_or(defaults.max_concurrent_streams),
         };
         if let Some(url) = config.postgres_url() {
             crate::store::postgres::check_url(url)?;
@@ -176,6 +207,18 @@ impl ConfigFile {
                 "`ownership_refresh` `{}` must be between 100ms and 5m",
                 humantime::format_duration(config.ownership_refresh)
             );
+        }
+        let rate = config.agent_rate_limit.reports_per_second;
+        if !(rate.is_finite() && rate > 0.0) {
+            anyhow::bail!(
+                "`agent_rate_limit` `{rate}` must be a positive number of reports per second"
+            );
+        }
+        if config.agent_rate_limit.burst == 0 {
+            anyhow::bail!("`agent_burst` `0` must be at least 1");
+        }
+        if config.max_concurrent_streams == 0 {
+            anyhow::bail!("`max_concurrent_streams` `0` must be at least 1");
         }
         if config.stale_after < Duration::from_secs(1) {
             anyhow::bail!(

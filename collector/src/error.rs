@@ -15,6 +15,8 @@ pub enum ErrorCode {
     FailedPrecondition,
     /// The collector cannot take the request now (shutting down, overloaded); retry later.
     Unavailable,
+    /// The client exceeds its rate limit; retry the same request shortly.
+    ResourceExhausted,
     /// A fault inside the collector (database error); details are in its log.
     Internal,
 }
@@ -27,6 +29,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::FailedPrecondition => "failed_precondition",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::Internal => "internal",
         }
     }
@@ -37,6 +40,7 @@ impl ErrorCode {
             ErrorCode::NotFound => tonic::Code::NotFound,
             ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorCode::Internal => tonic::Code::Internal,
         }
     }
@@ -47,6 +51,7 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::FailedPrecondition => StatusCode::CONFLICT,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -3,11 +3,12 @@
 
 use crate::clock::now_ms;
 use crate::error::ApiError;
+use crate::limits::RateLimiter;
 use crate::metrics::{IngestMetrics, ReportResult};
 use crate::state::HostStates;
 use crate::store::{IncomingReport, WriteOutcome};
 use crate::tls::PeerInfo;
-use crate::validate::{Limits, validate_report};
+use crate::validate::{Limits, RejectReason, check_report};
 use crate::writer::BatchWriter;
 use estate_proto::v1::ingest_server::Ingest;
 use estate_proto::v1::{ReportRequest, ReportResponse};
@@ -27,6 +28,7 @@ pub struct IngestService {
     /// Agents must present a client certificate (the collector has a `client_ca_file`), and
     /// may report only as the host it names.
     pub require_client_certificate: bool,
+    pub rate_limiter: RateLimiter,
 }
 
 /// What an agent without a client certificate is told.
@@ -140,14 +142,33 @@ impl IngestService {
         report: ReportRequest,
         received_ms: i64,
     ) -> (ReportResult, Result<ReportResponse, ApiError>) {
-        let valid = match validate_report(report, &self.limits) {
+        let valid = match check_report(report, &self.limits) {
             Ok(valid) => valid,
-            Err(error) => {
-                tracing::warn!(error = %error.message, "report rejected");
-                return (ReportResult::Invalid, Err(error));
+            Err(rejection) => {
+                tracing::warn!(error = %rejection.error.message, "report rejected");
+                self.metrics.observe_rejection(rejection.reason);
+                return (ReportResult::Invalid, Err(rejection.error));
             }
         };
         let agent_id = valid.agent_id().to_owned();
+        if let Err(wait) = self.rate_limiter.try_acquire(&agent_id, Instant::now()) {
+            let limit = self.rate_limiter.limit();
+            self.metrics.observe_rejection(RejectReason::RateLimited);
+            tracing::debug!(agent_id, "report refused by the rate limit");
+            return (
+                ReportResult::RateLimited,
+                Err(ApiError::new(
+                    crate::error::ErrorCode::ResourceExhausted,
+                    format!(
+                        "agent `{agent_id}` exceeds the rate limit of {} reports per second \
+                         (burst {}); retry in {} ms",
+                        limit.reports_per_second,
+                        limit.burst,
+                        wait.as_millis().max(1)
+                    ),
+                )),
+            );
+        }
         let outcome = self
             .writer
             .write(IncomingReport {
@@ -172,6 +193,8 @@ impl IngestService {
             Ok(WriteOutcome::Duplicate) => (ReportResult::Duplicate, Ok(answer(false, true))),
             Ok(WriteOutcome::IdentityConflict { message, host }) => {
                 tracing::warn!(agent_id, %message, "report refused");
+                self.metrics
+                    .observe_rejection(RejectReason::IdentityConflict);
                 self.states.update(*host, None);
                 (
                     ReportResult::IdentityConflict,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod document;
 pub mod error;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod ownership;
 pub mod state;
@@ -123,8 +124,10 @@ pub async fn run(
             &config.transport,
             Transport::Tls(files) if files.client_ca_file.is_some()
         ),
+        rate_limiter: limits::RateLimiter::new(config.agent_rate_limit),
     };
     let grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
         .add_service(
             IngestServer::new(ingest)
                 .max_decoding_message_size(MAX_REPORT_BYTES)

@@ -98,6 +98,12 @@ struct ServeArgs {
     /// Serve plain text, without TLS (config `insecure = true`); logged as a warning.
     #[arg(long)]
     insecure: bool,
+    /// Sustained reports per second accepted from one agent [default: 2].
+    #[arg(long, value_name = "RATE")]
+    agent_rate_limit: Option<f64>,
+    /// Reports one agent may send at once before the rate applies [default: 100].
+    #[arg(long, value_name = "COUNT")]
+    agent_burst: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -248,6 +254,8 @@ fn serve(
         file.insecure = Some(true);
     }
     file.collector_id = cli.collector_id.or(file.collector_id);
+    file.agent_rate_limit = cli.agent_rate_limit.or(file.agent_rate_limit);
+    file.agent_burst = cli.agent_burst.or(file.agent_burst);
     let config = file.into_config()?;
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;

@@ -236,6 +236,7 @@ pub struct Liveness {
 pub struct IngestMetrics {
     registry: Registry,
     reports: IntCounterVec,
+    rejected: IntCounterVec,
     report_duration: Histogram,
     batch_reports: Histogram,
     commit_duration: Histogram,
@@ -254,6 +255,7 @@ pub enum ReportResult {
     Unauthenticated,
     /// Authenticated as another host than the report's.
     PermissionDenied,
+    RateLimited,
     Error,
 }
 
@@ -266,17 +268,19 @@ impl ReportResult {
             ReportResult::IdentityConflict => "identity_conflict",
             ReportResult::Unauthenticated => "unauthenticated",
             ReportResult::PermissionDenied => "permission_denied",
+            ReportResult::RateLimited => "rate_limited",
             ReportResult::Error => "error",
         }
     }
 
-    const ALL: [ReportResult; 7] = [
+    const ALL: [ReportResult; 8] = [
         ReportResult::Stored,
         ReportResult::Duplicate,
         ReportResult::Invalid,
         ReportResult::IdentityConflict,
         ReportResult::Unauthenticated,
         ReportResult::PermissionDenied,
+        ReportResult::RateLimited,
         ReportResult::Error,
     ];
 }
@@ -293,9 +297,19 @@ impl IngestMetrics {
         let reports = IntCounterVec::new(
             Opts::new(
                 "estate_collector_reports_total",
-                "Reports received, by result (stored, duplicate, invalid, identity_conflict, unauthenticated, permission_denied, error).",
+                "Reports received, by result (stored, duplicate, invalid, identity_conflict, \
+                 unauthenticated, permission_denied, rate_limited, error).",
             ),
             &["result"],
+        )
+        .expect("static metric definition");
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "estate_ingest_rejected_total",
+                "Reports refused before storage, by reason (identity, sequence, inventory_hash, \
+                 string_too_long, too_many_items, rate_limited, identity_conflict).",
+            ),
+            &["reason"],
         )
         .expect("static metric definition");
         let latency_buckets = vec![
@@ -339,6 +353,7 @@ impl IngestMetrics {
         .expect("static metric definition");
         for collector in [
             Box::new(reports.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rejected.clone()),
             Box::new(report_duration.clone()),
             Box::new(batch_reports.clone()),
             Box::new(commit_duration.clone()),
@@ -353,9 +368,13 @@ impl IngestMetrics {
         for result in ReportResult::ALL {
             reports.with_label_values(&[result.label()]);
         }
+        for reason in crate::validate::RejectReason::ALL {
+            rejected.with_label_values(&[reason.label()]);
+        }
         IngestMetrics {
             registry,
             reports,
+            rejected,
             report_duration,
             batch_reports,
             commit_duration,
@@ -370,6 +389,11 @@ impl IngestMetrics {
         if had_inventory && result == ReportResult::Stored {
             self.inventories.inc();
         }
+    }
+
+    /// Counts a refused report under `estate_ingest_rejected_total{reason}`.
+    pub fn observe_rejection(&self, reason: crate::validate::RejectReason) {
+        self.rejected.with_label_values(&[reason.label()]).inc();
     }
 
     pub fn observe_batch(&self, size: usize, elapsed: Duration, committed: bool) {

@@ -60,27 +60,101 @@ impl ValidReport {
     }
 }
 
+/// Why a report was rejected, the `reason` label of `estate_ingest_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// `identity` missing, or the agent id or hostname malformed.
+    Identity,
+    /// `sequence` is 0.
+    Sequence,
+    /// An inventory without its hash.
+    InventoryHash,
+    /// A string longer than its limit.
+    StringTooLong,
+    /// A list with more items than its limit.
+    TooManyItems,
+    /// The agent sends faster than its rate limit (see `crate::limits`).
+    RateLimited,
+    /// The agent id belongs to another live machine.
+    IdentityConflict,
+}
+
+impl RejectReason {
+    /// Every reason, so each label exists from the start.
+    pub const ALL: [RejectReason; 7] = [
+        RejectReason::Identity,
+        RejectReason::Sequence,
+        RejectReason::InventoryHash,
+        RejectReason::StringTooLong,
+        RejectReason::TooManyItems,
+        RejectReason::RateLimited,
+        RejectReason::IdentityConflict,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::Identity => "identity",
+            RejectReason::Sequence => "sequence",
+            RejectReason::InventoryHash => "inventory_hash",
+            RejectReason::StringTooLong => "string_too_long",
+            RejectReason::TooManyItems => "too_many_items",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::IdentityConflict => "identity_conflict",
+        }
+    }
+}
+
+/// A rejected report: the error for the agent and the reason for the metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub error: ApiError,
+}
+
+fn reject(reason: RejectReason, message: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        error: ApiError::invalid(message),
+    }
+}
+
 /// Longest accepted agent id; agents send a UUID (36 characters).
 pub const MAX_AGENT_ID_BYTES: usize = 64;
 
 /// Checks a report against `limits`; the error names the first offending field.
 pub fn validate_report(report: ReportRequest, limits: &Limits) -> Result<ValidReport, ApiError> {
+    check_report(report, limits).map_err(|rejection| rejection.error)
+}
+
+/// [`validate_report`], with the reason of a rejection for the metrics.
+pub fn check_report(report: ReportRequest, limits: &Limits) -> Result<ValidReport, Rejection> {
     let Some(identity) = report.identity.as_ref() else {
-        return Err(ApiError::invalid("`identity` is required"));
+        return Err(reject(RejectReason::Identity, "`identity` is required"));
     };
-    validate_agent_id(&identity.agent_id)?;
+    validate_agent_id(&identity.agent_id)
+        .map_err(|error| reject(RejectReason::Identity, error.message))?;
     if identity.hostname.trim().is_empty() {
-        return Err(ApiError::invalid("`identity.hostname` must not be empty"));
+        return Err(reject(
+            RejectReason::Identity,
+            "`identity.hostname` must not be empty",
+        ));
     }
     if report.sequence == 0 {
-        return Err(ApiError::invalid("`sequence` must start at 1, got `0`"));
+        return Err(reject(
+            RejectReason::Sequence,
+            "`sequence` must start at 1, got `0`",
+        ));
     }
     if report.inventory.is_some() && report.inventory_hash.is_empty() {
-        return Err(ApiError::invalid(
+        return Err(reject(
+            RejectReason::InventoryHash,
             "`inventory_hash` is required when `inventory` is sent",
         ));
     }
-    let json = serde_json::to_value(&report).map_err(|error| ApiError::internal(&error))?;
+    let json = serde_json::to_value(&report).map_err(|error| Rejection {
+        reason: RejectReason::Identity,
+        error: ApiError::internal(&error),
+    })?;
     let mut path = String::new();
     check_bounds(&json, &mut path, limits)?;
     Ok(ValidReport { report, json })
@@ -110,7 +184,7 @@ fn validate_agent_id(agent_id: &str) -> Result<(), ApiError> {
 
 /// `path` is the field path without list indexes (`inventory.softwares.name`); errors add the
 /// index for the reader (`inventory.softwares[12].name`).
-fn check_bounds(value: &Value, path: &mut String, limits: &Limits) -> Result<(), ApiError> {
+fn check_bounds(value: &Value, path: &mut String, limits: &Limits) -> Result<(), Rejection> {
     check_bounds_at(value, path, &mut String::new(), limits)
 }
 
@@ -119,7 +193,7 @@ fn check_bounds_at(
     path: &mut String,
     shown: &mut String,
     limits: &Limits,
-) -> Result<(), ApiError> {
+) -> Result<(), Rejection> {
     match value {
         Value::String(text) => {
             let limit = if limits.long_text_fields.contains(&path.as_str()) {
@@ -128,10 +202,13 @@ fn check_bounds_at(
                 limits.max_string_bytes
             };
             if text.len() > limit {
-                return Err(ApiError::invalid(format!(
-                    "`{shown}` is {} bytes long, the limit is {limit}",
-                    text.len()
-                )));
+                return Err(reject(
+                    RejectReason::StringTooLong,
+                    format!(
+                        "`{shown}` is {} bytes long, the limit is {limit}",
+                        text.len()
+                    ),
+                ));
             }
         }
         Value::Array(items) => {
@@ -141,10 +218,10 @@ fn check_bounds_at(
                 .find(|(name, _)| *name == path.as_str())
                 .map_or(limits.max_list_items, |(_, limit)| *limit);
             if items.len() > limit {
-                return Err(ApiError::invalid(format!(
-                    "`{shown}` has {} items, the limit is {limit}",
-                    items.len()
-                )));
+                return Err(reject(
+                    RejectReason::TooManyItems,
+                    format!("`{shown}` has {} items, the limit is {limit}", items.len()),
+                ));
             }
             for (index, item) in items.iter().enumerate() {
                 let shown_len = shown.len();

@@ -218,6 +218,17 @@ async fn malformed_reports_are_refused_naming_the_field_and_change_nothing() {
     assert_eq!(list["hosts"], Value::Array(vec![]), "nothing was stored");
     let (_, metrics) = collector.get("/metrics").await;
     assert!(metrics.contains("estate_collector_reports_total{result=\"invalid\"} 4\n"));
+    // Each rejection is counted under its reason.
+    for (reason, count) in [
+        ("identity", 2),
+        ("string_too_long", 1),
+        ("too_many_items", 1),
+        ("sequence", 0),
+        ("rate_limited", 0),
+    ] {
+        let line = format!("estate_ingest_rejected_total{{reason=\"{reason}\"}} {count}\n");
+        assert!(metrics.contains(&line), "missing `{line}` in {metrics}");
+    }
     collector.stop().await;
 }
 

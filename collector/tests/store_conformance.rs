@@ -155,6 +155,11 @@ pub fn a_replayed_sequence_is_a_duplicate_and_changes_nothing(store: &dyn Store)
     assert_eq!(host.last_seen_ms, 10_000);
     assert_eq!(host.os_name, "Debian GNU/Linux");
     assert_eq!(host.last_sequence, 5);
+    // Neither the replay nor the older report counts as received; the next new one does.
+    assert_eq!(host.reports_received_total, 1);
+    write(store, 30_000, vec![report("a", 6, None)]);
+    let host = store.host_detail("a").unwrap().unwrap().host;
+    assert_eq!(host.reports_received_total, 2);
 }
 
 pub fn an_unknown_hash_asks_for_the_full_inventory(store: &dyn Store) {

@@ -101,6 +101,9 @@ pub struct HostRecord {
     pub identity_conflict_detail: String,
     pub inventory_hash: String,
     pub dropped_reports_total: u64,
+    /// Reports stored for this host (duplicates not counted): with the agent's sequence and
+    /// `dropped_reports_total`, it shows whether every report the agent produced arrived.
+    pub reports_received_total: u64,
     pub vitals: HostVitals,
     /// The collector that stored this host's last report, when several collectors share one
     /// database (PostgreSQL); empty with SQLite, where one collector holds every host.

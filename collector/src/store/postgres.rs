@@ -129,7 +129,11 @@ CREATE TABLE collectors (
     id TEXT COLLATE "C" PRIMARY KEY,
     heartbeat_ms BIGINT NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE hosts ADD COLUMN reports_received_total BIGINT NOT NULL DEFAULT 0;
+"#,
+];
 
 /// Advisory lock key held while migrating, so collectors starting together migrate once.
 const MIGRATION_LOCK: i64 = 0x6573_7461_7465_0001;
@@ -649,13 +653,13 @@ const HOST_COLUMNS: &str = "id, hostname, fqdn, os_name, os_version, os_full_nam
     arch, vmsystem, manufacturer, model, chassis_type, serial_number, machine_id, smbios_uuid, \
     primary_mac, agent_version, memory_bytes, swap_bytes, cpu_threads, first_seen_ms, \
     last_seen_ms, last_sequence, clock_skew_ms, identity_conflict, identity_conflict_detail, \
-    inventory_hash, dropped_reports_total, vitals, reported_to";
+    inventory_hash, dropped_reports_total, vitals, reported_to, reports_received_total";
 
 /// The array type of each column of [`HOST_COLUMNS`], in order, for `UNNEST`.
 const HOST_COLUMN_TYPES: &[&str] = &[
     "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text",
     "text", "text", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "bigint",
-    "bigint", "bigint", "boolean", "text", "text", "bigint", "text", "text",
+    "bigint", "bigint", "boolean", "text", "text", "bigint", "text", "text", "bigint",
 ];
 
 fn host_from_row(row: &Row) -> HostRecord {
@@ -692,6 +696,7 @@ fn host_from_row(row: &Row) -> HostRecord {
         // Written by this store from a validated message; unreadable only if edited by hand.
         vitals: serde_json::from_str(&vitals).unwrap_or_default(),
         reported_to: row.get(29),
+        reports_received_total: row.get::<_, i64>(30) as u64,
     }
 }
 
@@ -834,6 +839,7 @@ impl BatchPlan {
         host.last_sequence = report.sequence;
         host.clock_skew_ms = report.agent_time_unix_ms.saturating_sub(now);
         host.dropped_reports_total += report.dropped_reports;
+        host.reports_received_total += 1;
         host.vitals = report.vitals.clone().unwrap_or_default();
         host.reported_to = collector_id.to_owned();
         let need_full_inventory = match &report.inventory {
@@ -1144,6 +1150,7 @@ impl BatchPlan {
                     .collect::<Vec<String>>(),
             ),
             text(|h| &h.reported_to),
+            number(|h| h.reports_received_total as i64),
         ];
         // An upsert, never delete-and-insert: deleting the row would cascade to the host's
         // inventory, changes and check results.

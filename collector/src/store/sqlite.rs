@@ -17,7 +17,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE hosts (
     id TEXT PRIMARY KEY,
     hostname TEXT NOT NULL,
@@ -107,7 +108,11 @@ CREATE TABLE check_events (
 );
 CREATE INDEX check_events_by_host ON check_events (host_id, id);
 CREATE INDEX check_events_by_time ON check_events (at_ms);
-"#];
+"#,
+    r#"
+ALTER TABLE hosts ADD COLUMN reports_received_total INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 const READER_CONNECTIONS: usize = 4;
 
@@ -126,8 +131,16 @@ impl SqliteStore {
         let shown = path.display().to_string();
         let writer = Connection::open(path)
             .map_err(|e| StoreError::new(format!("failed to open database `{shown}`"), e))?;
-        configure(&writer)
-            .map_err(|e| StoreError::new(format!("failed to configure database `{shown}`"), e))?;
+        configure(&writer).map_err(|e| {
+            StoreError::new(
+                format!(
+                    "failed to configure database `{shown}`{}",
+                    corruption_hint(&e, &shown)
+                ),
+                e,
+            )
+        })?;
+        check_integrity(&writer, &shown)?;
         migrate(&writer)
             .map_err(|e| StoreError::new(format!("failed to migrate database `{shown}`"), e))?;
         let mut readers = Vec::with_capacity(READER_CONNECTIONS);
@@ -163,6 +176,76 @@ impl SqliteStore {
             StoreError::new(format!("failed to {what} in `{}`", self.path.display()), e)
         })
     }
+}
+
+/// What to do about a database SQLite calls damaged, appended to the error.
+fn corruption_hint(error: &rusqlite::Error, shown: &str) -> String {
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            recovery_steps(shown)
+        }
+        _ => String::new(),
+    }
+}
+
+fn recovery_steps(shown: &str) -> String {
+    format!(
+        "; the file is damaged: stop the collector, keep a copy of `{shown}` (with its -wal \
+         file), list the damage with `sqlite3 {shown} 'PRAGMA integrity_check'` and follow \
+         the recovery steps in the README (\"Recovering from a corrupt spool or database\")"
+    )
+}
+
+/// `PRAGMA quick_check` at start: a damaged file is refused with the recovery steps instead of
+/// failing on some later write.
+fn check_integrity(connection: &Connection, shown: &str) -> Result<(), StoreError> {
+    let problems = integrity_problems(connection, "quick_check").map_err(|e| {
+        StoreError::new(
+            format!(
+                "failed to check database `{shown}`{}",
+                corruption_hint(&e, shown)
+            ),
+            e,
+        )
+    })?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::new(
+        format!(
+            "database `{shown}` is corrupt (`PRAGMA quick_check` found {} problem(s)){}",
+            problems.len(),
+            recovery_steps(shown)
+        ),
+        problems.into_iter().take(3).collect::<Vec<_>>().join("; "),
+    ))
+}
+
+/// The problems `PRAGMA quick_check` or `integrity_check` reports; empty when the file is sound.
+fn integrity_problems(connection: &Connection, pragma: &str) -> rusqlite::Result<Vec<String>> {
+    let mut statement = connection.prepare(&format!("PRAGMA {pragma}"))?;
+    let lines = statement
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(lines.into_iter().filter(|line| line != "ok").collect())
+}
+
+/// A full `PRAGMA integrity_check` of the file at `path`, opened read-only: the problems found
+/// (empty when sound).
+pub fn check_database(path: &Path) -> Result<Vec<String>, StoreError> {
+    let shown = path.display().to_string();
+    let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StoreError::new(format!("failed to open database `{shown}`"), e))?;
+    integrity_problems(&connection, "integrity_check").or_else(|e| {
+        if corruption_hint(&e, &shown).is_empty() {
+            Err(StoreError::new(
+                format!("failed to check database `{shown}`"),
+                e,
+            ))
+        } else {
+            Ok(vec![e.to_string()])
+        }
+    })
 }
 
 fn configure(connection: &Connection) -> rusqlite::Result<()> {
@@ -212,7 +295,7 @@ const HOST_COLUMNS: &str = "id, hostname, fqdn, os_name, os_version, os_full_nam
     arch, vmsystem, manufacturer, model, chassis_type, serial_number, machine_id, smbios_uuid, \
     primary_mac, agent_version, memory_bytes, swap_bytes, cpu_threads, first_seen_ms, \
     last_seen_ms, last_sequence, clock_skew_ms, identity_conflict, identity_conflict_detail, \
-    inventory_hash, dropped_reports_total, vitals";
+    inventory_hash, dropped_reports_total, vitals, reports_received_total";
 
 fn upsert_host_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -264,6 +347,7 @@ fn host_from_row(row: &Row<'_>) -> rusqlite::Result<HostRecord> {
         identity_conflict_detail: row.get(25)?,
         inventory_hash: row.get(26)?,
         dropped_reports_total: row.get::<_, i64>(27)? as u64,
+        reports_received_total: row.get::<_, i64>(29)? as u64,
         // Written by this store from a validated message; unreadable only if edited by hand.
         vitals: serde_json::from_str(&vitals).unwrap_or_default(),
         reported_to: String::new(),
@@ -310,6 +394,7 @@ fn save_host(tx: &Connection, host: &HostRecord) -> rusqlite::Result<()> {
         host.inventory_hash,
         host.dropped_reports_total as i64,
         vitals,
+        host.reports_received_total as i64,
     ])?;
     Ok(())
 }
@@ -430,6 +515,7 @@ fn write_one(
     host.last_sequence = report.sequence;
     host.clock_skew_ms = report.agent_time_unix_ms.saturating_sub(now);
     host.dropped_reports_total += report.dropped_reports;
+    host.reports_received_total += 1;
     host.vitals = report.vitals.clone().unwrap_or_default();
 
     let need_full_inventory = match &report.inventory {

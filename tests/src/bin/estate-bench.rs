@@ -351,6 +351,11 @@ mod unix {
         let config = estate_collector::config::CollectorConfig {
             database: dir.path().join("bench.db"),
             transport: estate_collector::tls::Transport::Insecure,
+            // Simulated agents send back to back: measure ingest, not the per-agent rate limit.
+            agent_rate_limit: estate_collector::limits::RateLimit {
+                reports_per_second: 1e9,
+                burst: u32::MAX,
+            },
             ..Default::default()
         };
         let grpc = TcpListener::bind("127.0.0.1:0").await?;
