@@ -101,6 +101,10 @@ pub const PROTOCOLS: &[&str] = &[
 /// What a healthy protocol's `healthcheck.htm` body contains.
 pub const HEALTHY_BODY: &str = "200 OK";
 
+/// A redirect to a longer URL fails its step: the health pages' targets are made from it, and
+/// the collector refuses a report whose targets are longer than 1024 bytes.
+pub const MAX_REDIRECT_URL_BYTES: usize = 900;
+
 /// The path of the Autodiscover endpoint on every host.
 const AUTODISCOVER_PATH: &str = "/autodiscover/autodiscover.xml";
 
@@ -621,6 +625,16 @@ fn judge_autodiscover(step: usize, url: &Url, answer: &Answer) -> (TargetResult,
         .as_deref()
         .and_then(|location| url.join(location.trim()).ok());
     match redirect {
+        Some(next)
+            if matches!(status, 301 | 302 | 303 | 307 | 308)
+                && next.as_str().len() > MAX_REDIRECT_URL_BYTES =>
+        {
+            let reason = format!(
+                "`{url}`: redirects to a URL of {} bytes, longer than {MAX_REDIRECT_URL_BYTES}",
+                next.as_str().len()
+            );
+            (fail(target, reason, measurements), None)
+        }
         Some(next) if matches!(status, 301 | 302 | 303 | 307 | 308) => {
             measurements.push(Measurement {
                 name: "redirect".to_owned(),
@@ -1241,6 +1255,31 @@ mod tests {
         );
         let skipped = outcome(&results, "healthcheck");
         assert!(matches!(skipped.outcome, Outcome::Skipped { .. }));
+    }
+
+    #[test]
+    fn a_redirect_to_an_overlong_url_fails_without_an_overlong_result() {
+        // Found while writing the `exchange_http` fuzz target's oracle (its seed
+        // `redirect-overlong`): a 10 kB `Location` became the `redirect` measurement and the
+        // reason, and the collector would refuse the whole report.
+        let url =
+            Url::parse("http://autodiscover.contoso.test/autodiscover/autodiscover.xml").unwrap();
+        let location = format!("https://mail.contoso.test/{}", "a".repeat(10_000));
+        let answer = Answer {
+            status: Some(302),
+            location: Some(location),
+            ..Answer::default()
+        };
+        let (result, answered) = judge_autodiscover(3, &url, &answer);
+        assert_eq!(answered, None);
+        let Outcome::Fail { reason } = &result.outcome else {
+            panic!("expected a failure, got {result:?}");
+        };
+        assert!(
+            reason.ends_with("redirects to a URL of 10026 bytes, longer than 900"),
+            "{reason}"
+        );
+        assert!(result.measurements.iter().all(|m| m.text.len() <= 1024));
     }
 
     #[tokio::test]
