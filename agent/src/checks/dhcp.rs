@@ -365,6 +365,39 @@ struct Offer {
     latency: Duration,
 }
 
+/// The offers of one probe, each server's first only, and how many packets were not offers.
+#[derive(Debug, Default)]
+struct Collected {
+    offers: Vec<Offer>,
+    ignored_packets: u32,
+}
+
+impl Collected {
+    /// Takes one received packet.
+    fn receive(
+        &mut self,
+        bytes: &[u8],
+        source: SocketAddr,
+        xid: u32,
+        client_mac: &[u8; 6],
+        latency: Duration,
+    ) {
+        match parse_offer(bytes, source, xid, client_mac, latency) {
+            Ok(offer) => {
+                // A server that repeats its offer is counted once.
+                if !self
+                    .offers
+                    .iter()
+                    .any(|o| o.server_identifier == offer.server_identifier)
+                {
+                    self.offers.push(offer);
+                }
+            }
+            Err(_why) => self.ignored_packets = self.ignored_packets.saturating_add(1),
+        }
+    }
+}
+
 /// Why a received packet is not an offer for this probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ignored {
@@ -455,8 +488,7 @@ impl DhcpCheck {
             ));
         }
         let deadline = sent + collect_for;
-        let mut offers: Vec<Offer> = Vec::new();
-        let mut ignored_packets = 0u32;
+        let mut collected = Collected::default();
         let mut buffer = vec![0u8; 2048];
         loop {
             let received = tokio::time::timeout_at(deadline, socket.recv_from(&mut buffer)).await;
@@ -467,22 +499,29 @@ impl DhcpCheck {
                 Ok(Ok(received)) => received,
             };
             let bytes = buffer.get(..length).unwrap_or_default();
-            match parse_offer(bytes, source, xid, &client_mac, sent.elapsed()) {
-                Ok(offer) => {
-                    // A server that repeats its offer is counted once.
-                    if !offers
-                        .iter()
-                        .any(|o| o.server_identifier == offer.server_identifier)
-                    {
-                        offers.push(offer);
-                    }
-                }
-                Err(_why) => ignored_packets += 1,
-            }
+            collected.receive(bytes, source, xid, &client_mac, sent.elapsed());
         }
         // Port 68 (or 67) is given back here, whatever happens next.
         drop(socket);
-        self.evaluate(&summary_target, collect_for, &offers, ignored_packets)
+        self.evaluate(&summary_target, collect_for, &collected)
+    }
+
+    /// What [`Self::probe`] reports when, after its DISCOVER with `xid` from `client_mac`, it
+    /// received `packets` (bytes, source, time since the DISCOVER) within `collect_for`: the
+    /// same parsing, counting and judgement, without the network. The fuzz target
+    /// `dhcp_offers` feeds it arbitrary packets.
+    pub fn judge_packets<'a>(
+        &self,
+        xid: u32,
+        client_mac: &[u8; 6],
+        packets: impl IntoIterator<Item = (&'a [u8], SocketAddr, Duration)>,
+        collect_for: Duration,
+    ) -> Vec<TargetResult> {
+        let mut collected = Collected::default();
+        for (bytes, source, latency) in packets {
+            collected.receive(bytes, source, xid, client_mac, latency);
+        }
+        self.evaluate(&self.target(), collect_for, &collected)
     }
 
     /// Turns the collected offers into one result per server plus the summary. Pure.
@@ -490,9 +529,13 @@ impl DhcpCheck {
         &self,
         summary_target: &str,
         collect_for: Duration,
-        offers: &[Offer],
-        ignored_packets: u32,
+        collected: &Collected,
     ) -> Vec<TargetResult> {
+        let Collected {
+            offers,
+            ignored_packets,
+        } = collected;
+        let ignored_packets = *ignored_packets;
         let mut results = Vec::new();
         let mut rogues = Vec::new();
         for offer in offers {

@@ -479,8 +479,33 @@ impl DnsCheck {
     }
 
     async fn probe_server(&self, server: SocketAddr, attempt_timeout: Duration) -> TargetResult {
+        let reply = exchange(server, &self.question, self.transport, attempt_timeout).await;
+        self.server_result(server, reply)
+    }
+
+    /// What [`Self::probe`] reports for `bytes` received from `server` in answer to a query
+    /// with id `id`, `latency` after sending it: the same decoding (id, response, our question
+    /// echoed) and judgement, without the network. The fuzz target `dns_reply` feeds it
+    /// arbitrary bytes.
+    pub fn judge_reply_bytes(
+        &self,
+        server: SocketAddr,
+        id: u16,
+        bytes: &[u8],
+        latency: Duration,
+    ) -> TargetResult {
+        let reply = decode_reply(bytes, id, &self.question, server).map(|message| Reply {
+            message,
+            latency,
+            tcp_fallback: false,
+        });
+        self.server_result(server, reply)
+    }
+
+    /// One server's result from its reply, or from the reason it gave none.
+    fn server_result(&self, server: SocketAddr, reply: Result<Reply, String>) -> TargetResult {
         let target = server.to_string();
-        match exchange(server, &self.question, self.transport, attempt_timeout).await {
+        match reply {
             Err(reason) => TargetResult {
                 target,
                 outcome: Outcome::Fail { reason },

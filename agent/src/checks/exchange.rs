@@ -101,6 +101,10 @@ pub const PROTOCOLS: &[&str] = &[
 /// What a healthy protocol's `healthcheck.htm` body contains.
 pub const HEALTHY_BODY: &str = "200 OK";
 
+/// A redirect to a longer URL fails its step: the health pages' targets are made from it, and
+/// the collector refuses a report whose targets are longer than 1024 bytes.
+pub const MAX_REDIRECT_URL_BYTES: usize = 900;
+
 /// The path of the Autodiscover endpoint on every host.
 const AUTODISCOVER_PATH: &str = "/autodiscover/autodiscover.xml";
 
@@ -263,6 +267,7 @@ struct ExchangeSettings {
 }
 
 /// What one HTTP request got, or why it got nothing; the certificate either way.
+#[derive(Default)]
 struct Answer {
     status: Option<u16>,
     www_authenticate: bool,
@@ -459,58 +464,17 @@ impl ExchangeCheck {
         url: &Url,
         budget: Duration,
     ) -> (TargetResult, Option<Url>) {
-        let target = format!("autodiscover/step{step} {url}");
         let deadline = Instant::now() + budget;
-        let https = url.scheme() == "https";
-        let answer = if https {
-            let body = autodiscover_request(&self.inner.domain);
-            self.request(Method::POST, url, Some(body), deadline).await
-        } else {
-            self.request(Method::GET, url, None, deadline).await
-        };
-        let mut measurements = answer.measurements();
-        if let Some(error) = &answer.error {
-            let reason = format!("`{url}`: {error}");
-            return (fail(target, reason, measurements), None);
-        }
-        let status = answer.status.unwrap_or(0);
-        if https {
-            let answers =
-                (status == 401 && answer.www_authenticate) || matches!(status, 200 | 403 | 405);
-            if answers {
-                return (pass(target, measurements), Some(base_of(url)));
-            }
-            let reason = format!(
-                "`{url}`: status `{status}` to an autodiscover POST, expected 401 with \
-                 WWW-Authenticate, 200, 403 or 405"
-            );
-            return (fail(target, reason, measurements), None);
-        }
-        let redirect = answer
-            .location
-            .as_deref()
-            .and_then(|location| url.join(location.trim()).ok());
-        match redirect {
-            Some(next) if matches!(status, 301 | 302 | 303 | 307 | 308) => {
-                measurements.push(Measurement {
-                    name: "redirect".to_owned(),
-                    value: f64::from(status),
-                    text: next.to_string(),
-                });
-                if next.scheme() == "https" {
-                    (pass(target, measurements), Some(base_of(&next)))
-                } else {
-                    let reason = format!("`{url}`: redirects to `{next}`, which is not https");
-                    (fail(target, reason, measurements), None)
-                }
-            }
-            _ => {
-                let reason = format!("`{url}`: status `{status}`, expected a redirect to https");
-                (fail(target, reason, measurements), None)
-            }
-        }
+        let (method, body) = autodiscover_method(url, &self.inner.domain);
+        let answer = self.request(method, url, body, deadline).await;
+        judge_autodiscover(step, url, &answer)
     }
 
+    /// One health page: `200` and a body with `200 OK`.
+    async fn health(&self, url: &Url, deadline: Instant) -> TargetResult {
+        let answer = self.request(Method::GET, url, None, deadline).await;
+        judge_health(url, &answer)
+    }
     /// Every protocol's health page on `base`, concurrently.
     async fn health_all(
         &self,
@@ -537,26 +501,6 @@ impl ExchangeCheck {
             });
         }
         collect(tasks, PROTOCOLS.len()).await
-    }
-
-    /// One health page: `200` and a body with `200 OK`.
-    async fn health(&self, url: &Url, deadline: Instant) -> TargetResult {
-        let target = url.to_string();
-        let answer = self.request(Method::GET, url, None, deadline).await;
-        let measurements = answer.measurements();
-        if let Some(error) = &answer.error {
-            return fail(target, format!("`{url}`: {error}"), measurements);
-        }
-        let status = answer.status.unwrap_or(0);
-        if status != 200 {
-            let reason = format!("`{url}`: status `{status}`, expected 200");
-            return fail(target, reason, measurements);
-        }
-        if !String::from_utf8_lossy(&answer.body).contains(HEALTHY_BODY) {
-            let reason = format!("`{url}`: body does not contain `{HEALTHY_BODY}`");
-            return fail(target, reason, measurements);
-        }
-        pass(target, measurements)
     }
 
     /// Every SMTP host, concurrently.
@@ -591,15 +535,7 @@ impl ExchangeCheck {
         deadline: Instant,
     ) -> Answer {
         let started = std::time::Instant::now();
-        let mut answer = Answer {
-            status: None,
-            www_authenticate: false,
-            location: None,
-            body: Vec::new(),
-            latency: Duration::ZERO,
-            certificate: Vec::new(),
-            error: None,
-        };
+        let mut answer = Answer::default();
         let budget = deadline.saturating_duration_since(Instant::now());
         let outcome = tokio::time::timeout_at(
             deadline,
@@ -625,11 +561,7 @@ impl ExchangeCheck {
         deadline: Instant,
         answer: &mut Answer,
     ) -> Result<(), String> {
-        let host = url.host_str().ok_or("the URL has no host")?.to_owned();
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
+        let (request, host) = build_request(method, url, body)?;
         let port = url.port_or_known_default().ok_or("the URL has no port")?;
         let stream = match self.inner.resolve.get(&host) {
             Some(address) => TcpStream::connect((*address, port))
@@ -637,24 +569,6 @@ impl ExchangeCheck {
                 .map_err(|error| format!("connection to `{address}:{port}` failed: {error}"))?,
             None => super::tls::connect(&host, port).await?,
         };
-        let host_header = match url.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.clone(),
-        };
-        let mut request = Request::builder()
-            .method(method)
-            .uri(&url[url::Position::BeforePath..url::Position::AfterQuery])
-            .header(HOST, host_header)
-            .header(
-                USER_AGENT,
-                concat!("estate-agent/", env!("CARGO_PKG_VERSION")),
-            );
-        if body.is_some() {
-            request = request.header(CONTENT_TYPE, "text/xml; charset=utf-8");
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|error| format!("cannot build the request: {error}"))?;
         if url.scheme() == "https" {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match certificate::handshake(stream, &host, &self.inner.policy, remaining).await {
@@ -671,6 +585,171 @@ impl ExchangeCheck {
             send(stream, request, answer).await
         }
     }
+}
+
+/// The request of an Autodiscover step: a `POST` of the Autodiscover request for `domain` to
+/// an https URL, a `GET` of an http one (which must redirect).
+fn autodiscover_method(url: &Url, domain: &str) -> (Method, Option<String>) {
+    if url.scheme() == "https" {
+        (Method::POST, Some(autodiscover_request(domain)))
+    } else {
+        (Method::GET, None)
+    }
+}
+
+/// Judges the answer to Autodiscover step `step` at `url`: its result, and when it answered
+/// the base URL (`https://host:port/`) of the server that answered.
+fn judge_autodiscover(step: usize, url: &Url, answer: &Answer) -> (TargetResult, Option<Url>) {
+    let target = format!("autodiscover/step{step} {url}");
+    let https = url.scheme() == "https";
+    let mut measurements = answer.measurements();
+    if let Some(error) = &answer.error {
+        let reason = format!("`{url}`: {error}");
+        return (fail(target, reason, measurements), None);
+    }
+    let status = answer.status.unwrap_or(0);
+    if https {
+        let answers =
+            (status == 401 && answer.www_authenticate) || matches!(status, 200 | 403 | 405);
+        if answers {
+            return (pass(target, measurements), Some(base_of(url)));
+        }
+        let reason = format!(
+            "`{url}`: status `{status}` to an autodiscover POST, expected 401 with \
+             WWW-Authenticate, 200, 403 or 405"
+        );
+        return (fail(target, reason, measurements), None);
+    }
+    let redirect = answer
+        .location
+        .as_deref()
+        .and_then(|location| url.join(location.trim()).ok());
+    match redirect {
+        Some(next)
+            if matches!(status, 301 | 302 | 303 | 307 | 308)
+                && next.as_str().len() > MAX_REDIRECT_URL_BYTES =>
+        {
+            let reason = format!(
+                "`{url}`: redirects to a URL of {} bytes, longer than {MAX_REDIRECT_URL_BYTES}",
+                next.as_str().len()
+            );
+            (fail(target, reason, measurements), None)
+        }
+        Some(next) if matches!(status, 301 | 302 | 303 | 307 | 308) => {
+            measurements.push(Measurement {
+                name: "redirect".to_owned(),
+                value: f64::from(status),
+                text: next.to_string(),
+            });
+            if next.scheme() == "https" {
+                (pass(target, measurements), Some(base_of(&next)))
+            } else {
+                let reason = format!("`{url}`: redirects to `{next}`, which is not https");
+                (fail(target, reason, measurements), None)
+            }
+        }
+        _ => {
+            let reason = format!("`{url}`: status `{status}`, expected a redirect to https");
+            (fail(target, reason, measurements), None)
+        }
+    }
+}
+
+/// Judges the answer for a health page: `200` and a body with `200 OK`.
+fn judge_health(url: &Url, answer: &Answer) -> TargetResult {
+    let target = url.to_string();
+    let measurements = answer.measurements();
+    if let Some(error) = &answer.error {
+        return fail(target, format!("`{url}`: {error}"), measurements);
+    }
+    let status = answer.status.unwrap_or(0);
+    if status != 200 {
+        let reason = format!("`{url}`: status `{status}`, expected 200");
+        return fail(target, reason, measurements);
+    }
+    if !String::from_utf8_lossy(&answer.body).contains(HEALTHY_BODY) {
+        let reason = format!("`{url}`: body does not contain `{HEALTHY_BODY}`");
+        return fail(target, reason, measurements);
+    }
+    pass(target, measurements)
+}
+
+/// What the `exchange` kind reports for Autodiscover step `step` at `url` when `stream` is
+/// an open connection to the server (no TLS is spoken on it, whatever `url`'s scheme): the
+/// request it sends, hyper reading the response, and the same judgement. The fuzz target
+/// `exchange_http` drives it with arbitrary responses.
+pub async fn autodiscover_step_over<S>(
+    stream: S,
+    step: usize,
+    url: &Url,
+    domain: &str,
+) -> (TargetResult, Option<Url>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (method, body) = autodiscover_method(url, domain);
+    let answer = answer_over(stream, method, url, body).await;
+    judge_autodiscover(step, url, &answer)
+}
+
+/// [`autodiscover_step_over`] for a health page (`https://server/owa/healthcheck.htm`).
+pub async fn health_over<S>(stream: S, url: &Url) -> TargetResult
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let answer = answer_over(stream, Method::GET, url, None).await;
+    judge_health(url, &answer)
+}
+
+/// One request over `stream` and what came back, without a deadline of its own.
+async fn answer_over<S>(stream: S, method: Method, url: &Url, body: Option<String>) -> Answer
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let started = std::time::Instant::now();
+    let mut answer = Answer::default();
+    let sent = match build_request(method, url, body) {
+        Ok((request, _host)) => send(stream, request, &mut answer).await,
+        Err(reason) => Err(reason),
+    };
+    if let Err(reason) = sent {
+        answer.error = Some(reason);
+    }
+    answer.latency = started.elapsed();
+    answer
+}
+
+/// The HTTP/1.1 request for `url` and the host to connect to (brackets of an IPv6 address
+/// removed).
+fn build_request(
+    method: Method,
+    url: &Url,
+    body: Option<String>,
+) -> Result<(Request<Full<Bytes>>, String), String> {
+    let host = url.host_str().ok_or("the URL has no host")?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let host_header = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.clone(),
+    };
+    let mut request = Request::builder()
+        .method(method)
+        .uri(&url[url::Position::BeforePath..url::Position::AfterQuery])
+        .header(HOST, host_header)
+        .header(
+            USER_AGENT,
+            concat!("estate-agent/", env!("CARGO_PKG_VERSION")),
+        );
+    if body.is_some() {
+        request = request.header(CONTENT_TYPE, "text/xml; charset=utf-8");
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|error| format!("cannot build the request: {error}"))?;
+    Ok((request, host))
 }
 
 /// Sends `request` over `stream` and records the response in `answer`.
@@ -1176,6 +1255,31 @@ mod tests {
         );
         let skipped = outcome(&results, "healthcheck");
         assert!(matches!(skipped.outcome, Outcome::Skipped { .. }));
+    }
+
+    #[test]
+    fn a_redirect_to_an_overlong_url_fails_without_an_overlong_result() {
+        // Found while writing the `exchange_http` fuzz target's oracle (its seed
+        // `redirect-overlong`): a 10 kB `Location` became the `redirect` measurement and the
+        // reason, and the collector would refuse the whole report.
+        let url =
+            Url::parse("http://autodiscover.contoso.test/autodiscover/autodiscover.xml").unwrap();
+        let location = format!("https://mail.contoso.test/{}", "a".repeat(10_000));
+        let answer = Answer {
+            status: Some(302),
+            location: Some(location),
+            ..Answer::default()
+        };
+        let (result, answered) = judge_autodiscover(3, &url, &answer);
+        assert_eq!(answered, None);
+        let Outcome::Fail { reason } = &result.outcome else {
+            panic!("expected a failure, got {result:?}");
+        };
+        assert!(
+            reason.ends_with("redirects to a URL of 10026 bytes, longer than 900"),
+            "{reason}"
+        );
+        assert!(result.measurements.iter().all(|m| m.text.len() <= 1024));
     }
 
     #[tokio::test]

@@ -734,18 +734,14 @@ async fn run_session(endpoint: Endpoint, plan: ProbePlan, timeout: Duration) -> 
                 result_text(result.rc, &result.text)
             ));
         }
-        let Some(entry) = entries
-            .iter()
-            .find(|e| !e.is_ref())
-            .and_then(|e| read_entry(&e.0))
-        else {
+        let Some(entry) = entries.iter().find(|e| !e.is_ref()) else {
             return session.fail(format!("`{target}`: the rootDSE read returned no entry"));
         };
-        if plan.root_dse == RootDse::Report || plan.require_gc_ready {
-            let midpoint = midpoint(asked, answered);
-            if let Err(reason) = judge_root_dse(&mut session, &plan, &entry, midpoint) {
-                return session.fail(format!("`{target}`: {reason}"));
-            }
+        let midpoint = midpoint(asked, answered);
+        if let Err(reason) =
+            judge_root_dse_entry(&plan, &entry.0, midpoint, &mut session.measurements)
+        {
+            return session.fail(format!("`{target}`: {reason}"));
         }
     }
 
@@ -1020,10 +1016,31 @@ fn read_entry(tag: &StructureTag) -> Option<BTreeMap<String, Vec<String>>> {
     Some(entry)
 }
 
+/// What the probe makes of the rootDSE entry a server returned (`entry` is the
+/// `SearchResultEntry` as ldap3 hands it over, any shape): with `root_dse = "report"` or
+/// `require_gc_ready`, its measurements are added to `measurements` and `isSynchronized`,
+/// `isGlobalCatalogReady` and the clock skew (against `now`, this host's time halfway through
+/// the read) are judged; `Err` is the reason without the target. Pure: the fuzz target
+/// `ldap_root_dse` feeds it entries decoded from arbitrary bytes.
+pub fn judge_root_dse_entry(
+    plan: &ProbePlan,
+    entry: &StructureTag,
+    now: SystemTime,
+    measurements: &mut Vec<Measurement>,
+) -> Result<(), String> {
+    let Some(entry) = read_entry(entry) else {
+        return Err("the rootDSE read returned no entry".to_owned());
+    };
+    if plan.root_dse == RootDse::Report || plan.require_gc_ready {
+        judge_root_dse(measurements, plan, &entry, now)?;
+    }
+    Ok(())
+}
+
 /// Reports the rootDSE's measurements and judges `isSynchronized`, `isGlobalCatalogReady` and
 /// the clock skew.
 fn judge_root_dse(
-    session: &mut Session,
+    measurements: &mut Vec<Measurement>,
     plan: &ProbePlan,
     entry: &BTreeMap<String, Vec<String>>,
     now: SystemTime,
@@ -1042,9 +1059,7 @@ fn judge_root_dse(
                         .map(|d| d.as_secs_f64())
                         .unwrap_or(0.0);
                     let value = server as f64 - here;
-                    session
-                        .measurements
-                        .push(measurement("current_time_skew_seconds", value));
+                    measurements.push(measurement("current_time_skew_seconds", value));
                     skew = Some(value);
                 }
                 None => {
@@ -1053,14 +1068,10 @@ fn judge_root_dse(
             }
         }
         if let Some(value) = synchronized {
-            session
-                .measurements
-                .push(measurement("synchronized", f64::from(u8::from(value))));
+            measurements.push(measurement("synchronized", f64::from(u8::from(value))));
         }
         if let Some(value) = gc_ready {
-            session
-                .measurements
-                .push(measurement("gc_ready", f64::from(u8::from(value))));
+            measurements.push(measurement("gc_ready", f64::from(u8::from(value))));
         }
         for (attribute, name) in [
             ("dnshostname", "dns_host_name"),
@@ -1070,7 +1081,7 @@ fn judge_root_dse(
             ("domaincontrollerfunctionality", "dc_functionality"),
         ] {
             if let Some(text) = first(attribute) {
-                session.measurements.push(text_measurement(name, text));
+                measurements.push(text_measurement(name, text));
             }
         }
         if synchronized == Some(false) {

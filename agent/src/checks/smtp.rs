@@ -330,6 +330,39 @@ pub async fn probe_smtp(
     }
 }
 
+/// [`probe_smtp`] over a connection already open to `host:port`: the same dialogue and
+/// judgement from the first byte the server sends, `latency_seconds` counted from this call.
+/// The fuzz target `smtp_dialogue` drives it with an in-memory server sending arbitrary bytes.
+pub async fn probe_smtp_over<S>(
+    stream: S,
+    host: &str,
+    port: u16,
+    options: &SmtpOptions,
+    timeout: Duration,
+) -> TargetResult
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let target = target(host, port);
+    let started = Instant::now();
+    let conversation = Conversation {
+        reader: ReplyReader::new(Box::new(stream)),
+        target: target.clone(),
+        deadline: tokio::time::Instant::now() + timeout,
+        timeout,
+    };
+    let mut measurements = Vec::new();
+    let outcome = match converse(conversation, host, options, started, &mut measurements).await {
+        Ok(()) => Outcome::Pass,
+        Err(reason) => Outcome::Fail { reason },
+    };
+    TargetResult {
+        target,
+        outcome,
+        measurements,
+    }
+}
+
 /// A byte stream SMTP runs over: plain TCP, or TLS over it.
 trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
@@ -342,7 +375,6 @@ async fn dialogue(
     timeout: Duration,
     measurements: &mut Vec<Measurement>,
 ) -> Result<(), String> {
-    let server_name = options.server_name.as_deref().unwrap_or(host);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let within = |reason: String| move |_| reason;
@@ -353,12 +385,25 @@ async fn dialogue(
     let stream = tokio::time::timeout_at(deadline, connect(host, port, options.address))
         .await
         .map_err(within(no_connection))??;
-    let mut conversation = Conversation {
+    let conversation = Conversation {
         reader: ReplyReader::new(Box::new(stream)),
         target: target.to_owned(),
         deadline,
         timeout,
     };
+    converse(conversation, host, options, started, measurements).await
+}
+
+/// The dialogue once connected; `started` is when connecting began.
+async fn converse(
+    mut conversation: Conversation,
+    host: &str,
+    options: &SmtpOptions,
+    started: Instant,
+    measurements: &mut Vec<Measurement>,
+) -> Result<(), String> {
+    let server_name = options.server_name.as_deref().unwrap_or(host);
+    let target = conversation.target.clone();
     if options.implicit_tls {
         conversation = conversation
             .start_tls(server_name, &options.tls, measurements)
