@@ -32,7 +32,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Schema migrations, applied in order; `schema_version` records how many ran. Key columns
 /// use the `C` collation so that keyset pagination orders exactly as SQLite does (bytewise).
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE hosts (
     id TEXT COLLATE "C" PRIMARY KEY,
     hostname TEXT COLLATE "C" NOT NULL,
