@@ -408,6 +408,7 @@ impl Agent {
                 Ok(None)
             }
             Err(SendError::IdentityConflict { message, .. }) => {
+                self.spool.release();
                 warn!(
                     %message,
                     agent_id = %self.identity.agent_id(),
@@ -434,11 +435,13 @@ impl Agent {
                 Ok(None)
             }
             Err(SendError::Throttled { message, .. }) => {
+                self.spool.release();
                 let delay = THROTTLED_RETRY / 2 + random_up_to(THROTTLED_RETRY);
                 debug!(%message, sequence, retry_in = ?delay, "rate limited by the collector");
                 Ok(Some(Instant::now() + delay))
             }
             Err(error) => {
+                self.spool.release();
                 self.failed_deliveries += 1;
                 let delay = self.backoff.next_delay();
                 warn!(

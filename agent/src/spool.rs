@@ -182,6 +182,10 @@ pub struct Spool {
     dropped_unreported: u64,
     /// Corrupt files found since the agent started, for the logs and tests.
     corrupt_files: u64,
+    /// The report handed out by [`Spool::front`] and not yet acknowledged, discarded or
+    /// released: the bounds never drop it, or a report the collector then stores would be
+    /// counted both as stored and as dropped.
+    in_flight: Option<u64>,
 }
 
 impl Spool {
@@ -209,6 +213,7 @@ impl Spool {
             entries: BTreeMap::new(),
             total_bytes: 0,
             corrupt_files: 0,
+            in_flight: None,
         };
         let mut found = Vec::new();
         for item in std::fs::read_dir(&dir).map_err(list_error)? {
@@ -318,7 +323,10 @@ impl Spool {
             let path = self.path_of(sequence);
             match std::fs::read(&path) {
                 Ok(bytes) => match decode_file(&bytes) {
-                    Ok((_, report)) => return Ok(Some(report)),
+                    Ok((_, report)) => {
+                        self.in_flight = Some(sequence);
+                        return Ok(Some(report));
+                    }
                     Err(reason) => {
                         self.forget(sequence);
                         self.quarantine(&path, &reason)?;
@@ -339,12 +347,20 @@ impl Spool {
     /// A file that cannot be removed is still forgotten: sent again after a restart, the
     /// collector acknowledges it as a duplicate.
     pub fn acknowledge(&mut self, sequence: u64) -> Result<(), SpoolError> {
+        self.release();
         self.forget(sequence);
         self.remove_file(sequence)
     }
 
+    /// The report from [`Spool::front`] was not delivered (it stays queued): from now on the
+    /// bounds may drop it like any other until it is handed out again.
+    pub fn release(&mut self) {
+        self.in_flight = None;
+    }
+
     /// Removes a report the collector refused for good, counting it as dropped.
     pub fn discard(&mut self, sequence: u64) -> Result<(), SpoolError> {
+        self.release();
         let carried = self
             .entries
             .get(&sequence)
@@ -365,6 +381,7 @@ impl Spool {
         &mut self,
         mut restamp: impl FnMut(&mut ReportRequest) -> Result<(), E>,
     ) -> Result<(), RenumberError<E>> {
+        self.release();
         let sequences: Vec<u64> = self.entries.keys().copied().collect();
         for old in sequences {
             let path = self.path_of(old);
@@ -440,9 +457,18 @@ impl Spool {
         let mut dropped = 0;
         let mut carried = 0;
         while self.entries.len() > 1 {
-            let Some((&sequence, &entry)) = self.entries.iter().next() else {
+            let in_flight = self.in_flight;
+            let Some((&sequence, &entry)) = self
+                .entries
+                .iter()
+                .find(|(sequence, _)| Some(**sequence) != in_flight)
+            else {
                 break;
             };
+            // The newest report always stays.
+            if self.entries.keys().next_back() == Some(&sequence) {
+                break;
+            }
             let too_big = self.total_bytes > self.limits.max_bytes;
             let too_old = now_ms.saturating_sub(entry.spooled_ms) > max_age_ms;
             if !too_big && !too_old {
@@ -735,6 +761,38 @@ mod tests {
         drop(spool);
         let spool = Spool::open(dir.path(), limits, at(1000)).unwrap();
         assert_eq!(spool.len(), 1, "the newest stays even when old");
+    }
+
+    #[test]
+    fn the_report_being_sent_is_never_dropped_by_the_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits {
+            max_age: Duration::from_secs(60),
+            ..LARGE
+        };
+        let mut spool = Spool::open(dir.path(), limits, at(0)).unwrap();
+        spool.push(report(1), at(0)).unwrap();
+        spool.push(report(2), at(10)).unwrap();
+        assert_eq!(spool.front().unwrap().unwrap().sequence, 1);
+        // Report 1 is in flight when the age bound passes over it and report 2.
+        spool.push(report(3), at(100)).unwrap();
+        assert_eq!(
+            spool.first_sequence(),
+            Some(1),
+            "the report in flight stays"
+        );
+        assert_eq!(spool.len(), 2, "report 2 was dropped instead");
+        assert_eq!(spool.dropped_unreported(), 1);
+        // Acknowledged, it is removed and never counted as dropped.
+        spool.acknowledge(1).unwrap();
+        assert_eq!(spool.dropped_unreported(), 1);
+        // Released after a failed delivery, the bounds may drop it again.
+        spool.push(report(4), at(150)).unwrap();
+        assert_eq!(spool.front().unwrap().unwrap().sequence, 3);
+        spool.release();
+        spool.push(report(5), at(300)).unwrap();
+        assert_eq!(spool.first_sequence(), Some(5));
+        assert_eq!(spool.dropped_unreported(), 3);
     }
 
     #[test]
