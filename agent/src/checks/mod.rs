@@ -16,6 +16,7 @@ pub mod exchange;
 pub mod http;
 pub mod kerberos;
 pub mod ldap;
+pub mod service;
 pub mod smtp;
 pub mod tcp;
 pub mod tls;
@@ -86,11 +87,14 @@ pub enum CheckConfig {
     /// Walks an Exchange organisation's Autodiscover chain, requests every protocol's health
     /// page, and talks SMTP with STARTTLS, reporting every HTTPS certificate on the way.
     Exchange(exchange::ExchangeCheckConfig),
+    /// Reads the state of named services (systemd units, Windows services) and compares it
+    /// with the expected one.
+    Service(service::ServiceCheckConfig),
 }
 
 /// Every kind name, as written in `kind = "..."`. A test keeps it in step with [`CheckConfig`].
 pub const CHECK_KINDS: &[&str] = &[
-    "tcp", "dns", "kerberos", "ldap", "ad", "tls", "smtp", "http", "dhcp", "exchange",
+    "tcp", "dns", "kerberos", "ldap", "ad", "tls", "smtp", "http", "dhcp", "exchange", "service",
 ];
 
 impl CheckConfig {
@@ -107,6 +111,7 @@ impl CheckConfig {
             CheckConfig::Http(_) => http::KIND,
             CheckConfig::Dhcp(_) => dhcp::KIND,
             CheckConfig::Exchange(_) => exchange::KIND,
+            CheckConfig::Service(_) => service::KIND,
         }
     }
 
@@ -123,6 +128,7 @@ impl CheckConfig {
             CheckConfig::Http(config) => config.validate().map(Check::Http),
             CheckConfig::Dhcp(config) => config.validate().map(Check::Dhcp),
             CheckConfig::Exchange(config) => config.validate().map(Check::Exchange),
+            CheckConfig::Service(config) => config.validate().map(Check::Service),
         }
     }
 }
@@ -140,6 +146,7 @@ pub enum Check {
     Http(http::HttpCheck),
     Dhcp(dhcp::DhcpCheck),
     Exchange(exchange::ExchangeCheck),
+    Service(service::ServiceCheck),
 }
 
 impl Check {
@@ -156,6 +163,7 @@ impl Check {
             Check::Http(_) => http::KIND,
             Check::Dhcp(_) => dhcp::KIND,
             Check::Exchange(_) => exchange::KIND,
+            Check::Service(_) => service::KIND,
         }
     }
 
@@ -172,6 +180,7 @@ impl Check {
             Check::Http(check) => check.target(),
             Check::Dhcp(check) => check.target(),
             Check::Exchange(check) => check.target(),
+            Check::Service(check) => check.target(),
         }
     }
 
@@ -190,6 +199,7 @@ impl Check {
             Check::Http(check) => check.probe(timeout).await,
             Check::Dhcp(check) => check.probe(timeout).await,
             Check::Exchange(check) => check.probe(timeout).await,
+            Check::Service(check) => check.probe().await,
         }
     }
 }
