@@ -263,6 +263,8 @@ struct Tally {
     stored: u64,
     dropped: u64,
     left_in_spool: u64,
+    /// Reports counted both stored and dropped (stored just before SIGKILL, then aged out).
+    double_counted: u64,
 }
 
 fn run_faults(spool: &str, outage: Duration) -> Tally {
@@ -332,24 +334,40 @@ fn run_faults(spool: &str, outage: Duration) -> Tally {
             "{:<38} {produced:>9} {stored:>7} {dropped:>8} {left:>9}",
             agent.id()
         );
-        assert_eq!(
-            produced,
-            stored + dropped + left,
-            "agent {}: produced = stored + dropped + still spooled",
+        // Nothing may be lost uncounted: stored + dropped + still spooled >= produced, exactly
+        // equal when nothing was dropped. With drops, a report whose delivery ended without an
+        // answer (collector killed or stopped mid-request, request timeout) and which then aged
+        // out of the spool is counted as dropped even if the collector had stored it: the
+        // agent cannot know. Such double counts are printed, never hidden.
+        let counted = stored + dropped + left;
+        if dropped == 0 {
+            assert_eq!(
+                counted,
+                produced,
+                "agent {}: produced = stored + still spooled",
+                agent.id()
+            );
+        }
+        assert!(
+            counted >= produced,
+            "agent {}: produced {produced} > stored {stored} + dropped {dropped} + still \
+             spooled {left}: reports lost uncounted",
             agent.id()
         );
+        tally.double_counted += counted - produced;
         tally.produced += produced;
         tally.stored += stored;
         tally.dropped += dropped;
         tally.left_in_spool += left;
     }
     println!(
-        "total: produced {} = stored {} + dropped {} + in spool {}; {} stored in the 400 ms \
-         before SIGKILL; {:.1} s",
+        "total: produced {} = stored {} + dropped {} + in spool {} - counted twice {}; {} stored \
+         in the 400 ms before SIGKILL; {:.1} s",
         tally.produced,
         tally.stored,
         tally.dropped,
         tally.left_in_spool,
+        tally.double_counted,
         during_replay,
         started.elapsed().as_secs_f64()
     );
