@@ -689,6 +689,39 @@ fn discover_message(xid: u32, client_mac: &[u8; 6], giaddr: Option<Ipv4Addr>) ->
     message
 }
 
+/// Options whose decoder in dhcproto asserts a length instead of checking it (found by the
+/// `dhcp_offers` fuzz target): option 94, Client Network Interface, is 3 bytes.
+const FIXED_LENGTH_OPTIONS: &[(u8, usize)] = &[(94, 3)];
+
+/// Whether the options of a BOOTP packet hold one of [`FIXED_LENGTH_OPTIONS`] with another
+/// length: such a packet is malformed and must not reach the decoder.
+fn has_misshapen_fixed_length_option(bytes: &[u8]) -> bool {
+    // 236 bytes of fixed header, then the 4-byte magic cookie, then code/length/value options.
+    let Some(mut options) = bytes.get(240..) else {
+        return false;
+    };
+    while let Some((&code, rest)) = options.split_first() {
+        match code {
+            0 => options = rest,
+            255 => return false,
+            _ => {
+                let Some((&length, rest)) = rest.split_first() else {
+                    return false;
+                };
+                let length = usize::from(length);
+                if FIXED_LENGTH_OPTIONS
+                    .iter()
+                    .any(|&(fixed, expected)| fixed == code && expected != length)
+                {
+                    return true;
+                }
+                options = rest.get(length..).unwrap_or_default();
+            }
+        }
+    }
+    false
+}
+
 /// Parses one received packet; an offer for this probe or why it is not one. Never panics,
 /// whatever the bytes.
 fn parse_offer(
@@ -698,6 +731,9 @@ fn parse_offer(
     client_mac: &[u8; 6],
     latency: Duration,
 ) -> Result<Offer, Ignored> {
+    if has_misshapen_fixed_length_option(bytes) {
+        return Err(Ignored::Malformed);
+    }
     let message = Message::decode(&mut Decoder::new(bytes)).map_err(|_| Ignored::Malformed)?;
     if message.opcode() != Opcode::BootReply {
         return Err(Ignored::NotBootReply);
@@ -878,6 +914,26 @@ fn open_broadcast_socket(interface: &str) -> Result<UdpSocket, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_client_network_interface_option_of_the_wrong_length_is_malformed_not_a_panic() {
+        let mut packet = vec![0u8; 240];
+        packet[..4].copy_from_slice(&[2, 1, 6, 0]);
+        packet[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        // Option 53 (OFFER), then option 94 with 2 bytes instead of 3 (found by fuzzing).
+        packet.extend_from_slice(&[53, 1, 2, 94, 2, 1, 2, 255]);
+        assert!(has_misshapen_fixed_length_option(&packet));
+        let source = SocketAddr::from(([127, 0, 0, 1], 67));
+        assert!(matches!(
+            parse_offer(&packet, source, 0, &[0; 6], Duration::ZERO),
+            Err(Ignored::Malformed)
+        ));
+        // The same option with its 3 bytes is fine.
+        let len = packet.len();
+        packet[len - 5..].copy_from_slice(&[94, 3, 1, 2, 3]);
+        packet.push(255);
+        assert!(!has_misshapen_fixed_length_option(&packet));
+    }
     use super::*;
     use crate::checks::{CheckConfig, CheckEntry};
 

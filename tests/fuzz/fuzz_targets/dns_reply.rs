@@ -23,12 +23,12 @@ expect_values = ["192.0.2.1", "re:^192\\.0\\.2\\."]
 max_latency = "1s""#,
         r#"kind = "dns"
 query = "_ldap._tcp.dc._msdcs.corp.example.com"
-record_type = "SRV"
+type = "SRV"
 servers = ["127.0.0.1:53"]
 min_answers = 2"#,
         r#"kind = "dns"
 query = "missing.example.com"
-record_type = "TXT"
+type = "TXT"
 servers = ["[::1]:5353"]
 expect_rcode = "NXDOMAIN""#,
     ]
