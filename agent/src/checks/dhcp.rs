@@ -689,12 +689,23 @@ fn discover_message(xid: u32, client_mac: &[u8; 6], giaddr: Option<Ipv4Addr>) ->
     message
 }
 
-/// Options whose decoder in dhcproto asserts a length instead of checking it (found by the
-/// `dhcp_offers` fuzz target): option 94, Client Network Interface, is 3 bytes.
-const FIXED_LENGTH_OPTIONS: &[(u8, usize)] = &[(94, 3)];
+/// Options whose decoder in dhcproto asserts a length instead of checking it, or subtracts
+/// from it (the first found by the `dhcp_offers` fuzz target), with the lengths it accepts:
+/// (code, shortest, longest). 80 Rapid Commit, 81 Client FQDN, 94 Client Network Interface,
+/// 151-155 the bulk lease query status code and times.
+const CHECKED_LENGTH_OPTIONS: &[(u8, usize, usize)] = &[
+    (80, 0, 0),
+    (81, 3, 255),
+    (94, 3, 3),
+    (151, 1, 255),
+    (152, 4, 4),
+    (153, 4, 4),
+    (154, 4, 4),
+    (155, 4, 4),
+];
 
-/// Whether the options of a BOOTP packet hold one of [`FIXED_LENGTH_OPTIONS`] with another
-/// length: such a packet is malformed and must not reach the decoder.
+/// Whether the options of a BOOTP packet hold one of [`CHECKED_LENGTH_OPTIONS`] with a length
+/// outside its bounds: such a packet is malformed and must not reach the decoder.
 fn has_misshapen_fixed_length_option(bytes: &[u8]) -> bool {
     // 236 bytes of fixed header, then the 4-byte magic cookie, then code/length/value options.
     let Some(mut options) = bytes.get(240..) else {
@@ -709,9 +720,11 @@ fn has_misshapen_fixed_length_option(bytes: &[u8]) -> bool {
                     return false;
                 };
                 let length = usize::from(length);
-                if FIXED_LENGTH_OPTIONS
+                if CHECKED_LENGTH_OPTIONS
                     .iter()
-                    .any(|&(fixed, expected)| fixed == code && expected != length)
+                    .any(|&(checked, shortest, longest)| {
+                        checked == code && !(shortest..=longest).contains(&length)
+                    })
                 {
                     return true;
                 }
