@@ -235,7 +235,7 @@ const PHYSICAL_SERVER: &str = r#"
     drive: "/" ext4 "/dev/mapper/vg0-root" label="root" serial="2f9c7d4e-1a2b-4c3d-9e8f-0a1b2c3d4e5f"
     drive: "/boot" ext4 "/dev/sda1" label="boot" serial="7d1e2f30-4a5b-4c6d-8e9f-a0b1c2d3e4f5"
     drive: "/boot/efi" vfat "/dev/sda2" label="" serial="4C1A-2B3D"
-    drive: "/var/lib/postgresql" xfs "/dev/md0" label="PG DATA" serial=""
+    drive: "/var/lib/postgresql" xfs "/dev/md0" label="PG-DATA" serial=""
     drive: "/var/lib/postgresql/wal" ext4 "/dev/nvme0n1p1" label="" serial=""
     network: bond0 bond mac="b0:26:28:aa:bb:01" mtu=1500 20000Mb/s up virtual=true dhcp="static" driver="" gw=["10.20.0.1", "fe80::1"] ip=["2001:db8:20::10/64", "fe80::b226:28ff:feaa:bb01/64"]
     network: eno1 ethernet mac="b0:26:28:aa:bb:01" mtu=1500 10000Mb/s up virtual=false dhcp="" driver="tg3" gw=[] ip=[]
