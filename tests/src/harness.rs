@@ -59,6 +59,24 @@ impl Drop for Running {
 }
 
 impl Running {
+    /// Sends SIGTERM (through `kill`, so this builds everywhere) and waits, at most 20 s, for
+    /// the exit status: the graceful shutdown under test.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("running kill");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.0.try_wait().expect("waiting for the process") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process {pid} ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the process at once (SIGKILL: no graceful shutdown) and reaps it.
     pub fn kill(mut self) {
         let _ = self.0.kill();

@@ -5,77 +5,21 @@
 //!   reports produced (its sequence counter) = reports stored by the collector
 //!     + reports the agent reported as dropped + reports still in its spool and not stored
 //!
-//! With a spool large enough nothing is dropped; with an age bound shorter than the outage
-//! some are, and the equation still holds. The figures are printed.
+//! With a spool large enough nothing is dropped and the equation is exact; with an age bound
+//! shorter than the outage some are, nothing is lost uncounted, and a report stored just
+//! before the kill and then aged out of the spool is counted twice (printed). The figures are
+//! printed.
 //!
 //! The binaries are the ones `cargo test --workspace` builds next to this test; `ESTATE_BIN_DIR`
 //! points elsewhere.
 
+use estate_tests::harness::{Running, binary, free_port, http_get, wait_until};
 use serde_json::Value;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const AGENTS: usize = 6;
-
-fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ESTATE_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_owned()
-}
-
-fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.exists(),
-        "`{}` is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed when dropped, so a failing test leaves nothing running.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Running {
-    /// Sends SIGTERM and waits (bounded) for the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.0.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "process {pid} ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: no chance to finish anything.
-    fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
 
 /// The collector's addresses stay the same across restarts, as the agents' config names them.
 struct Collector {
@@ -116,7 +60,7 @@ impl Collector {
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        plain_http::get(&format!("http://{}{path}", self.http))
+        http_get(&format!("http://{}{path}", self.http))
     }
 
     fn json(&self, path: &str) -> Value {
@@ -136,14 +80,6 @@ impl Collector {
             .and_then(|line| line.rsplit(' ').next())
             .and_then(|value| value.parse().ok())
             .unwrap_or(0.0)
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -394,52 +330,4 @@ fn with_a_short_spool_age_the_dropped_reports_are_counted() {
         Duration::from_secs(3),
     );
     assert!(tally.dropped > 0, "{tally:?}");
-}
-
-/// A blocking HTTP GET over plain TCP, enough for loopback tests without a runtime.
-mod plain_http {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-
-    pub fn get(url: &str) -> Option<(u16, String)> {
-        let rest = url.strip_prefix("http://")?;
-        let (host, path) = rest
-            .split_once('/')
-            .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-        let mut stream = TcpStream::connect(host).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).ok()?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
-        Some((status, body))
-    }
-
-    fn dechunk(mut body: &str) -> String {
-        let mut out = String::new();
-        while let Some((size, rest)) = body.split_once("\r\n") {
-            let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-                break;
-            };
-            if size == 0 || rest.len() < size {
-                break;
-            }
-            out.push_str(&rest[..size]);
-            body = rest[size..].trim_start_matches("\r\n");
-        }
-        out
-    }
 }
