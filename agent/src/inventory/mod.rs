@@ -31,15 +31,39 @@ pub use fingerprints::Fingerprints;
 #[doc(hidden)]
 pub use memory::table_builder as smbios_table_builder;
 
-/// One inventory area: its name (the `area` of its problems) and the function that fills its
-/// part of the inventory, pushing a message for everything it could not read.
-struct Area {
+/// One inventory area: its name (the `area` of its problems, the same on every platform) and
+/// the function that fills its part of the inventory from a source `S` (the file tree on
+/// Linux, a WMI and registry snapshot on Windows), pushing a message for everything it could
+/// not read.
+struct Area<S> {
     name: &'static str,
-    collect: fn(&Source, &mut Inventory, &mut Vec<String>),
+    collect: fn(&S, &mut Inventory, &mut Vec<String>),
+}
+
+/// Runs every area over `source`. A bug in one area's parser costs that area, not the whole
+/// report: a panic becomes a problem of the area.
+fn collect_areas<S>(areas: &[Area<S>], source: &S) -> Inventory {
+    let mut inventory = Inventory::default();
+    for area in areas {
+        let mut messages = Vec::new();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (area.collect)(source, &mut inventory, &mut messages)
+        }));
+        if outcome.is_err() {
+            messages.push(format!("area `{}` panicked; this is a bug", area.name));
+        }
+        inventory
+            .problems
+            .extend(messages.into_iter().map(|message| Problem {
+                area: area.name.to_string(),
+                message,
+            }));
+    }
+    inventory
 }
 
 /// Every area, in one place. The order does not matter: each area writes its own fields.
-const AREAS: &[Area] = &[
+const AREAS: &[Area<Source>] = &[
     Area {
         name: "bios",
         collect: bios::collect,
@@ -94,25 +118,7 @@ pub fn collect(root: &Path) -> Inventory {
 /// The Linux inventory of the tree at `root`, area by area.
 #[cfg_attr(windows, allow(dead_code))]
 fn collect_tree(root: &Path) -> Inventory {
-    let source = Source::new(root);
-    let mut inventory = Inventory::default();
-    for area in AREAS {
-        let mut messages = Vec::new();
-        // A bug in one area's parser must cost that area, not the whole report.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            (area.collect)(&source, &mut inventory, &mut messages)
-        }));
-        if outcome.is_err() {
-            messages.push(format!("area `{}` panicked; this is a bug", area.name));
-        }
-        inventory
-            .problems
-            .extend(messages.into_iter().map(|message| Problem {
-                area: area.name.to_string(),
-                message,
-            }));
-    }
-    inventory
+    collect_areas(AREAS, &Source::new(root))
 }
 
 /// Collects the fast-changing figures sent with every report. Sources that cannot be read

@@ -21,8 +21,8 @@ mod storages;
 mod users;
 pub mod values;
 
-use super::Fingerprints;
-use estate_proto::v1::{Inventory, Problem};
+use super::{Area, Fingerprints};
+use estate_proto::v1::Inventory;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -241,15 +241,8 @@ impl Snapshot {
     }
 }
 
-/// One Windows inventory area: its name (the `area` of its problems, the same names as on
-/// Linux) and the pure function that fills its part of the inventory.
-struct Area {
-    name: &'static str,
-    collect: fn(&Snapshot, &mut Inventory, &mut Vec<String>),
-}
-
 /// Every Windows area, in one place.
-const AREAS: &[Area] = &[
+const AREAS: &[Area<Snapshot>] = &[
     Area {
         name: "bios",
         collect: bios::collect,
@@ -291,23 +284,7 @@ const AREAS: &[Area] = &[
 /// Builds the inventory from a snapshot. Never fails: what is missing or malformed becomes a
 /// problem of its area.
 pub fn inventory_from_snapshot(snapshot: &Snapshot) -> Inventory {
-    let mut inventory = Inventory::default();
-    for area in AREAS {
-        let mut messages = Vec::new();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            (area.collect)(snapshot, &mut inventory, &mut messages)
-        }));
-        if outcome.is_err() {
-            messages.push(format!("area `{}` panicked; this is a bug", area.name));
-        }
-        inventory
-            .problems
-            .extend(messages.into_iter().map(|message| Problem {
-                area: area.name.to_string(),
-                message,
-            }));
-    }
-    inventory
+    super::collect_areas(AREAS, snapshot)
 }
 
 /// The host fingerprints of a Windows inventory: `MachineGuid` (lower case) as the machine id.
