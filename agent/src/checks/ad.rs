@@ -639,8 +639,9 @@ async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checks::CheckConfig;
     use crate::checks::ldap::test_server::{BIND_DN, Directory, PASSWORD, Running, TestPki, VALID};
-    use crate::checks::{CheckConfig, CheckEntry};
+    use crate::checks::test_support::parse_entry;
     use hickory_proto::op::{Message, OpCode, ResponseCode};
     use hickory_proto::rr::Record;
     use hickory_proto::rr::rdata::{A, SRV};
@@ -651,11 +652,8 @@ mod tests {
     use tokio::net::{TcpListener, UdpSocket};
 
     fn config(toml_text: &str) -> Result<AdCheck, String> {
-        let entry: CheckEntry =
-            toml::from_str(&format!("name = \"a\"\nkind = \"ad\"\n{toml_text}"))
-                .map_err(|e| e.message().to_owned())?;
-        let CheckConfig::Ad(config) = entry.config else {
-            panic!("not an ad config");
+        let CheckConfig::Ad(config) = parse_entry("ad", toml_text)? else {
+            unreachable!("a ad entry parses as a ad config")
         };
         config.validate()
     }

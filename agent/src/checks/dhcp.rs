@@ -948,7 +948,8 @@ mod tests {
         assert!(!has_misshapen_fixed_length_option(&packet));
     }
     use super::*;
-    use crate::checks::{CheckConfig, CheckEntry};
+    use crate::checks::CheckConfig;
+    use crate::checks::test_support::parse_entry;
 
     /// `aa:bb:cc:dd:ee:ff`.
     fn format_mac(mac: &[u8; 6]) -> String {
@@ -959,11 +960,8 @@ mod tests {
     }
 
     fn config(toml_text: &str) -> Result<DhcpCheck, String> {
-        let entry: CheckEntry =
-            toml::from_str(&format!("name = \"d\"\nkind = \"dhcp\"\n{toml_text}"))
-                .map_err(|e| e.message().to_owned())?;
-        let CheckConfig::Dhcp(config) = entry.config else {
-            panic!("not a dhcp config");
+        let CheckConfig::Dhcp(config) = parse_entry("dhcp", toml_text)? else {
+            unreachable!("a dhcp entry parses as a dhcp config")
         };
         config.validate()
     }

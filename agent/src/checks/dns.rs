@@ -962,14 +962,12 @@ pub async fn lookup_srv(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::{CheckConfig, CheckEntry};
+    use crate::checks::CheckConfig;
+    use crate::checks::test_support::parse_entry;
 
     fn config(toml_text: &str) -> Result<DnsCheck, String> {
-        let entry: CheckEntry =
-            toml::from_str(&format!("name = \"d\"\nkind = \"dns\"\n{toml_text}"))
-                .map_err(|e| e.message().to_owned())?;
-        let CheckConfig::Dns(config) = entry.config else {
-            panic!("not a dns config");
+        let CheckConfig::Dns(config) = parse_entry("dns", toml_text)? else {
+            unreachable!("a dns entry parses as a dns config")
         };
         config.validate()
     }

@@ -890,10 +890,11 @@ fn fail(target: String, reason: String, measurements: Vec<Measurement>) -> Targe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checks::CheckConfig;
     use crate::checks::certificate::test_pki::{TestPki, VALID, Validity};
     use crate::checks::smtp::test_server::{Responder, TlsOffer};
+    use crate::checks::test_support::{documented_example, parse_entry};
     use crate::checks::tls::test_server::{Running, ServerStream, start};
-    use crate::checks::{CheckConfig, CheckEntry};
     use hickory_proto::op::{Message, OpCode, ResponseCode};
     use hickory_proto::rr::rdata::SRV;
     use hickory_proto::rr::{Name, RData, Record};
@@ -909,27 +910,15 @@ mod tests {
     ];
 
     fn config(toml_text: &str) -> Result<ExchangeCheck, String> {
-        let entry: CheckEntry =
-            toml::from_str(&format!("name = \"e\"\nkind = \"exchange\"\n{toml_text}"))
-                .map_err(|e| e.message().to_owned())?;
-        let CheckConfig::Exchange(config) = entry.config else {
-            panic!("not an exchange config");
+        let CheckConfig::Exchange(config) = parse_entry("exchange", toml_text)? else {
+            unreachable!("a exchange entry parses as a exchange config")
         };
         config.validate()
     }
 
     #[test]
     fn the_documented_example_validates() {
-        let example = include_str!("exchange.rs")
-            .lines()
-            .skip_while(|line| !line.starts_with("//! ```toml"))
-            .skip(1)
-            .take_while(|line| !line.starts_with("//! ```"))
-            .map(|line| line.trim_start_matches("//!").trim_start())
-            .filter(|line| !line.starts_with("[[checks]]") && !line.starts_with("name ="))
-            .filter(|line| !line.starts_with("kind ="))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let example = documented_example(include_str!("exchange.rs"));
         let check = config(&example).unwrap();
         assert_eq!(check.target(), "contoso.com");
         assert_eq!(check.inner.smtp_hosts, ["mail.contoso.com"]);

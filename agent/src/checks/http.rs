@@ -682,35 +682,24 @@ fn describe(error: &hyper::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checks::CheckConfig;
     use crate::checks::certificate::test_pki::{TestPki, VALID, Validity};
+    use crate::checks::test_support::{documented_example, parse_entry};
     use crate::checks::tls::test_server::{Running, ServerStream, start};
-    use crate::checks::{CheckConfig, CheckEntry};
     use std::io::Write;
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn config(toml_text: &str) -> Result<HttpCheck, String> {
-        let entry: CheckEntry =
-            toml::from_str(&format!("name = \"h\"\nkind = \"http\"\n{toml_text}"))
-                .map_err(|e| e.message().to_owned())?;
-        let CheckConfig::Http(config) = entry.config else {
-            panic!("not an http config");
+        let CheckConfig::Http(config) = parse_entry("http", toml_text)? else {
+            unreachable!("a http entry parses as a http config")
         };
         config.validate()
     }
 
     #[test]
     fn the_documented_example_validates() {
-        let example = include_str!("http.rs")
-            .lines()
-            .skip_while(|line| !line.starts_with("//! ```toml"))
-            .skip(1)
-            .take_while(|line| !line.starts_with("//! ```"))
-            .map(|line| line.trim_start_matches("//!").trim_start())
-            .filter(|line| !line.starts_with("[[checks]]") && !line.starts_with("name ="))
-            .filter(|line| !line.starts_with("kind ="))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let example = documented_example(include_str!("http.rs"));
         let check = config(&example).unwrap();
         assert_eq!(check.target(), "https://portal.example.org/health");
         assert_eq!(check.expect_text, "`2xx`, `3xx`");

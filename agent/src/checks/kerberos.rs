@@ -1552,7 +1552,8 @@ mod der {
 mod tests {
     use super::der::encode as e;
     use super::*;
-    use crate::checks::{CheckConfig, CheckEntry};
+    use crate::checks::CheckConfig;
+    use crate::checks::test_support::parse_entry;
     use std::sync::Arc;
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
@@ -1563,11 +1564,8 @@ mod tests {
     // Config
 
     fn config(toml_text: &str) -> Result<KerberosCheck, String> {
-        let entry: CheckEntry =
-            toml::from_str(&format!("name = \"k\"\nkind = \"kerberos\"\n{toml_text}"))
-                .map_err(|e| e.message().to_owned())?;
-        let CheckConfig::Kerberos(config) = entry.config else {
-            panic!("not a kerberos config");
+        let CheckConfig::Kerberos(config) = parse_entry("kerberos", toml_text)? else {
+            unreachable!("a kerberos entry parses as a kerberos config")
         };
         config.validate()
     }

@@ -1463,15 +1463,13 @@ mod tests {
         BIND_DN, Behaviour, Directory, PASSWORD, Running, TestPki, VALID, Validity,
     };
     use super::*;
-    use crate::checks::{CheckConfig, CheckEntry};
+    use crate::checks::CheckConfig;
+    use crate::checks::test_support::parse_entry;
     use std::io::Write;
 
     fn config(toml_text: &str) -> Result<LdapCheck, String> {
-        let entry: CheckEntry =
-            toml::from_str(&format!("name = \"l\"\nkind = \"ldap\"\n{toml_text}"))
-                .map_err(|e| e.message().to_owned())?;
-        let CheckConfig::Ldap(config) = entry.config else {
-            panic!("not an ldap config");
+        let CheckConfig::Ldap(config) = parse_entry("ldap", toml_text)? else {
+            unreachable!("a ldap entry parses as a ldap config")
         };
         config.validate()
     }

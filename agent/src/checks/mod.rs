@@ -338,6 +338,36 @@ pub(crate) fn unix_ms(time: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// Test support shared by the check modules: an entry parsed exactly as the config file parses
+/// it, and the example each module documents, so that the docs cannot drift from the parser.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{CheckConfig, CheckEntry};
+
+    /// Parses the kind's own keys of one `[[checks]]` entry, as the config file would.
+    pub(crate) fn parse_entry(kind: &str, keys: &str) -> Result<CheckConfig, String> {
+        let entry: CheckEntry =
+            toml::from_str(&format!("name = \"example\"\nkind = \"{kind}\"\n{keys}"))
+                .map_err(|error| error.message().to_owned())?;
+        Ok(entry.config)
+    }
+
+    /// The kind's own keys from the first ```` ```toml ```` block of a module's doc comment:
+    /// without the `[[checks]]` header and the `name` and `kind` keys every entry shares.
+    pub(crate) fn documented_example(module_source: &str) -> String {
+        module_source
+            .lines()
+            .skip_while(|line| !line.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|line| !line.starts_with("//! ```"))
+            .map(|line| line.trim_start_matches("//!").trim_start())
+            .filter(|line| !line.starts_with("[[checks]]"))
+            .filter(|line| !line.starts_with("name =") && !line.starts_with("kind ="))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1128,18 +1128,16 @@ pub(crate) mod test_server {
 mod tests {
     use super::test_server::{After, Responder, Running, TlsOffer};
     use super::*;
+    use crate::checks::CheckConfig;
     use crate::checks::certificate::test_pki::{TestPki, VALID, Validity};
-    use crate::checks::{CheckConfig, CheckEntry};
+    use crate::checks::test_support::{documented_example, parse_entry};
     use std::io::Write;
 
     const MX: &str = "mx1.mail.test";
 
     fn config(toml_text: &str) -> Result<SmtpCheck, String> {
-        let entry: CheckEntry =
-            toml::from_str(&format!("name = \"m\"\nkind = \"smtp\"\n{toml_text}"))
-                .map_err(|e| e.message().to_owned())?;
-        let CheckConfig::Smtp(config) = entry.config else {
-            panic!("not an smtp config");
+        let CheckConfig::Smtp(config) = parse_entry("smtp", toml_text)? else {
+            unreachable!("a smtp entry parses as a smtp config")
         };
         config.validate()
     }
@@ -1228,18 +1226,7 @@ mod tests {
 
     #[test]
     fn the_documented_example_validates() {
-        let source = include_str!("smtp.rs");
-        let example: String = source
-            .lines()
-            .skip_while(|line| !line.starts_with("//! ```toml"))
-            .skip(1)
-            .take_while(|line| !line.starts_with("//! ```"))
-            .map(|line| line.trim_start_matches("//!").trim_start())
-            .filter(|line| !line.starts_with("[[checks]]"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let text = example.replace("name = \"mx\"\nkind = \"smtp\"\n", "");
-        let check = config(&text).unwrap();
+        let check = config(&documented_example(include_str!("smtp.rs"))).unwrap();
         assert_eq!(check.target(), "mx1.example.com:25");
         assert!(check.options.require_starttls);
     }

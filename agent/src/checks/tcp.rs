@@ -149,14 +149,12 @@ impl TcpCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::{CheckConfig, CheckEntry};
+    use crate::checks::CheckConfig;
+    use crate::checks::test_support::parse_entry;
 
     fn config(toml_text: &str) -> Result<TcpCheck, String> {
-        let entry: CheckEntry =
-            toml::from_str(&format!("name = \"t\"\nkind = \"tcp\"\n{toml_text}"))
-                .map_err(|e| e.message().to_owned())?;
-        let CheckConfig::Tcp(config) = entry.config else {
-            panic!("not a tcp config");
+        let CheckConfig::Tcp(config) = parse_entry("tcp", toml_text)? else {
+            unreachable!("a tcp entry parses as a tcp config")
         };
         config.validate()
     }

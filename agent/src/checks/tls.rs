@@ -241,34 +241,23 @@ pub(crate) mod test_server {
 mod tests {
     use super::test_server::{Running, start};
     use super::*;
+    use crate::checks::CheckConfig;
     use crate::checks::certificate::test_pki::{TestPki, VALID, Validity};
-    use crate::checks::{CheckConfig, CheckEntry};
+    use crate::checks::test_support::{documented_example, parse_entry};
     use std::io::Write;
     use std::sync::Arc;
     use tokio::io::AsyncReadExt;
 
     fn config(toml_text: &str) -> Result<TlsCheck, String> {
-        let entry: CheckEntry =
-            toml::from_str(&format!("name = \"t\"\nkind = \"tls\"\n{toml_text}"))
-                .map_err(|e| e.message().to_owned())?;
-        let CheckConfig::Tls(config) = entry.config else {
-            panic!("not a tls config");
+        let CheckConfig::Tls(config) = parse_entry("tls", toml_text)? else {
+            unreachable!("a tls entry parses as a tls config")
         };
         config.validate()
     }
 
     #[test]
     fn the_documented_example_validates() {
-        let example = include_str!("tls.rs")
-            .lines()
-            .skip_while(|line| !line.starts_with("//! ```toml"))
-            .skip(1)
-            .take_while(|line| !line.starts_with("//! ```"))
-            .map(|line| line.trim_start_matches("//!").trim_start())
-            .filter(|line| !line.starts_with("[[checks]]") && !line.starts_with("name ="))
-            .filter(|line| !line.starts_with("kind ="))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let example = documented_example(include_str!("tls.rs"));
         let check = config(&example).unwrap();
         assert_eq!(check.target(), "www.example.org:443");
         assert_eq!(check.server_name, "www.example.org");
