@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
+mod support;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/inventory")
@@ -36,58 +38,12 @@ fn collect_fixture(name: &str) -> Inventory {
 /// Drive sizes are left out: `statvfs` of a fixture mount point measures the test machine.
 fn summary(inventory: &Inventory, root: &Path) -> String {
     let mut out = String::new();
-    let bios = inventory.bios.clone().unwrap_or_default();
-    let hardware = inventory.hardware.clone().unwrap_or_default();
     let os = inventory.operatingsystem.clone().unwrap_or_default();
     let mut line = |text: String| {
         out.push_str(text.trim_end());
         out.push('\n');
     };
-    line(format!(
-        "bios: {:?} {:?} ssn={:?} uuid={:?} sku={:?} tag={:?}",
-        bios.smanufacturer, bios.smodel, bios.ssn, bios.uuid, bios.skunumber, bios.assettag
-    ));
-    line(format!(
-        "firmware: {:?} {:?} {:?} board: {:?} {:?} msn={:?}",
-        bios.bmanufacturer, bios.bversion, bios.bdate, bios.mmanufacturer, bios.mmodel, bios.msn
-    ));
-    line(format!(
-        "hardware: {:?} {:?} {:?} sockets={} memory={} swap={}",
-        hardware.name,
-        hardware.chassis_type,
-        hardware.vmsystem,
-        hardware.sockets,
-        hardware.memory_bytes,
-        hardware.swap_bytes
-    ));
-    for cpu in &inventory.cpus {
-        line(format!(
-            "cpu: {:?} {:?} cores={} threads={} {}MHz family={} model={} stepping={} {}",
-            cpu.name,
-            cpu.manufacturer,
-            cpu.core,
-            cpu.thread,
-            cpu.speed_mhz,
-            cpu.familynumber,
-            cpu.model,
-            cpu.stepping,
-            cpu.arch
-        ));
-    }
-    for memory in &inventory.memories {
-        line(format!(
-            "memory: {:?} {} {} {}MT/s {:?} {:?} {:?} {:?} slots={}",
-            memory.caption,
-            memory.r#type,
-            memory.capacity_bytes,
-            memory.speed_mts,
-            memory.description,
-            memory.manufacturer,
-            memory.model,
-            memory.serialnumber,
-            memory.numslots
-        ));
-    }
+    support::hardware_lines(inventory, &mut line);
     for storage in &inventory.storages {
         line(format!(
             "storage: {} {} {} {} {:?} {:?} sn={:?} fw={:?} rotational={:?} {:?}",
