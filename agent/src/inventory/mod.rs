@@ -8,6 +8,52 @@
 //! The inventory holds only what is stable between runs (its hash changes on real change);
 //! figures that move all the time (free memory, free space, boot time, load) are in [`vitals`].
 
+/// The list of areas, each filled by the `collect` function of the module of that name where
+/// the list is written: the Linux modules here, the Windows ones in `windows`. One list keeps
+/// both platforms reporting the same areas under the same names.
+macro_rules! every_area {
+    () => {
+        &[
+            Area {
+                name: "bios",
+                collect: bios::collect,
+            },
+            Area {
+                name: "cpus",
+                collect: cpus::collect,
+            },
+            Area {
+                name: "memories",
+                collect: memory::collect,
+            },
+            Area {
+                name: "storages",
+                collect: storages::collect,
+            },
+            Area {
+                name: "drives",
+                collect: drives::collect,
+            },
+            Area {
+                name: "networks",
+                collect: networks::collect,
+            },
+            Area {
+                name: "operatingsystem",
+                collect: operatingsystem::collect,
+            },
+            Area {
+                name: "softwares",
+                collect: softwares::collect,
+            },
+            Area {
+                name: "users",
+                collect: users::collect,
+            },
+        ]
+    };
+}
+
 mod bios;
 mod cpus;
 mod drives;
@@ -62,45 +108,8 @@ fn collect_areas<S>(areas: &[Area<S>], source: &S) -> Inventory {
     inventory
 }
 
-/// Every area, in one place. The order does not matter: each area writes its own fields.
-const AREAS: &[Area<Source>] = &[
-    Area {
-        name: "bios",
-        collect: bios::collect,
-    },
-    Area {
-        name: "cpus",
-        collect: cpus::collect,
-    },
-    Area {
-        name: "memories",
-        collect: memory::collect,
-    },
-    Area {
-        name: "storages",
-        collect: storages::collect,
-    },
-    Area {
-        name: "drives",
-        collect: drives::collect,
-    },
-    Area {
-        name: "networks",
-        collect: networks::collect,
-    },
-    Area {
-        name: "operatingsystem",
-        collect: operatingsystem::collect,
-    },
-    Area {
-        name: "softwares",
-        collect: softwares::collect,
-    },
-    Area {
-        name: "users",
-        collect: users::collect,
-    },
-];
+/// Every Linux area, in one place. The order does not matter: each area writes its own fields.
+const AREAS: &[Area<Source>] = every_area!();
 
 /// Collects the full inventory from the filesystem tree at `root` (`/` on a live host).
 /// Never fails: an area that cannot be read becomes an entry in `inventory.problems`.

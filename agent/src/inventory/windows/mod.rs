@@ -241,45 +241,8 @@ impl Snapshot {
     }
 }
 
-/// Every Windows area, in one place.
-const AREAS: &[Area<Snapshot>] = &[
-    Area {
-        name: "bios",
-        collect: bios::collect,
-    },
-    Area {
-        name: "cpus",
-        collect: cpus::collect,
-    },
-    Area {
-        name: "memories",
-        collect: memory::collect,
-    },
-    Area {
-        name: "storages",
-        collect: storages::collect,
-    },
-    Area {
-        name: "drives",
-        collect: drives::collect,
-    },
-    Area {
-        name: "networks",
-        collect: networks::collect,
-    },
-    Area {
-        name: "operatingsystem",
-        collect: operatingsystem::collect,
-    },
-    Area {
-        name: "softwares",
-        collect: softwares::collect,
-    },
-    Area {
-        name: "users",
-        collect: users::collect,
-    },
-];
+/// Every Windows area, in one place: the same list as on Linux, filled from the snapshot.
+const AREAS: &[Area<Snapshot>] = every_area!();
 
 /// Builds the inventory from a snapshot. Never fails: what is missing or malformed becomes a
 /// problem of its area.
