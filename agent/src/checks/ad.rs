@@ -47,7 +47,7 @@
 
 use super::kerberos::{self, KdcTransport};
 use super::ldap::{self, Endpoint, ProbePlan, RootDse, SearchScope, Security};
-use super::{Outcome, TargetResult, dns, measurement};
+use super::{Outcome, TargetResult, dns, measurement, validate_dns_name};
 use hickory_proto::op::Query;
 use hickory_proto::rr::{Name, RData, RecordType};
 use serde::Deserialize;
@@ -136,9 +136,9 @@ pub fn default_gc_tls_port() -> u16 {
 impl AdCheckConfig {
     /// Checks the names, servers, ports and the bind and search settings.
     pub fn validate(&self) -> Result<AdCheck, String> {
-        let domain = validate_domain("domain", &self.domain)?;
+        let domain = validate_dns_name("domain", &self.domain)?;
         let forest = match &self.forest {
-            Some(forest) => validate_domain("forest", forest)?,
+            Some(forest) => validate_dns_name("forest", forest)?,
             None => domain.clone(),
         };
         let mut servers = Vec::with_capacity(self.servers.len());
@@ -199,25 +199,6 @@ impl AdCheckConfig {
             }),
         })
     }
-}
-
-/// A DNS domain name: letters, digits, `-`, `_` and dots, lower-cased, no trailing dot.
-fn validate_domain(field: &str, text: &str) -> Result<String, String> {
-    let name = text.trim_end_matches('.').to_ascii_lowercase();
-    if name.is_empty() {
-        return Err(format!("`{field}` is empty"));
-    }
-    let valid_label = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    };
-    if name.len() > 253 || !name.split('.').all(valid_label) {
-        return Err(format!("{field} `{text}` is not a DNS domain name"));
-    }
-    Ok(name)
 }
 
 /// A ready `ad` check (cheap to clone: probes of many DCs share its settings).
@@ -679,11 +660,11 @@ mod tests {
             ("domain = \"\"", "`domain` is empty"),
             (
                 "domain = \"corp example\"",
-                "domain `corp example` is not a DNS domain name",
+                "domain `corp example` is not a DNS name",
             ),
             (
                 "domain = \"corp.test\"\nforest = \"a..b\"",
-                "forest `a..b` is not a DNS domain name",
+                "forest `a..b` is not a DNS name",
             ),
             (
                 "domain = \"corp.test\"\nservers = [\"dc1\"]",

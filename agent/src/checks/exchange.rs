@@ -58,7 +58,7 @@
 
 use super::certificate::{self, TlsPolicy};
 use super::smtp::{self, SmtpOptions};
-use super::{Outcome, TargetResult, dns, measurement};
+use super::{Outcome, TargetResult, dns, measurement, validate_dns_name};
 use estate_proto::v1::Measurement;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
@@ -164,9 +164,9 @@ pub fn default_http_port() -> u16 {
 impl ExchangeCheckConfig {
     /// Checks the names, servers and ports. Pure: the CA file is read when the probe runs.
     pub fn validate(&self) -> Result<ExchangeCheck, String> {
-        let domain = validate_name("domain", &self.domain)?;
+        let domain = validate_dns_name("domain", &self.domain)?;
         let server = match &self.server {
-            Some(server) => Some(validate_name("server", server)?),
+            Some(server) => Some(validate_dns_name("server", server)?),
             None => None,
         };
         let mut servers = Vec::with_capacity(self.servers.len());
@@ -181,7 +181,7 @@ impl ExchangeCheckConfig {
             (Some(hosts), _) => {
                 let mut names = Vec::with_capacity(hosts.len());
                 for host in hosts {
-                    let name = validate_name("smtp_hosts", host)?;
+                    let name = validate_dns_name("smtp_hosts", host)?;
                     if names.contains(&name) {
                         return Err(format!(
                             "smtp host `{host}` is listed twice in `smtp_hosts`"
@@ -205,7 +205,7 @@ impl ExchangeCheckConfig {
         }
         let mut resolve = BTreeMap::new();
         for (name, address) in &self.resolve {
-            resolve.insert(validate_name("resolve", name)?, *address);
+            resolve.insert(validate_dns_name("resolve", name)?, *address);
         }
         Ok(ExchangeCheck {
             inner: Arc::new(ExchangeSettings {
@@ -226,25 +226,6 @@ impl ExchangeCheckConfig {
             }),
         })
     }
-}
-
-/// A DNS name: letters, digits, `-`, `_` and dots, lower-cased, no trailing dot.
-fn validate_name(field: &str, text: &str) -> Result<String, String> {
-    let name = text.trim_end_matches('.').to_ascii_lowercase();
-    if name.is_empty() {
-        return Err(format!("`{field}` has an empty name"));
-    }
-    let valid_label = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    };
-    if name.len() > 253 || !name.split('.').all(valid_label) {
-        return Err(format!("{field} `{text}` is not a DNS name"));
-    }
-    Ok(name)
 }
 
 /// A ready `exchange` check (cheap to clone: its probes share the settings).

@@ -331,6 +331,26 @@ where
     }
 }
 
+/// A DNS name from the config: letters, digits, `-`, `_` and dots, lower-cased, without the
+/// trailing dot. `_` is allowed because service names (`_ldap._tcp`) carry it.
+pub(crate) fn validate_dns_name(field: &str, text: &str) -> Result<String, String> {
+    let name = text.trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() {
+        return Err(format!("`{field}` is empty"));
+    }
+    let valid_label = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if name.len() > 253 || !name.split('.').all(valid_label) {
+        return Err(format!("{field} `{text}` is not a DNS name"));
+    }
+    Ok(name)
+}
+
 /// Milliseconds since the Unix epoch; 0 for a clock set before 1970.
 pub(crate) fn unix_ms(time: SystemTime) -> i64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
