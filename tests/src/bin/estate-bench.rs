@@ -30,6 +30,7 @@ mod unix {
         CheckResult, HostIdentity, HostVitals, Inventory, Measurement, Outcome, ReportRequest,
         ReportResponse, VolumeUsage,
     };
+    use estate_tests::simulation::CHECKS_PER_REPORT;
     use std::path::Path;
     use std::process::Command;
     use std::time::{Duration, Instant};
@@ -395,7 +396,110 @@ mod unix {
             "ratio reports/s collector/ceiling: {:.2}",
             ours.per_second() / ceiling.per_second()
         );
+
+        // The storage ceiling: the same rows written by plain batched upserts into the same
+        // database file, one transaction per batch of as many reports as there are agents
+        // (the most the collector can group: each agent has one report in flight).
+        let database = dir.path().join("bench.db");
+        let batch = settings.agents;
+        let reports = settings.agents * settings.reports;
+        let raw =
+            tokio::task::spawn_blocking(move || raw_upserts(&database, batch, reports)).await??;
+        let rows_per_report = 1 + CHECKS_PER_REPORT;
+        let ours_rows = ours.per_second() * rows_per_report as f64;
+        println!();
+        println!(
+            "== storage: rows/s ({rows_per_report} rows per heartbeat: the host and {CHECKS_PER_REPORT} check results)"
+        );
+        println!(
+            "{:<44} {:>12}",
+            "estate-collector (whole ingest path)",
+            format!("{ours_rows:.0}")
+        );
+        println!(
+            "{:<44} {:>12}",
+            format!("ceiling: raw upserts, {batch} reports/commit"),
+            format!("{raw:.0}")
+        );
+        println!("ratio rows/s collector/raw upserts: {:.2}", ours_rows / raw);
         Ok(())
+    }
+
+    /// Writes `reports` heartbeats' rows (a host row with every column, 12 check result rows)
+    /// as upserts into the collector's own tables, `batch` reports per transaction, with the
+    /// collector's settings (WAL, `synchronous = FULL`); returns rows per second.
+    fn raw_upserts(database: &Path, batch: usize, reports: usize) -> anyhow::Result<f64> {
+        let mut connection = rusqlite::Connection::open(database)?;
+        connection.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        )?;
+        // Every column of `hosts` bound from the table's own description, so the row is as
+        // wide as the collector's.
+        let columns: Vec<(String, String)> = connection
+            .prepare("SELECT name, type FROM pragma_table_info('hosts')")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let names: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
+        let host_sql = format!(
+            "INSERT INTO hosts ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
+            names.join(", "),
+            (1..=names.len())
+                .map(|n| format!("?{n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            names
+                .iter()
+                .skip(1)
+                .map(|name| format!("{name} = excluded.{name}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let check_sql = "INSERT INTO check_results (host_id, check_name, target, kind, outcome, \
+             reason, since_ms, received_ms, started_ms, duration_seconds, measurements) \
+             VALUES (?1, ?2, ?3, 'tcp', 'pass', '', ?4, ?4, ?4, 0.002, ?5) \
+             ON CONFLICT (host_id, check_name, target) DO UPDATE SET \
+             outcome = excluded.outcome, reason = excluded.reason, \
+             received_ms = excluded.received_ms, started_ms = excluded.started_ms, \
+             duration_seconds = excluded.duration_seconds, measurements = excluded.measurements";
+        let started = Instant::now();
+        let mut written = 0;
+        let mut sequence = 1_000_000i64;
+        while written < reports {
+            let tx = connection.transaction()?;
+            {
+                let mut host = tx.prepare_cached(&host_sql)?;
+                let mut check = tx.prepare_cached(check_sql)?;
+                for agent in 0..batch.min(reports - written) {
+                    sequence += 1;
+                    let id = format!("raw-{agent:06}");
+                    let values: Vec<rusqlite::types::Value> = columns
+                        .iter()
+                        .map(|(name, kind)| match (name.as_str(), kind.as_str()) {
+                            ("id", _) => id.clone().into(),
+                            (_, "INTEGER") => sequence.into(),
+                            (_, "REAL") => 0.5.into(),
+                            ("vitals", _) => {
+                                "{\"memory_available_bytes\":4294967296}".to_owned().into()
+                            }
+                            (name, _) => format!("{name}-{agent}").into(),
+                        })
+                        .collect();
+                    host.execute(rusqlite::params_from_iter(values))?;
+                    for index in 0..CHECKS_PER_REPORT {
+                        check.execute(rusqlite::params![
+                            id,
+                            format!("check-{index:02}"),
+                            format!("server-{index:02}.example.org:443"),
+                            sequence,
+                            "[{\"name\":\"connect_seconds\",\"value\":0.002,\"text\":\"\"}]"
+                        ])?;
+                    }
+                }
+            }
+            tx.commit()?;
+            written += batch.min(reports - written);
+        }
+        Ok((written * (1 + CHECKS_PER_REPORT)) as f64 / started.elapsed().as_secs_f64())
     }
 
     fn machine_summary() -> String {

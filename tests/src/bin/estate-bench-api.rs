@@ -1,0 +1,345 @@
+//! `estate-bench-api`: latency of `GET /api/v1/hosts` with inventory filters at N hosts under
+//! concurrent load, next to a minimal handler (same HTTP server library, same client, same
+//! database file) that does one indexed lookup and returns the host ids as JSON: the floor.
+//!
+//! The database is filled through the collector's own store (`SqliteStore::write_batch`, each
+//! simulated host's first report with its inventory), then a real collector serves it on
+//! loopback. Figures are printed, never asserted. Bounded in count and time.
+
+use anyhow::{Context as _, bail};
+use axum::extract::{Query, State};
+use axum::routing::get;
+use estate_collector::store::sqlite::SqliteStore;
+use estate_collector::store::{IncomingReport, Store as _, WritePolicy};
+use estate_collector::validate::{Limits, validate_report};
+use estate_tests::simulation;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+const USAGE: &str =
+    "usage: estate-bench-api [--hosts N] [--concurrency N] [--seconds S] [--database FILE]";
+
+#[derive(Debug, Clone)]
+struct Settings {
+    hosts: usize,
+    concurrency: usize,
+    /// Length of each measured load, per query.
+    seconds: f64,
+    /// Keep (and reuse) the filled database here instead of a temporary directory.
+    database: Option<std::path::PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut settings = Settings {
+        hosts: 100_000,
+        concurrency: 8,
+        seconds: 10.0,
+        database: None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let text = rest
+            .next()
+            .with_context(|| format!("`{flag}` needs a value\n{USAGE}"))?;
+        let number = || -> anyhow::Result<f64> {
+            match text.parse::<f64>() {
+                Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
+                _ => bail!("`{flag}` `{text}` must be a positive number"),
+            }
+        };
+        match flag.as_str() {
+            "--hosts" => settings.hosts = number()? as usize,
+            "--concurrency" => settings.concurrency = (number()? as usize).max(1),
+            "--seconds" => settings.seconds = number()?,
+            "--database" => settings.database = Some(text.into()),
+            other => bail!("unknown argument `{other}`\n{USAGE}"),
+        }
+    }
+    println!("estate-bench-api: {settings:?}");
+    tokio::runtime::Runtime::new()?.block_on(run(settings))
+}
+
+/// Fills `path` with `hosts` simulated hosts through the collector's store, unless it already
+/// holds that many (a database kept from an earlier run with `--database`).
+fn fill(path: &Path, hosts: usize) -> anyhow::Result<()> {
+    let store = SqliteStore::open(path)?;
+    let present = store.load_hosts()?.len();
+    if present == hosts {
+        println!("database `{}` already holds {hosts} hosts", path.display());
+        return Ok(());
+    }
+    if present != 0 {
+        bail!(
+            "database `{}` holds {present} hosts, not {hosts}: remove it or choose another",
+            path.display()
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let policy = WritePolicy {
+        stale_after_ms: 300_000,
+    };
+    let started = Instant::now();
+    for first in (0..hosts).step_by(512) {
+        let batch = (first..(first + 512).min(hosts))
+            .map(|agent| {
+                let report = simulation::report(agent, 1, 0, true, now);
+                Ok(IncomingReport {
+                    report: validate_report(report, &Limits::default())
+                        .map_err(|error| anyhow::anyhow!(error.message))?,
+                    received_ms: now,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        store.write_batch(&batch, policy)?;
+    }
+    println!(
+        "filled `{}` with {hosts} hosts through the store in {:.1} s",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The floor: one indexed lookup of the address, answered as JSON.
+#[derive(Clone)]
+struct Minimal {
+    connections: Arc<Vec<Mutex<rusqlite::Connection>>>,
+}
+
+async fn minimal_lookup(
+    State(minimal): State<Minimal>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<axum::Json<serde_json::Value>, (axum::http::StatusCode, String)> {
+    let address = query.get("address").cloned().unwrap_or_default();
+    let ids = tokio::task::spawn_blocking(move || {
+        // One connection per request slot, as the store does with its readers.
+        let slot = address.len() % minimal.connections.len();
+        let connection = minimal.connections[slot]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut statement = connection.prepare_cached(
+            "SELECT host_id FROM inventory_fields \
+             WHERE field = 'networks.addresses.address' AND value = ?1 COLLATE NOCASE",
+        )?;
+        statement
+            .query_map([address], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .await
+    .map_err(|error| {
+        (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            error.to_string(),
+        )
+    })?
+    .map_err(|error| {
+        (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            error.to_string(),
+        )
+    })?;
+    Ok(axum::Json(serde_json::json!({ "hosts": ids })))
+}
+
+#[derive(Debug)]
+struct LoadFigures {
+    requests: usize,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Hosts in the last answer (a check that the query matched what it should).
+    matched: usize,
+}
+
+/// `concurrency` clients each sending requests built by `url` for `seconds`.
+async fn load(
+    client: &reqwest::Client,
+    concurrency: usize,
+    seconds: f64,
+    url: Arc<dyn Fn(usize) -> String + Send + Sync>,
+    count_hosts: fn(&serde_json::Value) -> usize,
+) -> anyhow::Result<LoadFigures> {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let (client, url) = (client.clone(), Arc::clone(&url));
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut matched = 0;
+            let mut request = worker;
+            while Instant::now() < deadline {
+                let target = url(request);
+                request += concurrency;
+                let sent = Instant::now();
+                let response = client.get(&target).send().await?;
+                let status = response.status();
+                let body: serde_json::Value = response.json().await?;
+                if !status.is_success() {
+                    bail!("`{target}` answered {status}: {body}");
+                }
+                latencies.push(sent.elapsed());
+                matched = count_hosts(&body);
+            }
+            anyhow::Ok((latencies, matched))
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut matched = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (mine, last) = result??;
+        latencies.extend(mine);
+        matched = last;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    if latencies.is_empty() {
+        bail!("no request completed");
+    }
+    let percentile = |fraction: f64| {
+        let index = ((latencies.len() as f64 - 1.0) * fraction).round() as usize;
+        latencies[index].as_secs_f64() * 1000.0
+    };
+    Ok(LoadFigures {
+        requests: latencies.len(),
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+        matched,
+    })
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let database = settings
+        .database
+        .clone()
+        .unwrap_or_else(|| dir.path().join("api.db"));
+    let hosts = settings.hosts;
+    let fill_path = database.clone();
+    tokio::task::spawn_blocking(move || fill(&fill_path, hosts)).await??;
+
+    let config = estate_collector::config::CollectorConfig {
+        database: database.clone(),
+        ..Default::default()
+    };
+    let grpc = TcpListener::bind("127.0.0.1:0").await?;
+    let http = TcpListener::bind("127.0.0.1:0").await?;
+    let api = http.local_addr()?;
+    let (stop_collector, collector_stopped) = tokio::sync::oneshot::channel::<()>();
+    let collector = tokio::spawn(estate_collector::run(config, grpc, http, async {
+        let _ = collector_stopped.await;
+    }));
+
+    let connections = (0..4)
+        .map(|_| {
+            rusqlite::Connection::open_with_flags(
+                &database,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map(Mutex::new)
+        })
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .with_context(|| format!("failed to open `{}`", database.display()))?;
+    let minimal = axum::Router::new()
+        .route("/lookup", get(minimal_lookup))
+        .with_state(Minimal {
+            connections: Arc::new(connections),
+        });
+    let minimal_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let minimal_address = minimal_listener.local_addr()?;
+    let (stop_minimal, minimal_stopped) = tokio::sync::oneshot::channel::<()>();
+    let minimal_server = tokio::spawn(async move {
+        axum::serve(minimal_listener, minimal)
+            .with_graceful_shutdown(async {
+                let _ = minimal_stopped.await;
+            })
+            .await
+    });
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(settings.concurrency)
+        .build()?;
+    // Wait until the collector answers.
+    for attempt in 0.. {
+        match client.get(format!("http://{api}/healthz")).send().await {
+            Ok(response) if response.status().is_success() => break,
+            _ if attempt < 100 => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => bail!("the collector did not come up: {other:?}"),
+        }
+    }
+
+    // Addresses are picked across all hosts (a multiplicative step), so no cache serves them.
+    let pick = move |request: usize| (request.wrapping_mul(7919)) % hosts;
+    let api_hosts = |body: &serde_json::Value| body["hosts"].as_array().map_or(0, Vec::len);
+    let by_address: Arc<dyn Fn(usize) -> String + Send + Sync> = Arc::new(move |request| {
+        format!(
+            "http://{api}/api/v1/hosts?networks.addresses.address={}",
+            simulation::address(pick(request))
+        )
+    });
+    let by_vendor_page: Arc<dyn Fn(usize) -> String + Send + Sync> = Arc::new(move |request| {
+        let vendor = simulation::manufacturer(request)
+            .split(' ')
+            .next()
+            .unwrap_or("Dell");
+        format!("http://{api}/api/v1/hosts?bios.smanufacturer={vendor}*&os=Debian&limit=100")
+    });
+    let floor: Arc<dyn Fn(usize) -> String + Send + Sync> = Arc::new(move |request| {
+        format!(
+            "http://{minimal_address}/lookup?address={}",
+            simulation::address(pick(request))
+        )
+    });
+
+    let (c, s) = (settings.concurrency, settings.seconds);
+    let floor_figures = load(&client, c, s, floor, api_hosts).await?;
+    let address_figures = load(&client, c, s, by_address, api_hosts).await?;
+    let vendor_figures = load(&client, c, s, by_vendor_page, api_hosts).await?;
+
+    let _ = stop_minimal.send(());
+    minimal_server.await??;
+    let _ = stop_collector.send(());
+    collector.await??;
+
+    println!();
+    println!(
+        "== GET at {hosts} hosts, {c} concurrent clients, {s} s each (client and servers share the machine)"
+    );
+    println!(
+        "{:<62} {:>8} {:>9} {:>8} {:>8} {:>8}",
+        "", "requests", "req/s", "p50 ms", "p99 ms", "matched"
+    );
+    for (name, figures) in [
+        (
+            "floor: minimal handler, one indexed lookup (address)",
+            &floor_figures,
+        ),
+        (
+            "/api/v1/hosts?networks.addresses.address=<one host>",
+            &address_figures,
+        ),
+        (
+            "/api/v1/hosts?bios.smanufacturer=<vendor>*&os=Debian&limit=100",
+            &vendor_figures,
+        ),
+    ] {
+        println!(
+            "{name:<62} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8}",
+            figures.requests, figures.per_second, figures.p50_ms, figures.p99_ms, figures.matched
+        );
+    }
+    println!(
+        "ratio p99 /api/v1/hosts (address) / floor: {:.2}; (vendor page) / floor: {:.2}",
+        address_figures.p99_ms / floor_figures.p99_ms,
+        vendor_figures.p99_ms / floor_figures.p99_ms
+    );
+    Ok(())
+}
