@@ -7,17 +7,21 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-/// The directory holding `estate-collector` and `estate-agent`.
+/// The directory holding `estate-collector` and `estate-agent`: the running program's own
+/// `target/<profile>/`, whether it is a test (in `deps/`) or a benchmark program beside them.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("ESTATE_BIN_DIR") {
         return PathBuf::from(dir);
     }
-    // target/<profile>/deps/<test>-<hash> → target/<profile>
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps")
-        .to_owned()
+    let exe = std::env::current_exe().expect("the program knows its own path");
+    let dir = exe.parent().expect("the program runs from a directory");
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.parent()
+            .expect("deps/ is inside target/<profile>")
+            .to_owned()
+    } else {
+        dir.to_owned()
+    }
 }
 
 /// The path of a built binary; panics with what to do when it is missing.
@@ -25,8 +29,8 @@ pub fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.exists(),
-        "`{}` is missing: run the tests with `cargo test --workspace` (which builds the \
-         binaries) or point ESTATE_BIN_DIR at them",
+        "`{}` is missing: build it first (`cargo test --workspace` or `cargo build --release \
+         --workspace --bins` build every binary) or point ESTATE_BIN_DIR at it",
         path.display()
     );
     path

@@ -27,9 +27,10 @@ fn main() {
 #[cfg(unix)]
 mod unix {
     use anyhow::{Context as _, bail};
-    use estate_tests::process;
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+    use estate_tests::flags;
+    use estate_tests::harness::{Running, binary, free_port};
+    use estate_tests::process::{self, ChildCost, median_cost};
+    use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     use tokio::net::TcpListener;
 
@@ -40,33 +41,18 @@ mod unix {
     pub fn main() -> anyhow::Result<()> {
         let args: Vec<String> = std::env::args().skip(1).collect();
         match args.first().map(String::as_str) {
-            Some("measure-child") => return measure_child(&args[1..]),
-            Some("inventory-once") => {
-                let root = Path::new("/");
-                let inventory = estate_agent::inventory::collect(root);
-                let _ = estate_agent::inventory::vitals(root);
-                println!(
-                    "{} packages, {}",
-                    inventory.softwares.len(),
-                    estate_agent::inventory::hash(&inventory)
-                );
+            Some(process::MEASURE_CHILD) => return process::measure_child(&args[1..]),
+            Some(process::INVENTORY_ONCE) => {
+                process::inventory_once();
                 return Ok(());
             }
             _ => {}
         }
         let (mut seconds, mut runs) = (20.0_f64, 3_usize);
-        let mut rest = args.iter();
-        while let Some(flag) = rest.next() {
-            let text = rest
-                .next()
-                .with_context(|| format!("`{flag}` needs a value\n{USAGE}"))?;
-            let value: f64 = match text.parse() {
-                Ok(value) if f64::is_finite(value) && value > 0.0 => value,
-                _ => bail!("`{flag}` `{text}` must be a positive number"),
-            };
-            match flag.as_str() {
-                "--seconds" => seconds = value,
-                "--runs" => runs = value as usize,
+        for (flag, text) in flags::pairs(&args, USAGE)? {
+            match flag {
+                "--seconds" => seconds = flags::positive(flag, text)?,
+                "--runs" => runs = flags::count(flag, text)?,
                 other => bail!("unknown argument `{other}`\n{USAGE}"),
             }
         }
@@ -92,28 +78,6 @@ mod unix {
         fn cpu_ms_per_cycle(&self) -> f64 {
             self.cpu_seconds * 1000.0 / self.cycles.max(1) as f64
         }
-    }
-
-    /// Kills the child when dropped, so an early error leaves nothing running.
-    struct Running(Child);
-
-    impl Drop for Running {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-        let me = std::env::current_exe()?;
-        let path = me.with_file_name(name);
-        if !path.exists() {
-            bail!(
-                "`{}` not found: build it first (`cargo build --release -p estate-agent -p estate-tests`)",
-                path.display()
-            );
-        }
-        Ok(path)
     }
 
     /// Samples `pid` every 100 ms for `window`, calling `cycle` once a second; returns its
@@ -165,7 +129,7 @@ mod unix {
     }
 
     async fn agent_footprint(window: Duration) -> anyhow::Result<Footprint> {
-        let agent = sibling("estate-agent")?;
+        let agent = binary("estate-agent");
         let dir = tempfile::tempdir()?;
         let grpc = TcpListener::bind("127.0.0.1:0").await?;
         let http = TcpListener::bind("127.0.0.1:0").await?;
@@ -179,7 +143,7 @@ mod unix {
             let _ = stopped.await;
         }));
         let mut text = format!(
-            "[agent]\nstate_dir = \"{}\"\nroot = \"/\"\n\n[collector]\nurl = \"http://{grpc_address}\"\n\n\
+            "[agent]\nstate_dir = \"{}\"\nroot = \"/\"\n\n[collector]\nurl = \"http://{grpc_address}\"\ninsecure = true\n\n\
              [schedule]\ninventory_interval = \"1h\"\ninventory_jitter = \"1s\"\nheartbeat_interval = \"1s\"\n",
             dir.path().join("state").display()
         );
@@ -222,10 +186,7 @@ mod unix {
     }
 
     async fn node_exporter_footprint(window: Duration) -> anyhow::Result<Footprint> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let address = format!("127.0.0.1:{port}");
+        let address = format!("127.0.0.1:{}", free_port());
         let child = Running(
             Command::new(NODE_EXPORTER)
                 .arg(format!("--web.listen-address={address}"))
@@ -314,69 +275,10 @@ mod unix {
     // One inventory
     // ---------------------------------------------------------------------------------------------
 
-    #[derive(Debug, Clone, Copy)]
-    struct ChildCost {
-        cpu_seconds: f64,
-        peak_rss_bytes: u64,
-    }
-
-    /// Runs `args` as a child and prints `cpu_seconds peak_rss_bytes` of that child alone (this
-    /// process has no other children, so `RUSAGE_CHILDREN` is exactly that child).
-    fn measure_child(args: &[String]) -> anyhow::Result<()> {
-        let (program, rest) = args
-            .split_first()
-            .context("measure-child needs a command")?;
-        let status = Command::new(program)
-            .args(rest)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .with_context(|| format!("failed to run `{program}`"))?;
-        if !status.success() {
-            bail!("`{program}` failed: {status}");
-        }
-        let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
-        let seconds = |time: nix::sys::time::TimeVal| {
-            time.tv_sec() as f64 + time.tv_usec() as f64 / 1_000_000.0
-        };
-        println!(
-            "{} {}",
-            seconds(usage.user_time()) + seconds(usage.system_time()),
-            usage.max_rss() as u64 * 1024
-        );
-        Ok(())
-    }
-
-    fn median_cost(command: &[&str], runs: usize) -> anyhow::Result<ChildCost> {
-        let me = std::env::current_exe()?;
-        let mut costs = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            let output = Command::new(&me)
-                .arg("measure-child")
-                .args(command)
-                .output()?;
-            if !output.status.success() {
-                bail!(
-                    "measuring `{}` failed: {}",
-                    command.join(" "),
-                    String::from_utf8_lossy(&output.stderr).trim()
-                );
-            }
-            let text = String::from_utf8(output.stdout)?;
-            let mut fields = text.split_whitespace();
-            costs.push(ChildCost {
-                cpu_seconds: fields.next().context("no cpu figure")?.parse()?,
-                peak_rss_bytes: fields.next().context("no rss figure")?.parse()?,
-            });
-        }
-        costs.sort_by(|a, b| a.cpu_seconds.total_cmp(&b.cpu_seconds));
-        Ok(costs[costs.len() / 2])
-    }
-
     fn inventory_comparison(runs: usize) -> anyhow::Result<()> {
         let me = std::env::current_exe()?;
         let me = me.to_str().context("the program path is not UTF-8")?;
-        let ours = median_cost(&[me, "inventory-once"], runs)?;
+        let ours = median_cost(&[me, process::INVENTORY_ONCE], runs)?;
         println!();
         println!("== one full inventory of this machine (median of {runs} runs)");
         println!("{:<58} {:>10} {:>14}", "", "cpu ms", "peak RSS MiB");

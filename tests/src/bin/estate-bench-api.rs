@@ -12,7 +12,7 @@ use axum::routing::get;
 use estate_collector::store::sqlite::SqliteStore;
 use estate_collector::store::{IncomingReport, Store as _, WritePolicy};
 use estate_collector::validate::{Limits, validate_report};
-use estate_tests::simulation;
+use estate_tests::{flags, simulation};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -40,21 +40,11 @@ fn main() -> anyhow::Result<()> {
         database: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut rest = args.iter();
-    while let Some(flag) = rest.next() {
-        let text = rest
-            .next()
-            .with_context(|| format!("`{flag}` needs a value\n{USAGE}"))?;
-        let number = || -> anyhow::Result<f64> {
-            match text.parse::<f64>() {
-                Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
-                _ => bail!("`{flag}` `{text}` must be a positive number"),
-            }
-        };
-        match flag.as_str() {
-            "--hosts" => settings.hosts = number()? as usize,
-            "--concurrency" => settings.concurrency = (number()? as usize).max(1),
-            "--seconds" => settings.seconds = number()?,
+    for (flag, text) in flags::pairs(&args, USAGE)? {
+        match flag {
+            "--hosts" => settings.hosts = flags::count(flag, text)?,
+            "--concurrency" => settings.concurrency = flags::count(flag, text)?,
+            "--seconds" => settings.seconds = flags::positive(flag, text)?,
             "--database" => settings.database = Some(text.into()),
             other => bail!("unknown argument `{other}`\n{USAGE}"),
         }

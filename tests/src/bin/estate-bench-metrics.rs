@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use estate_collector::metrics::{IngestMetrics, Liveness, render};
 use estate_collector::state::HostStates;
 use estate_collector::store::{CheckState, HostRecord};
-use estate_tests::simulation;
+use estate_tests::{flags, simulation};
 use prometheus::{Encoder as _, GaugeVec, Opts, Registry, TextEncoder};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -22,28 +22,15 @@ fn main() -> anyhow::Result<()> {
     let mut host_counts = vec![10_000, 100_000];
     let mut runs = 7;
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut rest = args.iter();
-    while let Some(flag) = rest.next() {
-        let text = rest
-            .next()
-            .with_context(|| format!("`{flag}` needs a value\n{USAGE}"))?;
-        match flag.as_str() {
+    for (flag, text) in flags::pairs(&args, USAGE)? {
+        match flag {
             "--hosts" => {
                 host_counts = text
                     .split(',')
-                    .map(|count| {
-                        count
-                            .parse::<usize>()
-                            .with_context(|| format!("`--hosts` `{count}` is not a number"))
-                    })
+                    .map(|count| flags::count(flag, count))
                     .collect::<anyhow::Result<_>>()?;
             }
-            "--runs" => {
-                runs = text
-                    .parse::<usize>()
-                    .with_context(|| format!("`--runs` `{text}` is not a number"))?
-                    .max(1);
-            }
+            "--runs" => runs = flags::count(flag, text)?,
             other => bail!("unknown argument `{other}`\n{USAGE}"),
         }
     }

@@ -30,9 +30,10 @@ mod unix {
         CheckResult, HostIdentity, HostVitals, Inventory, Measurement, Outcome, ReportRequest,
         ReportResponse, VolumeUsage,
     };
+    use estate_tests::flags;
+    use estate_tests::process::{self, ChildCost, median_cost};
     use estate_tests::simulation::CHECKS_PER_REPORT;
     use std::path::Path;
-    use std::process::Command;
     use std::time::{Duration, Instant};
     use tokio::net::TcpListener;
 
@@ -52,14 +53,10 @@ mod unix {
         let args: Vec<String> = std::env::args().skip(1).collect();
         match args.first().map(String::as_str) {
             // Internal: runs one command and prints its CPU seconds and peak RSS.
-            Some("measure-child") => return measure_child(&args[1..]),
+            Some(process::MEASURE_CHILD) => return process::measure_child(&args[1..]),
             // Internal: one full inventory, as the agent does it.
-            Some("inventory-once") => {
-                let root = Path::new("/");
-                let inventory = estate_agent::inventory::collect(root);
-                let _ = estate_agent::inventory::vitals(root);
-                let hash = estate_agent::inventory::hash(&inventory);
-                println!("{} packages, {hash}", inventory.softwares.len());
+            Some(process::INVENTORY_ONCE) => {
+                process::inventory_once();
                 return Ok(());
             }
             Some("noop") => return Ok(()),
@@ -70,19 +67,11 @@ mod unix {
             reports: 100,
             runs: 5,
         };
-        let mut rest = args.iter();
-        while let Some(flag) = rest.next() {
-            let mut value = || -> anyhow::Result<usize> {
-                let text = rest
-                    .next()
-                    .with_context(|| format!("`{flag}` needs a value"))?;
-                text.parse()
-                    .with_context(|| format!("`{flag}` `{text}` is not a number"))
-            };
-            match flag.as_str() {
-                "--agents" => settings.agents = value()?.max(1),
-                "--reports" => settings.reports = value()?.max(1),
-                "--runs" => settings.runs = value()?.max(1),
+        for (flag, text) in flags::pairs(&args, USAGE)? {
+            match flag {
+                "--agents" => settings.agents = flags::count(flag, text)?,
+                "--reports" => settings.reports = flags::count(flag, text)?,
+                "--runs" => settings.runs = flags::count(flag, text)?,
                 other => bail!("unknown argument `{other}`\n{USAGE}"),
             }
         }
@@ -96,74 +85,10 @@ mod unix {
     // Inventory cost
     // ---------------------------------------------------------------------------------------------
 
-    #[derive(Debug, Clone, Copy)]
-    struct ChildCost {
-        cpu_seconds: f64,
-        peak_rss_bytes: u64,
-    }
-
-    /// Runs `args` as a child, waits, and prints `cpu_seconds peak_rss_bytes` of that child alone
-    /// (this process has no other children, so `RUSAGE_CHILDREN` is exactly that child).
-    fn measure_child(args: &[String]) -> anyhow::Result<()> {
-        let (program, rest) = args
-            .split_first()
-            .context("measure-child needs a command")?;
-        let status = Command::new(program)
-            .args(rest)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .with_context(|| format!("failed to run `{program}`"))?;
-        if !status.success() {
-            bail!("`{program}` failed: {status}");
-        }
-        let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
-        let seconds = |time: nix::sys::time::TimeVal| {
-            time.tv_sec() as f64 + time.tv_usec() as f64 / 1_000_000.0
-        };
-        // Linux reports ru_maxrss in KiB.
-        println!(
-            "{} {}",
-            seconds(usage.user_time()) + seconds(usage.system_time()),
-            usage.max_rss() as u64 * 1024
-        );
-        Ok(())
-    }
-
-    fn cost_of(command: &[&str]) -> anyhow::Result<ChildCost> {
-        let me = std::env::current_exe()?;
-        let output = Command::new(&me)
-            .arg("measure-child")
-            .args(command)
-            .output()?;
-        if !output.status.success() {
-            bail!(
-                "measuring `{}` failed: {}",
-                command.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        let text = String::from_utf8(output.stdout)?;
-        let mut fields = text.split_whitespace();
-        Ok(ChildCost {
-            cpu_seconds: fields.next().context("no cpu figure")?.parse()?,
-            peak_rss_bytes: fields.next().context("no rss figure")?.parse()?,
-        })
-    }
-
-    fn median_cost(command: &[&str], runs: usize) -> anyhow::Result<ChildCost> {
-        let mut costs = (0..runs)
-            .map(|_| cost_of(command))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        costs.sort_by(|a, b| a.cpu_seconds.total_cmp(&b.cpu_seconds));
-        let mut median = costs[costs.len() / 2];
-        median.peak_rss_bytes = costs.iter().map(|c| c.peak_rss_bytes).max().unwrap_or(0);
-        Ok(median)
-    }
-
     fn inventory_benchmark(settings: Settings) -> anyhow::Result<()> {
         let me = std::env::current_exe()?;
         let me = me.to_str().context("the program path is not UTF-8")?;
-        let ours = median_cost(&[me, "inventory-once"], settings.runs)?;
+        let ours = median_cost(&[me, process::INVENTORY_ONCE], settings.runs)?;
         let floor = median_cost(&[me, "noop"], settings.runs)?;
         println!();
         println!(

@@ -29,7 +29,7 @@ mod unix {
     use anyhow::{Context as _, bail};
     use estate_proto::v1::ingest_client::IngestClient;
     use estate_tests::process::{self, ProcessSample};
-    use estate_tests::simulation;
+    use estate_tests::{flags, simulation};
     use std::io::{BufRead as _, Read as _, Write as _};
     use std::process::{Command, Stdio};
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -71,22 +71,10 @@ mod unix {
             connections: 16,
             concurrency: 256,
         };
-        let mut rest = args.iter();
-        while let Some(flag) = rest.next() {
-            let text = rest
-                .next()
-                .with_context(|| format!("`{flag}` needs a value\n{USAGE}"))?;
-            let number = || -> anyhow::Result<f64> {
-                let value: f64 = text
-                    .parse()
-                    .with_context(|| format!("`{flag}` `{text}` is not a number"))?;
-                if !value.is_finite() || value < 0.0 {
-                    bail!("`{flag}` `{text}` must be a non-negative number");
-                }
-                Ok(value)
-            };
-            match flag.as_str() {
-                "--agents" => settings.agents = (number()? as usize).max(1),
+        for (flag, text) in flags::pairs(&args[..], USAGE)? {
+            let number = || flags::number(flag, text);
+            match flag {
+                "--agents" => settings.agents = flags::count(flag, text)?,
                 "--interval" => settings.interval = Duration::from_secs_f64(number()?),
                 "--duration" => settings.duration = Duration::from_secs_f64(number()?),
                 "--change-share" => {
@@ -96,8 +84,8 @@ mod unix {
                     }
                     settings.change_share = share;
                 }
-                "--connections" => settings.connections = (number()? as usize).max(1),
-                "--concurrency" => settings.concurrency = (number()? as usize).max(1),
+                "--connections" => settings.connections = flags::count(flag, text)?,
+                "--concurrency" => settings.concurrency = flags::count(flag, text)?,
                 other => bail!("unknown argument `{other}`\n{USAGE}"),
             }
         }
