@@ -730,6 +730,85 @@ pub fn reports_of_one_host_in_one_batch_apply_in_order(store: &dyn Store) {
     );
 }
 
+/// Deleting a host removes it with everything recorded about it, and only it; its agent's next
+/// report makes it anew.
+pub fn a_deleted_host_is_gone_with_everything_recorded_about_it(store: &dyn Store) {
+    let mut first = heartbeat(
+        1,
+        vec![check_result("web", "db:5432", Outcome::Fail, "refused", 10)],
+        &["web"],
+    );
+    first.inventory_hash = "h1".into();
+    first.inventory = Some(inventory("Debian", "12", "Dell", &[("curl", "7.88")]));
+    let mut second = heartbeat(2, vec![], &["web"]);
+    second.inventory_hash = "h2".into();
+    second.inventory = Some(inventory("Debian", "13", "Dell", &[("curl", "7.88")]));
+    write(
+        store,
+        1_000,
+        vec![
+            first,
+            second,
+            report("b", 1, Some(("hb", inventory("Debian", "12", "Dell", &[])))),
+        ],
+    );
+
+    let deleted = store.delete_host("a").unwrap().expect("host `a` existed");
+    assert_eq!(
+        (deleted.id.as_str(), deleted.hostname.as_str()),
+        ("a", "host-a")
+    );
+    assert_eq!((deleted.last_sequence, deleted.last_seen_ms), (2, 1_000));
+    assert!(store.host_detail("a").unwrap().is_none());
+    let changes = ChangeQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(store.host_changes("a", &changes).unwrap().is_none());
+    let checks = store
+        .list_checks(&CheckQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap()
+        .checks;
+    assert!(checks.is_empty(), "{checks:?}");
+    let events = store
+        .list_events(&EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap()
+        .events;
+    assert!(events.is_empty(), "{events:?}");
+    assert!(store.load_checks().unwrap().is_empty());
+    let loaded: Vec<String> = store
+        .load_hosts()
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(loaded, vec!["b"]);
+    // The field index went too: a filter that matched both hosts matches only `b`.
+    let mut dell = query(1_000);
+    dell.fields.push(FieldFilter {
+        field: "bios.smanufacturer".into(),
+        pattern: ValuePattern::Exact("Dell".into()),
+    });
+    assert_eq!(ids(store, &dell), vec!["b"]);
+    assert!(store.delete_host("a").unwrap().is_none(), "already gone");
+    assert!(store.delete_host("never-seen").unwrap().is_none());
+
+    // The agent still runs: its next report is a new host's first.
+    let outcome = write(store, 5_000, vec![report("a", 3, None)]);
+    assert!(stored(&outcome[0]));
+    let host = store.host_detail("a").unwrap().unwrap().host;
+    assert_eq!(
+        (host.first_seen_ms, host.reports_received_total),
+        (5_000, 1)
+    );
+}
+
 /// Instantiates every conformance test for one backend. `$open` makes a fresh, empty store and
 /// returns it with whatever keeps it alive (a temporary directory).
 /// Attributes after `$open` (`#[ignore = …]`) go on every test of the backend.
@@ -787,6 +866,11 @@ macro_rules! store_conformance_suite {
             $(#[$attribute])*
             fn reports_of_one_host_in_one_batch_apply_in_order() {
                 check(super::reports_of_one_host_in_one_batch_apply_in_order);
+            }
+            #[test]
+            $(#[$attribute])*
+            fn a_deleted_host_is_gone_with_everything_recorded_about_it() {
+                check(super::a_deleted_host_is_gone_with_everything_recorded_about_it);
             }
         }
     };

@@ -326,6 +326,12 @@ pub trait Store: Send + Sync + 'static {
     fn host_changes(&self, id: &str, query: &ChangeQuery)
     -> Result<Option<ChangePage>, StoreError>;
 
+    /// Forgets a host (a decommissioned server) and everything recorded about it: inventory,
+    /// changes, check results and events, in one transaction. Returns the host's last record,
+    /// or `None` when there is no such host. If its agent still runs, its next report makes
+    /// the host anew.
+    fn delete_host(&self, id: &str) -> Result<Option<HostRecord>, StoreError>;
+
     /// Whether several collectors may share this database, each rendering the series of the
     /// hosts that report to it. `false` for SQLite: one collector renders every host.
     fn is_shared(&self) -> bool {

@@ -1679,6 +1679,19 @@ impl Store for PostgresStore {
         })
     }
 
+    fn delete_host(&self, id: &str) -> Result<Option<HostRecord>, StoreError> {
+        // The other tables refer to `hosts` with `ON DELETE CASCADE`.
+        self.writer
+            .run(&self.connector, |client| {
+                client.query_opt(
+                    &format!("DELETE FROM hosts WHERE id = $1 RETURNING {HOST_COLUMNS}"),
+                    &[&id],
+                )
+            })
+            .map(|row| row.as_ref().map(host_from_row))
+            .map_err(|e| self.error(&format!("delete host `{id}`"), e))
+    }
+
     fn is_shared(&self) -> bool {
         true
     }

@@ -1006,6 +1006,25 @@ impl Store for SqliteStore {
         })
     }
 
+    fn delete_host(&self, id: &str) -> Result<Option<HostRecord>, StoreError> {
+        let connection = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The other tables refer to `hosts` with `ON DELETE CASCADE` (foreign keys are on).
+        connection
+            .prepare_cached(&format!(
+                "DELETE FROM hosts WHERE id = ?1 RETURNING {HOST_COLUMNS}"
+            ))
+            .and_then(|mut statement| statement.query_row([id], host_from_row).optional())
+            .map_err(|e| {
+                StoreError::new(
+                    format!("failed to delete host `{id}` in `{}`", self.path.display()),
+                    e,
+                )
+            })
+    }
+
     fn host_changes(
         &self,
         id: &str,
