@@ -1,7 +1,9 @@
 //! HTTP side of the collector: `/metrics`, `/healthz`, the JSON API under `/api/v1` and the web
 //! UI at `/`. Handlers parse and check the query, call the store on a blocking thread, and
-//! shape the JSON; errors are `{"code": …, "message": …}` with a matching status.
+//! shape the JSON; errors are `{"code": …, "message": …}` with a matching status. Every route
+//! passes through [`crate::auth::authorize`] first (bearer tokens, when configured).
 
+use crate::auth::{ApiAuth, AuthState, Caller};
 use crate::clock::{now_ms, parse_rfc3339, rfc3339};
 use crate::document::known_fields;
 use crate::error::ApiError;
@@ -11,7 +13,7 @@ use crate::store::{
     ChangeQuery, CheckEvent, CheckQuery, CheckState, EventQuery, FieldFilter, HostCursor,
     HostQuery, HostRecord, Liveness as HostLiveness, Store, ValuePattern,
 };
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -26,6 +28,8 @@ pub struct ApiState {
     pub states: Arc<HostStates>,
     pub metrics: Arc<IngestMetrics>,
     pub liveness: Liveness,
+    /// API tokens; none configured means every route is open.
+    pub auth: Arc<ApiAuth>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -38,12 +42,16 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 
 pub fn router(state: ApiState) -> Router {
+    let auth = AuthState {
+        auth: Arc::clone(&state.auth),
+        metrics: Arc::clone(&state.metrics),
+    };
     Router::new()
         .route("/", get(ui))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/hosts", get(list_hosts))
-        .route("/api/v1/hosts/{id}", get(host_detail))
+        .route("/api/v1/hosts/{id}", get(host_detail).delete(delete_host))
         .route("/api/v1/hosts/{id}/changes", get(host_changes))
         .route("/api/v1/fields", get(fields))
         .route("/api/v1/checks", get(list_checks))
@@ -51,6 +59,12 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async {
             ApiError::not_found("no such resource; the API lives under `/api/v1`")
         })
+        // After every route and the fallback, so it covers them all (an unknown `/api/…`
+        // path answers 401 to a caller without a token, not 404).
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::authorize,
+        ))
         .with_state(state)
 }
 
@@ -267,6 +281,30 @@ async fn host_detail(
         .map(|check| check_json(None, check))
         .collect();
     Ok(Json(body))
+}
+
+/// `DELETE /api/v1/hosts/{id}` (admin): forgets a decommissioned host in the store, the API
+/// and `/metrics`, and answers with its last record.
+async fn delete_host(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = Arc::clone(&state.store);
+    let lookup = id.clone();
+    let deleted = blocking(move || store.delete_host(&lookup))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no host with id `{id}`")))?;
+    state.states.forget(&deleted.id, deleted.last_seen_ms);
+    tracing::info!(
+        host_id = %deleted.id,
+        hostname = %deleted.hostname,
+        by = %caller,
+        "host deleted through the API"
+    );
+    Ok(Json(json!({
+        "deleted": host_json(&deleted, now_ms(), state.liveness),
+    })))
 }
 
 async fn host_changes(

@@ -1,6 +1,7 @@
 //! Collector configuration: an optional TOML file, overridden by command-line flags, validated
 //! into a ready [`CollectorConfig`].
 
+use crate::auth::{ApiAuth, ApiToken, Scope};
 use crate::tls::{TlsFiles, Transport};
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -28,6 +29,8 @@ pub struct CollectorConfig {
     pub agent_rate_limit: crate::limits::RateLimit,
     /// HTTP/2 streams (reports in flight) per agent connection.
     pub max_concurrent_streams: u32,
+    /// Bearer tokens of the HTTP API; none configured means the API is open.
+    pub api_auth: ApiAuth,
 }
 
 impl CollectorConfig {
@@ -55,6 +58,7 @@ impl Default for CollectorConfig {
             ownership_refresh: DEFAULT_OWNERSHIP_REFRESH,
             agent_rate_limit: DEFAULT_AGENT_RATE_LIMIT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            api_auth: ApiAuth::default(),
         }
     }
 }
@@ -145,6 +149,26 @@ pub struct ConfigFile {
     pub agent_burst: Option<u32>,
     /// Reports in flight on one agent connection (HTTP/2 streams).
     pub max_concurrent_streams: Option<u32>,
+    /// Bearer tokens of the HTTP API, stored as SHA-256 digests. When any is configured,
+    /// every `/api/v1` call needs one (`estate-collector api-token create` makes them).
+    #[serde(default)]
+    pub api_tokens: Vec<ApiTokenEntry>,
+    /// `true`: `/metrics` needs a read token too (Prometheus: `authorization`).
+    pub metrics_auth: Option<bool>,
+    /// `true`: `/healthz` needs a read token too.
+    pub healthz_auth: Option<bool>,
+}
+
+/// One `[[api_tokens]]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenEntry {
+    /// Who holds the token, e.g. `grafana`: logged with the calls it makes.
+    pub name: String,
+    /// `read` (every GET) or `admin` (also calls that change state, e.g. deleting a host).
+    pub scope: String,
+    /// SHA-256 of the token, 64 hex digits; the token itself is never stored.
+    pub sha256: String,
 }
 
 impl ConfigFile {
@@ -196,6 +220,11 @@ impl ConfigFile {
             max_concurrent_streams: self
                 .max_concurrent_streams
                 .unwrap_or(defaults.max_concurrent_streams),
+            api_auth: api_auth(
+                &self.api_tokens,
+                self.metrics_auth.unwrap_or(false),
+                self.healthz_auth.unwrap_or(false),
+            )?,
         };
         if let Some(url) = config.postgres_url() {
             crate::store::postgres::check_url(url)?;
@@ -235,6 +264,80 @@ impl ConfigFile {
         }
         Ok(config)
     }
+}
+
+/// Validates the `[[api_tokens]]` tables: known scopes, well-formed digests, unique names and
+/// digests; protecting `/metrics` or `/healthz` needs at least one token.
+fn api_auth(
+    entries: &[ApiTokenEntry],
+    metrics_auth: bool,
+    healthz_auth: bool,
+) -> anyhow::Result<ApiAuth> {
+    let mut tokens: Vec<ApiToken> = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.iter().enumerate() {
+        let at = format!("api_tokens[{index}]");
+        crate::auth::check_name(&entry.name)
+            .map_err(|error| anyhow::anyhow!("`{at}.name`: {error}"))?;
+        let scope = Scope::parse(&entry.scope).ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{at}.scope` `{}` (token `{}`) must be `read` or `admin`",
+                entry.scope,
+                entry.name
+            )
+        })?;
+        let sha256 = crate::auth::parse_digest(&entry.sha256).ok_or_else(|| {
+            if entry.sha256.starts_with(crate::auth::TOKEN_PREFIX) {
+                // Never echo what looks like the token itself into a log.
+                anyhow::anyhow!(
+                    "`{at}.sha256` (token `{}`) holds a token, not its digest: the config keeps \
+                     only the SHA-256 that `estate-collector api-token create` prints",
+                    entry.name
+                )
+            } else {
+                anyhow::anyhow!(
+                    "`{at}.sha256` `{}` (token `{}`) is not a SHA-256 digest (64 hex digits, as \
+                     printed by `estate-collector api-token create`)",
+                    entry.sha256,
+                    entry.name
+                )
+            }
+        })?;
+        if let Some(first) = tokens.iter().position(|token| token.name == entry.name) {
+            anyhow::bail!(
+                "`{at}.name` `{}` is already the name of `api_tokens[{first}]`: names must be \
+                 unique",
+                entry.name
+            );
+        }
+        if let Some(first) = tokens.iter().position(|token| token.sha256 == sha256) {
+            anyhow::bail!(
+                "`{at}.sha256` of token `{}` is the same as that of `api_tokens[{first}]` (`{}`): \
+                 each token must be different",
+                entry.name,
+                tokens[first].name
+            );
+        }
+        tokens.push(ApiToken {
+            name: entry.name.clone(),
+            scope,
+            sha256,
+        });
+    }
+    for (key, set) in [
+        ("metrics_auth", metrics_auth),
+        ("healthz_auth", healthz_auth),
+    ] {
+        if set && tokens.is_empty() {
+            anyhow::bail!(
+                "`{key} = true` needs at least one `[[api_tokens]]` entry with which to call it"
+            );
+        }
+    }
+    Ok(ApiAuth {
+        tokens,
+        protect_metrics: metrics_auth,
+        protect_healthz: healthz_auth,
+    })
 }
 
 fn transport(
@@ -405,6 +508,93 @@ mod tests {
         check(
             "stale_after = \"1h\"\nexpire_after = \"30m\"\ninsecure = true\n",
             "`expire_after` `30m` must be longer than `stale_after` `1h`",
+        );
+    }
+
+    /// A valid token table; `estate_api_x{n}` hashed.
+    fn token_table(name: &str, scope: &str, token: &str) -> String {
+        format!(
+            "[[api_tokens]]\nname = \"{name}\"\nscope = \"{scope}\"\nsha256 = \"{}\"\n",
+            crate::auth::hex(&crate::auth::digest(token))
+        )
+    }
+
+    #[test]
+    fn api_tokens_are_validated_naming_the_entry_and_value() {
+        let read = token_table("grafana", "read", "estate_api_1");
+        let admin = token_table("ops", "admin", "estate_api_2");
+        let config = ConfigFile::parse(&format!(
+            "insecure = true\nmetrics_auth = true\n{read}{admin}"
+        ))
+        .and_then(ConfigFile::into_config)
+        .unwrap();
+        let auth = &config.api_auth;
+        assert!(auth.enabled() && auth.protect_metrics && !auth.protect_healthz);
+        assert_eq!(
+            auth.tokens
+                .iter()
+                .map(|token| (token.name.as_str(), token.scope, token.sha256))
+                .collect::<Vec<_>>(),
+            [
+                ("grafana", Scope::Read, crate::auth::digest("estate_api_1")),
+                ("ops", Scope::Admin, crate::auth::digest("estate_api_2")),
+            ]
+        );
+        assert!(!CollectorConfig::default().api_auth.enabled());
+
+        check(
+            &format!(
+                "insecure = true\n{read}{}",
+                token_table("ci", "write", "estate_api_3")
+            ),
+            "`api_tokens[1].scope` `write` (token `ci`) must be `read` or `admin`",
+        );
+        check(
+            "insecure = true\n[[api_tokens]]\nname = \"ci\"\nscope = \"read\"\nsha256 = \"abc\"\n",
+            "`api_tokens[0].sha256` `abc` (token `ci`) is not a SHA-256 digest (64 hex digits",
+        );
+        let pasted_token = "insecure = true\n[[api_tokens]]\nname = \"ci\"\nscope = \"read\"\n\
+                            sha256 = \"estate_api_00112233\"\n";
+        check(
+            pasted_token,
+            "`api_tokens[0].sha256` (token `ci`) holds a token, not its digest",
+        );
+        let error = ConfigFile::parse(pasted_token)
+            .and_then(ConfigFile::into_config)
+            .unwrap_err();
+        assert!(!format!("{error:#}").contains("estate_api_00112233"));
+        check(
+            &format!(
+                "insecure = true\n{read}{}",
+                token_table("grafana", "admin", "estate_api_3")
+            ),
+            "`api_tokens[1].name` `grafana` is already the name of `api_tokens[0]`",
+        );
+        check(
+            &format!(
+                "insecure = true\n{read}{}",
+                token_table("again", "admin", "estate_api_1")
+            ),
+            "`api_tokens[1].sha256` of token `again` is the same as that of `api_tokens[0]` (`grafana`)",
+        );
+        check(
+            &format!(
+                "insecure = true\n{}",
+                token_table("two words", "read", "estate_api_1")
+            ),
+            "`api_tokens[0].name`: token name `two words` must be 1 to 64",
+        );
+        check(
+            "insecure = true\n[[api_tokens]]\nname = \"ci\"\nscope = \"read\"\n",
+            "missing field `sha256`",
+        );
+        check(
+            "insecure = true\nmetrics_auth = true\n",
+            "`metrics_auth = true` needs at least one `[[api_tokens]]` entry",
+        );
+        check(
+            "insecure = true\nhealthz_auth = true\n",
+            "`healthz_auth = true` needs at least one `[[api_tokens]]` entry",
         );
     }
 

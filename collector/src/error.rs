@@ -17,6 +17,10 @@ pub enum ErrorCode {
     Unavailable,
     /// The client exceeds its rate limit; retry the same request shortly.
     ResourceExhausted,
+    /// No credentials, or credentials the collector does not accept (HTTP 401).
+    Unauthenticated,
+    /// Valid credentials that do not allow this call (HTTP 403).
+    PermissionDenied,
     /// A fault inside the collector (database error); details are in its log.
     Internal,
 }
@@ -30,6 +34,8 @@ impl ErrorCode {
             ErrorCode::FailedPrecondition => "failed_precondition",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::ResourceExhausted => "resource_exhausted",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Internal => "internal",
         }
     }
@@ -41,6 +47,8 @@ impl ErrorCode {
             ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+            ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorCode::Internal => tonic::Code::Internal,
         }
     }
@@ -52,6 +60,8 @@ impl ErrorCode {
             ErrorCode::FailedPrecondition => StatusCode::CONFLICT,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,6 +133,16 @@ mod tests {
                 409,
             ),
             (ErrorCode::Unavailable, tonic::Code::Unavailable, 503),
+            (
+                ErrorCode::Unauthenticated,
+                tonic::Code::Unauthenticated,
+                401,
+            ),
+            (
+                ErrorCode::PermissionDenied,
+                tonic::Code::PermissionDenied,
+                403,
+            ),
             (ErrorCode::Internal, tonic::Code::Internal, 500),
         ];
         for (code, grpc, http) in cases {

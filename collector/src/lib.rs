@@ -5,6 +5,7 @@
 //! report is acknowledged only once the transaction holding it is durable.
 
 pub mod api;
+pub mod auth;
 pub mod certs;
 pub mod clock;
 pub mod config;
@@ -67,6 +68,7 @@ pub async fn run(
             (None, None)
         }
     };
+    log_api_auth(&config, &http_listener);
     let (store, shown_database) = open_store(&config).await?;
     let loaded_at = clock::now_ms();
     let loader = Arc::clone(&store);
@@ -146,6 +148,7 @@ pub async fn run(
             stale_after: config.stale_after,
             expire_after: config.expire_after,
         },
+        auth: Arc::new(config.api_auth.clone()),
     });
     let http = axum::serve(
         tls::accept(http_listener, http_tls, stop.clone(), "http")?,
@@ -186,6 +189,28 @@ pub async fn run(
     http_result.context("HTTP server failed")?;
     tracing::info!("collector stopped");
     Ok(())
+}
+
+/// Says at start whether the HTTP API needs tokens; an open API on a non-loopback address is
+/// worth a warning (anyone who reaches it may read the whole inventory).
+fn log_api_auth(config: &CollectorConfig, http_listener: &TcpListener) {
+    let auth = &config.api_auth;
+    if auth.enabled() {
+        tracing::info!(
+            tokens = auth.tokens.len(),
+            metrics_protected = auth.protect_metrics,
+            healthz_protected = auth.protect_healthz,
+            "the API needs a bearer token"
+        );
+    } else if http_listener
+        .local_addr()
+        .is_ok_and(|address| !address.ip().is_loopback())
+    {
+        tracing::warn!(
+            "the API is open to anyone who reaches the HTTP address: no `[[api_tokens]]` are \
+             configured (README \"API tokens\")"
+        );
+    }
 }
 
 /// Opens the store `config.database` names: a `postgres://` URL or a SQLite file. Returns it

@@ -28,6 +28,10 @@ enum Command {
     /// certificates
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Bearer tokens for the HTTP API: `api-token create` makes one and prints the config
+    /// lines that let the collector accept it
+    #[command(subcommand, name = "api-token")]
+    ApiToken(ApiTokenCommand),
     /// Install, remove, start, stop or inspect the collector as a system service (systemd
     /// unit, Windows service) running with the config file given with `--config`
     Service {
@@ -57,6 +61,22 @@ enum TlsCommand {
         /// Validity of the server and client certificates, in days
         #[arg(long, value_name = "DAYS", default_value_t = 825)]
         days: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiTokenCommand {
+    /// Make a random token, print it once, and print the `[[api_tokens]]` lines (its SHA-256,
+    /// never the token) to add to the collector's config; restart the collector to apply
+    Create {
+        /// Who will hold the token, e.g. `grafana` (letters, digits, `-`, `_`, `.`); logged
+        /// with the calls it makes
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// `read`: every GET of the API (and /metrics, /healthz when protected); `admin`:
+        /// also calls that change state, such as deleting a host
+        #[arg(long, value_name = "read|admin")]
+        scope: String,
     },
 }
 
@@ -136,6 +156,9 @@ fn main() -> ExitCode {
             clients,
             days,
         })) => tls_init(dir, hosts, clients, days).map(|()| ExitCode::SUCCESS),
+        Some(Command::ApiToken(ApiTokenCommand::Create { name, scope })) => {
+            api_token_create(&name, &scope).map(|()| ExitCode::SUCCESS)
+        }
         Some(Command::Service { config, action }) => service(action, config, cli.log),
     };
     match result {
@@ -165,6 +188,24 @@ fn tls_init(
     for path in written {
         println!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+/// `estate-collector api-token create`: the output is valid TOML but for the token's own line
+/// (the second), so it can be cut apart by line.
+fn api_token_create(name: &str, scope: &str) -> anyhow::Result<()> {
+    use estate_collector::auth;
+    auth::check_name(name).map_err(|error| anyhow::anyhow!("`--name`: {error}"))?;
+    let scope = auth::Scope::parse(scope)
+        .ok_or_else(|| anyhow::anyhow!("`--scope` `{scope}` must be `read` or `admin`"))?;
+    let token = auth::generate_token()?;
+    println!(
+        "# API token `{name}` (scope {}), shown only now; the collector keeps only its SHA-256:",
+        scope.as_str()
+    );
+    println!("{token}");
+    println!("# Add to the collector's config, then restart the collector:");
+    print!("{}", auth::config_lines(name, scope, &token));
     Ok(())
 }
 

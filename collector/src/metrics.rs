@@ -237,6 +237,7 @@ pub struct IngestMetrics {
     registry: Registry,
     reports: IntCounterVec,
     rejected: IntCounterVec,
+    api_rejected: IntCounterVec,
     report_duration: Histogram,
     batch_reports: Histogram,
     commit_duration: Histogram,
@@ -312,6 +313,15 @@ impl IngestMetrics {
             &["reason"],
         )
         .expect("static metric definition");
+        let api_rejected = IntCounterVec::new(
+            Opts::new(
+                "estate_api_requests_rejected_total",
+                "HTTP requests refused by API authentication, by reason (missing: no token, \
+                 invalid: malformed or unknown token, forbidden: the token's scope is too small).",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
         let latency_buckets = vec![
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ];
@@ -354,6 +364,7 @@ impl IngestMetrics {
         for collector in [
             Box::new(reports.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rejected.clone()),
+            Box::new(api_rejected.clone()),
             Box::new(report_duration.clone()),
             Box::new(batch_reports.clone()),
             Box::new(commit_duration.clone()),
@@ -371,10 +382,14 @@ impl IngestMetrics {
         for reason in crate::validate::RejectReason::ALL {
             rejected.with_label_values(&[reason.label()]);
         }
+        for rejection in crate::auth::Rejection::ALL {
+            api_rejected.with_label_values(&[rejection.label()]);
+        }
         IngestMetrics {
             registry,
             reports,
             rejected,
+            api_rejected,
             report_duration,
             batch_reports,
             commit_duration,
@@ -394,6 +409,13 @@ impl IngestMetrics {
     /// Counts a refused report under `estate_ingest_rejected_total{reason}`.
     pub fn observe_rejection(&self, reason: crate::validate::RejectReason) {
         self.rejected.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// Counts an HTTP request refused by API authentication.
+    pub fn observe_api_rejection(&self, rejection: crate::auth::Rejection) {
+        self.api_rejected
+            .with_label_values(&[rejection.label()])
+            .inc();
     }
 
     pub fn observe_batch(&self, size: usize, elapsed: Duration, committed: bool) {

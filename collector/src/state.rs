@@ -115,6 +115,18 @@ impl HostStates {
         }
     }
 
+    /// Drops a host deleted from the store, unless a report stored after the deletion (its
+    /// agent still runs) has already put it back: `last_seen_ms` is the deleted record's.
+    pub fn forget(&self, id: &str, last_seen_ms: i64) {
+        let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
+        if hosts
+            .get(id)
+            .is_some_and(|entry| entry.record.last_seen_ms <= last_seen_ms)
+        {
+            hosts.remove(id);
+        }
+    }
+
     /// The current ownership rule.
     pub fn ownership(&self) -> Arc<Ownership> {
         Arc::clone(&self.ownership.read().unwrap_or_else(|p| p.into_inner()))
@@ -253,6 +265,16 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_forgotten_host_is_gone_unless_a_newer_report_brought_it_back() {
+        let states = HostStates::from_records(vec![record("a", "", 1_000), record("b", "", 1_000)]);
+        states.forget("a", 1_000);
+        states.update(record("b", "", 2_000), None);
+        states.forget("b", 1_000);
+        states.forget("unknown", 1_000);
+        assert_eq!(rendered(&states, 3_000), vec!["b"]);
     }
 
     #[test]

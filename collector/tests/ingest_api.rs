@@ -1,6 +1,7 @@
 //! The collector in-process over real sockets: gRPC ingest on `127.0.0.1:0`, then the JSON API
 //! and `/metrics` over HTTP. Covers what an agent or an API user sees, including bad input.
 
+use estate_collector::auth::{ApiAuth, ApiToken, Scope, digest};
 use estate_collector::config::CollectorConfig;
 use estate_proto::v1::ingest_client::IngestClient;
 use estate_proto::v1::{
@@ -23,9 +24,14 @@ struct Collector {
 
 impl Collector {
     async fn start() -> Self {
+        Self::start_with(ApiAuth::default()).await
+    }
+
+    async fn start_with(api_auth: ApiAuth) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = CollectorConfig {
             database: dir.path().join("estate.db"),
+            api_auth,
             ..Default::default()
         };
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -64,6 +70,30 @@ impl Collector {
             status,
             serde_json::from_str(&body).unwrap_or(Value::String(body)),
         )
+    }
+
+    /// `method path` with `Authorization: Bearer <token>` when a token is given: the status,
+    /// the `WWW-Authenticate` header and the body (JSON when it parses).
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, Option<String>, Value) {
+        let mut request =
+            reqwest::Client::new().request(method, format!("http://{}{path}", self.http));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .map(|value| value.to_str().unwrap().to_owned());
+        let body = response.text().await.unwrap();
+        let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        (status, challenge, body)
     }
 
     async fn stop(mut self) {
@@ -339,5 +369,201 @@ async fn check_results_are_served_as_latest_outcomes_events_and_metrics() {
             "{path}"
         );
     }
+    collector.stop().await;
+}
+
+const READ_TOKEN: &str =
+    "estate_api_0000000000000000000000000000000000000000000000000000000000000001";
+const ADMIN_TOKEN: &str =
+    "estate_api_0000000000000000000000000000000000000000000000000000000000000002";
+
+fn tokens(protect_metrics: bool, protect_healthz: bool) -> ApiAuth {
+    ApiAuth {
+        tokens: vec![
+            ApiToken {
+                name: "grafana".into(),
+                scope: Scope::Read,
+                sha256: digest(READ_TOKEN),
+            },
+            ApiToken {
+                name: "ops".into(),
+                scope: Scope::Admin,
+                sha256: digest(ADMIN_TOKEN),
+            },
+        ],
+        protect_metrics,
+        protect_healthz,
+    }
+}
+
+/// The value of an unlabelled-but-one sample line, e.g. `name{reason="missing"}`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+    })
+}
+
+#[tokio::test]
+async fn api_tokens_are_required_and_scoped_and_an_admin_deletes_a_host() {
+    use reqwest::Method;
+    let collector = Collector::start_with(tokens(false, false)).await;
+    let mut client = collector.client().await;
+    client.report(report(1, true)).await.unwrap();
+    let id = "7f2c1d9e-0000-4000-8000-000000000001";
+    let host = format!("/api/v1/hosts/{id}");
+
+    // No token, a wrong one, another scheme: 401 with a Bearer challenge, never the token.
+    let (status, challenge, body) = collector.call(Method::GET, "/api/v1/hosts", None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(challenge.as_deref(), Some("Bearer realm=\"estate\""));
+    assert_eq!(body["code"], "unauthenticated");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("`Authorization: Bearer <token>`"),
+        "{body}"
+    );
+    let wrong = "estate_api_not-a-configured-token";
+    let (status, challenge, body) = collector.call(Method::GET, &host, Some(wrong)).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(challenge.unwrap().contains("error=\"invalid_token\""));
+    assert!(!body.to_string().contains(wrong), "{body}");
+    let (status, _, body) = collector.call(Method::GET, "/api/v1/nope", None).await;
+    assert_eq!(status, 401, "unknown API paths are not revealed: {body}");
+
+    // A read token reads, and gets 403 on the admin call, which changes nothing.
+    let (status, _, body) = collector
+        .call(Method::GET, "/api/v1/hosts", Some(READ_TOKEN))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["hosts"][0]["id"], id);
+    let (status, challenge, body) = collector
+        .call(Method::DELETE, &host, Some(READ_TOKEN))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        challenge
+            .unwrap()
+            .contains("error=\"insufficient_scope\", scope=\"admin\"")
+    );
+    assert_eq!(body["code"], "permission_denied");
+    assert_eq!(
+        body["message"],
+        "token `grafana` has scope `read`; this call needs `admin`"
+    );
+    let (status, _, _) = collector.call(Method::GET, &host, Some(READ_TOKEN)).await;
+    assert_eq!(status, 200);
+
+    // /metrics, /healthz and the UI page stay open by default.
+    let (status, metrics) = collector.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("host=\"web-01\""), "{metrics}");
+    assert_eq!(collector.get("/healthz").await.0, 200);
+    assert_eq!(collector.get("/").await.0, 200);
+
+    // An admin token deletes the host: gone from the API, /metrics and /healthz.
+    let (status, _, body) = collector
+        .call(Method::DELETE, &host, Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deleted"]["id"], id);
+    assert_eq!(body["deleted"]["hostname"], "web-01");
+    let (status, _, body) = collector.call(Method::GET, &host, Some(ADMIN_TOKEN)).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+    let (_, _, body) = collector
+        .call(Method::GET, "/api/v1/hosts", Some(READ_TOKEN))
+        .await;
+    assert_eq!(body["hosts"], serde_json::json!([]));
+    let (_, metrics) = collector.get("/metrics").await;
+    assert!(!metrics.contains("host=\"web-01\""), "{metrics}");
+    let (_, health) = collector.get_json("/healthz").await;
+    assert_eq!(health["hosts"], 0);
+    let (status, _, body) = collector
+        .call(Method::DELETE, &host, Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (404, Some(format!("no host with id `{id}`").as_str()))
+    );
+
+    // Every refusal above is counted by reason.
+    let rejected = |reason: &str| {
+        sample(
+            &metrics,
+            &format!("estate_api_requests_rejected_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(
+        (
+            rejected("missing"),
+            rejected("invalid"),
+            rejected("forbidden")
+        ),
+        (Some(2.0), Some(1.0), Some(1.0))
+    );
+
+    // The agent still runs: its next report brings the host back.
+    client.report(report(2, true)).await.unwrap();
+    let (status, _, _) = collector.call(Method::GET, &host, Some(READ_TOKEN)).await;
+    assert_eq!(status, 200);
+    collector.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_and_healthz_need_a_read_token_when_protected() {
+    use reqwest::Method;
+    let collector = Collector::start_with(tokens(true, true)).await;
+    for path in ["/metrics", "/healthz"] {
+        let (status, challenge, body) = collector.call(Method::GET, path, None).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(challenge.unwrap().starts_with("Bearer"));
+        for token in [READ_TOKEN, ADMIN_TOKEN] {
+            let (status, _, body) = collector.call(Method::GET, path, Some(token)).await;
+            assert_eq!(status, 200, "{path}: {body}");
+        }
+    }
+    let (_, _, metrics) = collector
+        .call(Method::GET, "/metrics", Some(READ_TOKEN))
+        .await;
+    let metrics = metrics.as_str().unwrap();
+    assert_eq!(
+        sample(
+            metrics,
+            "estate_api_requests_rejected_total{reason=\"missing\"}"
+        ),
+        Some(2.0)
+    );
+    // The page holds no data: a browser loads it, then asks for a token.
+    let (status, page) = collector.get("/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("sessionStorage"));
+    collector.stop().await;
+}
+
+#[tokio::test]
+async fn without_tokens_reads_are_open_and_deleting_is_refused() {
+    use reqwest::Method;
+    let collector = Collector::start().await;
+    let mut client = collector.client().await;
+    client.report(report(1, true)).await.unwrap();
+    let host = "/api/v1/hosts/7f2c1d9e-0000-4000-8000-000000000001";
+    let (status, _, _) = collector.call(Method::GET, host, None).await;
+    assert_eq!(status, 200);
+    for token in [None, Some(ADMIN_TOKEN)] {
+        let (status, _, body) = collector.call(Method::DELETE, host, token).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("the collector has none"),
+            "{body}"
+        );
+    }
+    let (status, _, _) = collector.call(Method::GET, host, None).await;
+    assert_eq!(status, 200, "still there");
     collector.stop().await;
 }
