@@ -89,6 +89,7 @@ pub async fn run(
             states: Arc::clone(&states),
             collector_id: config.collector_id.clone(),
             interval: config.ownership_refresh,
+            stale_after: config.stale_after,
         };
         // Before serving: until it knows the other live collectors, this one would take every
         // host for an orphan and render it twice.

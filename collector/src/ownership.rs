@@ -1,6 +1,8 @@
 //! Several collectors, one database: each collector refreshes, every `ownership_refresh`, which
 //! collectors are alive and where hosts last reported, so that each host's series appear on
 //! exactly one collector's `/metrics` (the rule is [`crate::state::Ownership::renders`]).
+//! Every [`DELETION_CHECK_REFRESHES`] refreshes it also drops the silent hosts that were
+//! deleted (`DELETE /api/v1/hosts/{id}`) through another collector.
 
 use crate::clock::now_ms;
 use crate::state::HostStates;
@@ -16,7 +18,12 @@ pub struct OwnershipRefresher {
     pub states: Arc<HostStates>,
     pub collector_id: String,
     pub interval: Duration,
+    /// Hosts silent this long are the ones looked up for deletion by another collector.
+    pub stale_after: Duration,
 }
+
+/// How many refreshes apart the deletion check runs: a minute at the default 5 s.
+pub const DELETION_CHECK_REFRESHES: u32 = 12;
 
 impl std::fmt::Debug for OwnershipRefresher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,12 +72,45 @@ impl OwnershipRefresher {
         Ok(started)
     }
 
+    /// Drops from memory the stale hosts that are no longer in the database: deleted through
+    /// another collector, which could only drop them from its own memory. Only stale hosts
+    /// are looked up: a decommissioned host is silent (that is why it is deleted), and a host
+    /// that still reports is made anew by its next report anyway. Returns how many went.
+    pub async fn forget_deleted(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let silent = self
+            .states
+            .silent_hosts(now_ms - self.stale_after.as_millis() as i64);
+        if silent.is_empty() {
+            return Ok(0);
+        }
+        let store = Arc::clone(&self.store);
+        let ids: Vec<String> = silent.iter().map(|(id, _)| id.clone()).collect();
+        let (records, _) = blocking(move || store.load_hosts_by_id(&ids)).await?;
+        let existing: std::collections::HashSet<String> =
+            records.into_iter().map(|record| record.id).collect();
+        let mut forgotten = 0;
+        for (id, last_seen_ms) in silent {
+            if !existing.contains(&id) {
+                self.states.forget(&id, last_seen_ms);
+                forgotten += 1;
+            }
+        }
+        if forgotten > 0 {
+            tracing::info!(
+                hosts = forgotten,
+                "hosts deleted through another collector are no longer rendered"
+            );
+        }
+        Ok(forgotten)
+    }
+
     /// Refreshes every `interval` until `stop` turns true. A failed refresh keeps the previous
     /// view (logged) and is retried at the next tick.
     pub async fn run(self, mut since_ms: i64, mut stop: watch::Receiver<bool>) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
+        let mut refreshes: u32 = 0;
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
@@ -81,6 +121,12 @@ impl OwnershipRefresher {
                 Err(error) => {
                     tracing::warn!(error = %error, "host ownership refresh failed; keeping the previous view")
                 }
+            }
+            refreshes = refreshes.wrapping_add(1);
+            if refreshes.is_multiple_of(DELETION_CHECK_REFRESHES)
+                && let Err(error) = self.forget_deleted(now_ms()).await
+            {
+                tracing::warn!(error = %error, "looking up deleted hosts failed; retried later");
             }
         }
     }

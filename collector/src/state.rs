@@ -127,6 +127,17 @@ impl HostStates {
         }
     }
 
+    /// `(id, last_seen_ms)` of every host not heard from since `before_ms`.
+    pub fn silent_hosts(&self, before_ms: i64) -> Vec<(String, i64)> {
+        self.with_hosts(|hosts| {
+            hosts
+                .values()
+                .filter(|entry| entry.record.last_seen_ms < before_ms)
+                .map(|entry| (entry.record.id.clone(), entry.record.last_seen_ms))
+                .collect()
+        })
+    }
+
     /// The current ownership rule.
     pub fn ownership(&self) -> Arc<Ownership> {
         Arc::clone(&self.ownership.read().unwrap_or_else(|p| p.into_inner()))
@@ -275,6 +286,8 @@ mod tests {
         states.forget("b", 1_000);
         states.forget("unknown", 1_000);
         assert_eq!(rendered(&states, 3_000), vec!["b"]);
+        assert_eq!(states.silent_hosts(2_000), vec![]);
+        assert_eq!(states.silent_hosts(2_001), vec![("b".to_owned(), 2_000)]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Three collectors on one PostgreSQL database, agents listing all three: every live host's
 //! series on exactly one collector's `/metrics`, the same hosts in every collector's API, and,
-//! when one collector is killed, its agents failing over with their hosts never shown twice.
+//! when one collector is killed, its agents failing over with their hosts never shown twice;
+//! a host deleted through one collector disappears from every collector's `/metrics`.
 //!
 //! Needs a PostgreSQL server: `ESTATE_TEST_POSTGRES_URL` (`.ci/postgres-cluster start` prints
 //! it; `.ci/run` runs this test with `--ignored`).
@@ -25,7 +26,8 @@ struct Collector {
 }
 
 impl Collector {
-    fn start(dir: &Path, id: &str, database_url: &str) -> Self {
+    /// Starts collector `id`; `extra` ends its config (default: `stale_after = "1m"`).
+    fn start(dir: &Path, id: &str, database_url: &str, extra: &str) -> Self {
         let (grpc, http) = (
             format!("127.0.0.1:{}", free_port()),
             format!("127.0.0.1:{}", free_port()),
@@ -35,9 +37,9 @@ impl Collector {
             &config,
             format!(
                 "grpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ndatabase = \"{database_url}\"\n\
-                 collector_id = \"{id}\"\nownership_refresh = \"{}ms\"\nstale_after = \"1m\"\n\
-                 insecure = true\n",
-                REFRESH.as_millis()
+                 collector_id = \"{id}\"\nownership_refresh = \"{}ms\"\ninsecure = true\n{extra}\n",
+                REFRESH.as_millis(),
+                extra = if extra.is_empty() { "stale_after = \"1m\"" } else { extra },
             ),
         )
         .unwrap();
@@ -184,7 +186,7 @@ fn three_collectors_share_hosts_and_agents_fail_over() {
 
     let mut collectors: Vec<Collector> = ["collector-a", "collector-b", "collector-c"]
         .iter()
-        .map(|id| Collector::start(dir.path(), id, &database_url))
+        .map(|id| Collector::start(dir.path(), id, &database_url, ""))
         .collect();
     let urls: Vec<String> = collectors
         .iter()
@@ -281,4 +283,73 @@ fn three_collectors_share_hosts_and_agents_fail_over() {
         survivors_api.iter().all(|(_, state)| state == "up"),
         "{survivors_api:?}"
     );
+}
+
+/// An admin API token and the config that accepts it.
+const ADMIN_TOKEN: &str = "estate_api_multi_collector_test_admin_token";
+
+/// `DELETE path` with the admin token: the status.
+fn delete(collector: &Collector, path: &str) -> u16 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        reqwest::Client::new()
+            .delete(format!("http://{}{path}", collector.http))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("the API answers")
+            .status()
+            .as_u16()
+    })
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: .ci/run starts one (ESTATE_TEST_POSTGRES_URL)"]
+fn a_host_deleted_through_one_collector_disappears_from_every_collector() {
+    let server = std::env::var("ESTATE_TEST_POSTGRES_URL").expect(
+        "ESTATE_TEST_POSTGRES_URL is not set: start a server with `.ci/postgres-cluster start DIR`",
+    );
+    let name = format!("estate_multi_collector_delete_{}", std::process::id());
+    let database_url = create_database(&server, &name).unwrap();
+    let _database = Database { server, name };
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = format!(
+        "stale_after = \"1s\"\nexpire_after = \"1h\"\n\
+         [[api_tokens]]\nname = \"ops\"\nscope = \"admin\"\nsha256 = \"{}\"\n",
+        estate_collector::auth::hex(&estate_collector::auth::digest(ADMIN_TOKEN))
+    );
+    let owner = Collector::start(dir.path(), "collector-a", &database_url, &tokens);
+    let other = Collector::start(dir.path(), "collector-b", &database_url, &tokens);
+
+    // One report to `owner`, then silence (a decommissioned server).
+    let agent = start_agent(dir.path(), 0, &[format!("http://{}", owner.grpc)]);
+    wait_until(
+        "the owner renders the host",
+        Duration::from_secs(30),
+        || owner.rendered_hosts().len() == 1,
+    );
+    agent.kill();
+    let id = owner.rendered_hosts().remove(0);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Deleted through the other collector: gone from the database at once, and from the
+    // owner's /metrics at its next deletion check.
+    assert_eq!(delete(&other, &format!("/api/v1/hosts/{id}")), 200);
+    let started = Instant::now();
+    wait_until(
+        "the owner stops rendering the deleted host",
+        REFRESH * (estate_collector::ownership::DELETION_CHECK_REFRESHES + 5),
+        || owner.rendered_hosts().is_empty(),
+    );
+    println!(
+        "deleted through {}, gone from {}'s /metrics after {:.1} s",
+        other.id,
+        owner.id,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(other.rendered_hosts().is_empty());
+    assert_eq!(delete(&owner, &format!("/api/v1/hosts/{id}")), 404);
 }
