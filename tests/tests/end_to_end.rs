@@ -236,9 +236,25 @@ mod https {
         path: &str,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Option<(u16, String)> {
+        call(address, "GET", path, None, tls).map(|(status, _, body)| (status, body))
+    }
+
+    /// `method path` with `Authorization: Bearer <token>` when a token is given:
+    /// `(status, response head, body)`.
+    pub fn call(
+        address: &str,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Option<(u16, String, String)> {
         let tcp = TcpStream::connect(address).ok()?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        let authorization = bearer
+            .map(|token| format!("Authorization: Bearer {token}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n"
+        );
         let mut raw = Vec::new();
         match tls {
             None => {
@@ -271,7 +287,7 @@ mod https {
         } else {
             body.to_owned()
         };
-        Some((status, body))
+        Some((status, head.to_owned(), body))
     }
 
     fn dechunk(mut body: &str) -> String {
@@ -498,6 +514,96 @@ fn check_golden(name: &str, actual: &str) {
         "`{}` differs from this run; if the change is intended, rerun with ESTATE_BLESS=1\n\
          --- expected\n{expected}\n--- actual\n{actual}",
         path.display()
+    );
+}
+
+/// `estate-collector api-token create`: `(token, the config lines it printed)`.
+fn api_token_create(name: &str, scope: &str) -> (String, String) {
+    let output = Command::new(binary("estate-collector"))
+        .args(["api-token", "create", "--name", name, "--scope", scope])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let token = text.lines().nth(1).unwrap().to_owned();
+    let config: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with("estate_api_"))
+        .collect();
+    (token, config.join("\n") + "\n")
+}
+
+/// The README's "API tokens" steps with the real binaries over HTTPS: tokens made by
+/// `api-token create`, its config lines appended as printed, then the API, `/metrics` and an
+/// admin deletion with and without them.
+#[test]
+fn api_tokens_made_by_the_cli_guard_the_api_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (read, read_lines) = api_token_create("prometheus", "read");
+    let (admin, admin_lines) = api_token_create("ops", "admin");
+    assert!(read.starts_with("estate_api_") && read.len() == "estate_api_".len() + 64);
+    assert!(!read_lines.contains(&read) && !admin_lines.contains(&admin));
+    let config = dir.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        format!("metrics_auth = true\n{read_lines}{admin_lines}"),
+    )
+    .unwrap();
+
+    let tls_dir = dir.path().join("tls");
+    let ca_file = tls_init(&tls_dir);
+    let args: Vec<PathBuf> = vec![
+        "--tls-cert-file".into(),
+        tls_dir.join("server.pem"),
+        "--tls-key-file".into(),
+        tls_dir.join("server.key"),
+        "--config".into(),
+        config,
+    ];
+    let collector = Collector::start_with(dir.path(), &args, Some(ca_file));
+    let root = dir.path().join("root");
+    copy_tree(&fixture("physical-server"), &root);
+    let agent_config = agent_config(
+        dir.path(),
+        &root,
+        &collector.url(),
+        collector.ca_file.as_deref(),
+    );
+    assert!(agent(&agent_config, &["once"]).status.success());
+
+    let call = |method: &str, path: &str, token: Option<&str>| {
+        https::call(&collector.http, method, path, token, collector.tls.as_ref())
+            .unwrap_or_else(|| panic!("{method} {path} failed"))
+    };
+    let (status, head, body) = call("GET", "/api/v1/hosts", None);
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: bearer realm=\"estate\""),
+        "{head}"
+    );
+    assert_eq!(call("GET", "/metrics", None).0, 401);
+    assert_eq!(call("GET", "/healthz", None).0, 200);
+    let (status, _, body) = call("GET", "/api/v1/hosts", Some(&read));
+    assert_eq!(status, 200, "{body}");
+    let hosts: Value = serde_json::from_str(&body).unwrap();
+    let id = hosts["hosts"][0]["id"].as_str().unwrap().to_owned();
+    let host = format!("/api/v1/hosts/{id}");
+    let (status, _, body) = call("DELETE", &host, Some(&read));
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = call("DELETE", &host, Some(&admin));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(call("GET", &host, Some(&read)).0, 404);
+    let (status, _, metrics) = call("GET", "/metrics", Some(&read));
+    assert_eq!(status, 200);
+    assert!(!metrics.contains("estate_host_up{"), "{metrics}");
+    assert!(
+        metrics.contains("estate_api_requests_rejected_total{reason=\"forbidden\"} 1"),
+        "{metrics}"
     );
 }
 
