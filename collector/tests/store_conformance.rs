@@ -1014,6 +1014,41 @@ fn postgres_records_which_collector_stored_each_host() {
 
 #[test]
 #[ignore = "needs PostgreSQL: .ci/run starts one (ESTATE_TEST_POSTGRES_URL)"]
+fn postgres_store_dropped_by_an_async_task_closes_its_connections() {
+    let (store, database) = open_postgres();
+    // The writer's and a reader's connection are open and idle in their pools.
+    write(&store, 1_000, vec![report("a", 1, None)]);
+    assert_eq!(store.load_hosts().unwrap().len(), 1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // As at the collector's shutdown: the last owner is a task on the runtime.
+    runtime
+        .block_on(async { tokio::spawn(async move { drop(store) }).await })
+        .expect("dropping the store on a runtime thread must not panic");
+    // The connections really closed (the server ends a session just after its client leaves).
+    let server = std::env::var(POSTGRES_URL_VARIABLE).unwrap();
+    let mut admin = estate_collector::store::postgres::connect(&server).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let sessions: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                &[&database.name],
+            )
+            .unwrap()
+            .get(0);
+        if sessions == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sessions} sessions still open"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: .ci/run starts one (ESTATE_TEST_POSTGRES_URL)"]
 fn postgres_stores_text_with_nul_characters() {
     let (store, _database) = open_postgres();
     let mut odd = report(

@@ -532,6 +532,20 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    /// `postgres::Client` closes its connection by blocking on a runtime of its own, which
+    /// panics (and, during shutdown, aborts the process) on a thread that drives a tokio
+    /// runtime. The last owner of the store is often an async task at shutdown, so there the
+    /// idle connections are closed on a plain thread.
+    fn drop(&mut self) {
+        let state = self.idle.get_mut().unwrap_or_else(|p| p.into_inner());
+        let idle = std::mem::take(&mut state.idle);
+        if !idle.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
+    }
+}
+
 enum PoolError {
     Connect(postgres::Error),
     Query(postgres::Error),
@@ -1785,17 +1799,29 @@ pub fn drop_database(url: &str, name: &str) -> Result<(), StoreError> {
     })
 }
 
+/// One connection to the database of `url`, with the store's TLS rules (`sslmode`,
+/// `sslrootcert`). For tools beside the store, such as the benchmark's raw-upsert ceiling.
+pub fn connect(url: &str) -> Result<Client, StoreError> {
+    let connector = Connector::parse(url)?;
+    connector.connect().map_err(|e| {
+        StoreError::new(
+            format!("failed to connect to database `{}`", connector.shown),
+            e,
+        )
+    })
+}
+
 fn with_admin_connection(
     url: &str,
     body: impl FnOnce(&mut Client) -> Result<(), postgres::Error>,
 ) -> Result<(), StoreError> {
-    let connector = Connector::parse(url)?;
-    let shown = connector.shown.clone();
-    let mut client = connector
-        .connect()
-        .map_err(|e| StoreError::new(format!("failed to connect to database `{shown}`"), e))?;
-    body(&mut client)
-        .map_err(|e| StoreError::new(format!("failed to manage databases on `{shown}`"), e))
+    let mut client = connect(url)?;
+    body(&mut client).map_err(|e| {
+        StoreError::new(
+            format!("failed to manage databases on `{}`", redact_url(url)),
+            e,
+        )
+    })
 }
 
 fn quote_identifier(name: &str) -> String {
