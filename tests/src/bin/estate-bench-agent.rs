@@ -4,9 +4,11 @@
 //!    reporting to a collector on loopback) next to Prometheus' node_exporter (Debian's
 //!    `prometheus-node-exporter`, its default collectors, scraped once a second): resident
 //!    memory (mean and peak of samples) and CPU time per cycle (one report, one scrape).
-//! 2. One full inventory: a child doing exactly the agent's inventory next to
-//!    `fusioninventory-inventory` (Debian's `fusioninventory-agent`) writing its local
-//!    inventory: CPU time and peak RSS of each child, median of `--runs`.
+//! 2. One full inventory: a child doing exactly the agent's inventory next to Debian's
+//!    `fusioninventory-agent --local DIR` (its whole local inventory task, written to a file)
+//!    and `fusioninventory-inventory` (the same inventory as XML on stdout, without the agent's
+//!    start-up): CPU time (with every helper the peer runs) and peak RSS of each child, median
+//!    of `--runs`.
 //!
 //! Needs the release `estate-agent` binary beside this program
 //! (`cargo build --release -p estate-agent -p estate-tests`). Figures are printed, never
@@ -36,7 +38,8 @@ mod unix {
 
     const USAGE: &str = "usage: estate-bench-agent [--seconds S] [--runs N]";
     const NODE_EXPORTER: &str = "prometheus-node-exporter";
-    const FUSIONINVENTORY: &str = "fusioninventory-inventory";
+    const FUSIONINVENTORY_AGENT: &str = "fusioninventory-agent";
+    const FUSIONINVENTORY_INVENTORY: &str = "fusioninventory-inventory";
 
     pub fn main() -> anyhow::Result<()> {
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -290,18 +293,42 @@ mod unix {
             );
         };
         row("estate-agent inventory (all areas)", ours);
-        // The standalone inventory task: the whole local inventory as XML on stdout.
-        match median_cost(&[FUSIONINVENTORY], runs) {
-            Ok(peer) => {
-                row("fusioninventory-inventory (local inventory, XML)", peer);
-                println!(
-                    "ratio cpu fusioninventory/estate: {:.1} (estate is that many times cheaper)",
-                    peer.cpu_seconds / ours.cpu_seconds.max(1e-9)
-                );
+        let output = tempfile::tempdir()?;
+        let output = output
+            .path()
+            .to_str()
+            .context("the temporary path is not UTF-8")?;
+        let peers: [(&str, &[&str]); 2] = [
+            (
+                "fusioninventory-agent --local DIR (the agent's task)",
+                &[FUSIONINVENTORY_AGENT, "--local", output],
+            ),
+            (
+                "fusioninventory-inventory (the same inventory, XML)",
+                &[FUSIONINVENTORY_INVENTORY],
+            ),
+        ];
+        let mut ratios = Vec::new();
+        for (name, command) in peers {
+            match median_cost(command, runs) {
+                Ok(peer) => {
+                    row(name, peer);
+                    ratios.push(format!(
+                        "{} {:.1}",
+                        command[0],
+                        peer.cpu_seconds / ours.cpu_seconds.max(1e-9)
+                    ));
+                }
+                Err(error) => println!(
+                    "{name}: not measured: {error:#} (apt-get install fusioninventory-agent)"
+                ),
             }
-            Err(error) => {
-                println!("peer not measured: {error:#} (apt-get install fusioninventory-agent)")
-            }
+        }
+        if !ratios.is_empty() {
+            println!(
+                "ratio cpu peer/estate (estate is that many times cheaper): {}",
+                ratios.join(", ")
+            );
         }
         Ok(())
     }

@@ -5,7 +5,10 @@
 //!    of starting this program and doing nothing (the floor);
 //! 2. the collector's ingest rate and acknowledgement latency for N simulated agents over real
 //!    gRPC on loopback, next to a no-op gRPC server driven by the same client (the transport
-//!    ceiling).
+//!    ceiling), with SQLite or (`--database postgres://…`, a fresh database created on that
+//!    server and dropped after) PostgreSQL;
+//! 3. the rows/s of that ingest next to raw batched upserts of the same rows into the same
+//!    database (the storage ceiling).
 //!
 //! Figures are printed, never asserted. Bounded in count; loopback only.
 
@@ -37,9 +40,10 @@ mod unix {
     use std::time::{Duration, Instant};
     use tokio::net::TcpListener;
 
-    const USAGE: &str = "usage: estate-bench [--agents N] [--reports N] [--runs N]";
+    const USAGE: &str =
+        "usage: estate-bench [--agents N] [--reports N] [--runs N] [--database postgres://…]";
 
-    #[derive(Debug, Clone, Copy)]
+    #[derive(Debug, Clone)]
     struct Settings {
         /// Simulated agents, each on its own connection.
         agents: usize,
@@ -47,6 +51,9 @@ mod unix {
         reports: usize,
         /// Repetitions of each inventory measurement (the median is printed).
         runs: usize,
+        /// A PostgreSQL server to ingest into instead of a SQLite file; the benchmark creates
+        /// (and drops) a database of its own there.
+        postgres: Option<String>,
     }
 
     pub fn main() -> anyhow::Result<()> {
@@ -66,26 +73,49 @@ mod unix {
             agents: 50,
             reports: 100,
             runs: 5,
+            postgres: None,
         };
         for (flag, text) in flags::pairs(&args, USAGE)? {
             match flag {
                 "--agents" => settings.agents = flags::count(flag, text)?,
                 "--reports" => settings.reports = flags::count(flag, text)?,
                 "--runs" => settings.runs = flags::count(flag, text)?,
+                "--database" => {
+                    estate_collector::store::postgres::check_url(text)?;
+                    settings.postgres = Some(text.to_owned());
+                }
                 other => bail!("unknown argument `{other}`\n{USAGE}"),
             }
         }
-        println!("estate-bench: {settings:?}");
+        println!(
+            "estate-bench: {} agents, {} reports each, {} runs, {}",
+            settings.agents,
+            settings.reports,
+            settings.runs,
+            settings.postgres.as_deref().map_or_else(
+                || "SQLite".to_owned(),
+                estate_collector::store::postgres::redact_url
+            )
+        );
         println!("machine: {}", machine_summary());
-        inventory_benchmark(settings)?;
-        tokio::runtime::Runtime::new()?.block_on(ingest_benchmark(settings))
+        inventory_benchmark(&settings)?;
+        // Created and dropped outside the runtime: the PostgreSQL client blocks.
+        let scratch = settings
+            .postgres
+            .as_deref()
+            .map(ScratchDatabase::create)
+            .transpose()?;
+        let url = scratch.as_ref().map(|scratch| scratch.url.clone());
+        let result = tokio::runtime::Runtime::new()?.block_on(ingest_benchmark(&settings, url));
+        drop(scratch);
+        result
     }
 
     // ---------------------------------------------------------------------------------------------
     // Inventory cost
     // ---------------------------------------------------------------------------------------------
 
-    fn inventory_benchmark(settings: Settings) -> anyhow::Result<()> {
+    fn inventory_benchmark(settings: &Settings) -> anyhow::Result<()> {
         let me = std::env::current_exe()?;
         let me = me.to_str().context("the program path is not UTF-8")?;
         let ours = median_cost(&[me, process::INVENTORY_ONCE], settings.runs)?;
@@ -210,7 +240,7 @@ mod unix {
     /// sending `settings.reports` reports one after the other.
     async fn drive(
         address: std::net::SocketAddr,
-        settings: Settings,
+        settings: &Settings,
         inventory: &Inventory,
     ) -> anyhow::Result<IngestFigures> {
         let mut clients = Vec::with_capacity(settings.agents);
@@ -219,11 +249,12 @@ mod unix {
         }
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
+        let reports = settings.reports;
         for (agent, mut client) in clients.into_iter().enumerate() {
             let inventory = inventory.clone();
             tasks.spawn(async move {
-                let mut latencies = Vec::with_capacity(settings.reports);
-                for sequence in 1..=settings.reports as u64 {
+                let mut latencies = Vec::with_capacity(reports);
+                for sequence in 1..=reports as u64 {
                     let full = (sequence == 1).then_some(&inventory);
                     let report = simulated_report(agent, sequence, full);
                     let sent = Instant::now();
@@ -246,7 +277,40 @@ mod unix {
         })
     }
 
-    async fn ingest_benchmark(settings: Settings) -> anyhow::Result<()> {
+    /// A database of the benchmark's own on a PostgreSQL server, dropped when done.
+    struct ScratchDatabase {
+        server: String,
+        name: String,
+        url: String,
+    }
+
+    impl ScratchDatabase {
+        fn create(server: &str) -> anyhow::Result<Self> {
+            let name = format!("estate_bench_{}", std::process::id());
+            let url = estate_collector::store::postgres::create_database(server, &name)?;
+            Ok(ScratchDatabase {
+                server: server.to_owned(),
+                name,
+                url,
+            })
+        }
+    }
+
+    impl Drop for ScratchDatabase {
+        fn drop(&mut self) {
+            if let Err(error) =
+                estate_collector::store::postgres::drop_database(&self.server, &self.name)
+            {
+                eprintln!(
+                    "could not drop the benchmark database `{}`: {error}",
+                    self.name
+                );
+            }
+        }
+    }
+
+    /// Ingest into SQLite, or into the PostgreSQL database at `postgres` when given.
+    async fn ingest_benchmark(settings: &Settings, postgres: Option<String>) -> anyhow::Result<()> {
         let inventory =
             tokio::task::spawn_blocking(|| estate_agent::inventory::collect(Path::new("/")))
                 .await?;
@@ -270,12 +334,27 @@ mod unix {
         let _ = stop_noop.send(());
         noop.await??;
 
-        // The collector, with its SQLite store in a temporary directory.
+        // The collector, with its store in a temporary directory or a scratch database.
         let dir = tempfile::tempdir()?;
+        let (database, store_name) = match &postgres {
+            None => (
+                dir.path().join("bench.db"),
+                "SQLite, durable acks".to_owned(),
+            ),
+            Some(url) => {
+                let shown = url.clone();
+                let fsync = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+                    let mut client = estate_collector::store::postgres::connect(&shown)?;
+                    Ok(client.query_one("SHOW fsync", &[])?.get(0))
+                })
+                .await??;
+                (url.into(), format!("PostgreSQL, fsync {fsync}"))
+            }
+        };
         // Plain text on loopback on both sides, so the figures compare the store's cost with
         // the no-op server's, not TLS's.
         let config = estate_collector::config::CollectorConfig {
-            database: dir.path().join("bench.db"),
+            database: database.clone(),
             transport: estate_collector::tls::Transport::Insecure,
             // Simulated agents send back to back: measure ingest, not the per-agent rate limit.
             agent_rate_limit: estate_collector::limits::RateLimit {
@@ -307,8 +386,8 @@ mod unix {
             "", "reports/s", "p50 ms", "p99 ms"
         );
         for (name, figures) in [
-            ("estate-collector (SQLite, durable acks)", &ours),
-            ("ceiling: no-op gRPC server", &ceiling),
+            (format!("estate-collector ({store_name})"), &ours),
+            ("ceiling: no-op gRPC server".to_owned(), &ceiling),
         ] {
             println!(
                 "{name:<44} {:>12.0} {:>10.2} {:>10.2}",
@@ -323,13 +402,22 @@ mod unix {
         );
 
         // The storage ceiling: the same rows written by plain batched upserts into the same
-        // database file, one transaction per batch of as many reports as there are agents
-        // (the most the collector can group: each agent has one report in flight).
-        let database = dir.path().join("bench.db");
+        // database, one transaction per batch of as many reports as there are agents (the
+        // most the collector can group: each agent has one report in flight).
         let batch = settings.agents;
         let reports = settings.agents * settings.reports;
-        let raw =
-            tokio::task::spawn_blocking(move || raw_upserts(&database, batch, reports)).await??;
+        let (raw, method) = match postgres {
+            None => (
+                tokio::task::spawn_blocking(move || raw_upserts(&database, batch, reports))
+                    .await??,
+                "prepared upserts",
+            ),
+            Some(url) => (
+                tokio::task::spawn_blocking(move || raw_upserts_postgres(&url, batch, reports))
+                    .await??,
+                "COPY + upsert",
+            ),
+        };
         let rows_per_report = 1 + CHECKS_PER_REPORT;
         let ours_rows = ours.per_second() * rows_per_report as f64;
         println!();
@@ -343,11 +431,94 @@ mod unix {
         );
         println!(
             "{:<44} {:>12}",
-            format!("ceiling: raw upserts, {batch} reports/commit"),
+            format!("ceiling: {method}, {batch} reports/commit"),
             format!("{raw:.0}")
         );
         println!("ratio rows/s collector/raw upserts: {:.2}", ours_rows / raw);
         Ok(())
+    }
+
+    /// The same rows as [`raw_upserts`] into a PostgreSQL database, the fastest plain way:
+    /// each batch is copied into temporary tables (`COPY … FROM STDIN`) and upserted from
+    /// there with one `INSERT … SELECT … ON CONFLICT` per table, in one transaction.
+    fn raw_upserts_postgres(url: &str, batch: usize, reports: usize) -> anyhow::Result<f64> {
+        let mut client = estate_collector::store::postgres::connect(url)?;
+        let columns: Vec<(String, String)> = client
+            .query(
+                "SELECT column_name::text, data_type::text FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = 'hosts' \
+                 ORDER BY ordinal_position",
+                &[],
+            )?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        if columns.is_empty() {
+            bail!("the database has no `hosts` table: the collector did not migrate it");
+        }
+        let names: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
+        let upsert_hosts = format!(
+            "INSERT INTO hosts SELECT * FROM raw_hosts ON CONFLICT (id) DO UPDATE SET {}",
+            names[1..]
+                .iter()
+                .map(|name| format!("{name} = excluded.{name}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let check_columns = "host_id, check_name, target, kind, outcome, reason, since_ms, \
+             received_ms, started_ms, duration_seconds, measurements";
+        let upsert_checks = format!(
+            "INSERT INTO check_results ({check_columns}) SELECT {check_columns} FROM raw_checks \
+             ON CONFLICT (host_id, check_name, target) DO UPDATE SET \
+             outcome = excluded.outcome, reason = excluded.reason, \
+             received_ms = excluded.received_ms, started_ms = excluded.started_ms, \
+             duration_seconds = excluded.duration_seconds, measurements = excluded.measurements"
+        );
+        let started = Instant::now();
+        let mut written = 0;
+        let mut sequence = 1_000_000i64;
+        while written < reports {
+            let count = batch.min(reports - written);
+            let (mut hosts, mut checks) = (String::new(), String::new());
+            for agent in 0..count {
+                sequence += 1;
+                let id = format!("raw-{agent:06}");
+                let values: Vec<String> = columns
+                    .iter()
+                    .map(|(name, kind)| match (name.as_str(), kind.as_str()) {
+                        ("id", _) => id.clone(),
+                        (_, "bigint" | "integer") => sequence.to_string(),
+                        (_, "double precision" | "real") => "0.5".into(),
+                        (_, "boolean") => "f".into(),
+                        ("vitals", _) => "{\"memory_available_bytes\":4294967296}".into(),
+                        (name, _) => format!("{name}-{agent}"),
+                    })
+                    .collect();
+                hosts.push_str(&values.join("\t"));
+                hosts.push('\n');
+                for index in 0..CHECKS_PER_REPORT {
+                    checks.push_str(&format!(
+                        "{id}\tcheck-{index:02}\tserver-{index:02}.example.org:443\ttcp\tpass\t\t\
+                         {sequence}\t{sequence}\t{sequence}\t0.002\t\
+                         [{{\"name\":\"connect_seconds\",\"value\":0.002,\"text\":\"\"}}]\n"
+                    ));
+                }
+            }
+            let mut tx = client.transaction()?;
+            tx.batch_execute(
+                "CREATE TEMP TABLE raw_hosts (LIKE hosts) ON COMMIT DROP; \
+                 CREATE TEMP TABLE raw_checks (LIKE check_results) ON COMMIT DROP",
+            )?;
+            for (table, text) in [("raw_hosts", &hosts), ("raw_checks", &checks)] {
+                let mut writer = tx.copy_in(&format!("COPY {table} FROM STDIN"))?;
+                std::io::Write::write_all(&mut writer, text.as_bytes())?;
+                writer.finish()?;
+            }
+            tx.batch_execute(&format!("{upsert_hosts}; {upsert_checks}"))?;
+            tx.commit()?;
+            written += count;
+        }
+        Ok((written * (1 + CHECKS_PER_REPORT)) as f64 / started.elapsed().as_secs_f64())
     }
 
     /// Writes `reports` heartbeats' rows (a host row with every column, 12 check result rows)
