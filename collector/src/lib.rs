@@ -18,6 +18,7 @@ pub mod ownership;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod tokens;
 pub mod validate;
 pub mod writer;
 

@@ -32,6 +32,14 @@ enum Command {
     /// lines that let the collector accept it
     #[command(subcommand, name = "api-token")]
     ApiToken(ApiTokenCommand),
+    /// Agent tokens: `token create --enrollment` (a secret agents exchange for their own
+    /// token), `token create --host HOST`, `token list`, `token revoke ID`
+    Token {
+        #[command(flatten)]
+        database: TokenDatabase,
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
     /// Install, remove, start, stop or inspect the collector as a system service (systemd
     /// unit, Windows service) running with the config file given with `--config`
     Service {
@@ -41,6 +49,44 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: ServiceAction,
+    },
+}
+
+/// Where the `token` commands find the database: as the collector itself does.
+#[derive(Debug, clap::Args)]
+struct TokenDatabase {
+    /// The collector's TOML config file, for its `database` key
+    #[arg(long, value_name = "PATH", global = true)]
+    config: Option<PathBuf>,
+    /// SQLite database file or PostgreSQL URL; overrides the config's [default: estate.db]
+    #[arg(long, value_name = "PATH|URL", global = true)]
+    database: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token and print its secret (shown this once; only its hash is stored)
+    #[command(group(clap::ArgGroup::new("kind").required(true).args(["enrollment", "host"])))]
+    Create {
+        /// A shared enrollment secret: each agent exchanges it once for its own token
+        #[arg(long)]
+        enrollment: bool,
+        /// An agent token for this hostname (as the agent reports it), without enrollment
+        #[arg(long, value_name = "HOSTNAME")]
+        host: Option<String>,
+        /// Valid for this long, e.g. `24h` or `30d` [default: until revoked]
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// How many agents may enroll with the secret [default: any number until it expires]
+        #[arg(long, value_name = "N", requires = "enrollment")]
+        uses: Option<u32>,
+    },
+    /// List tokens: id, kind, host, times and state; never a secret
+    List,
+    /// Revoke a token by its id: within seconds the collector refuses it
+    Revoke {
+        /// The id `token list` shows
+        id: String,
     },
 }
 
@@ -160,6 +206,9 @@ fn main() -> ExitCode {
             api_token_create(&name, &scope).map(|()| ExitCode::SUCCESS)
         }
         Some(Command::Service { config, action }) => service(action, config, cli.log),
+        Some(Command::Token { database, action }) => {
+            token(database, action).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
@@ -206,6 +255,80 @@ fn api_token_create(name: &str, scope: &str) -> anyhow::Result<()> {
     println!("{token}");
     println!("# Add to the collector's config, then restart the collector:");
     print!("{}", auth::config_lines(name, scope, &token));
+    Ok(())
+}
+
+/// `estate-collector token ...`: opens the database the collector uses and changes its tokens.
+fn token(database: TokenDatabase, action: TokenCommand) -> anyhow::Result<()> {
+    use estate_collector::tokens::{self, IssueRequest, TokenKind};
+    let file = match &database.config {
+        Some(path) => ConfigFile::read(path)?,
+        None => ConfigFile::default(),
+    };
+    let path = database
+        .database
+        .or(file.database)
+        .unwrap_or_else(estate_collector::config::default_database);
+    let store = tokens::open_store(&path)?;
+    let now_ms = estate_collector::clock::now_ms();
+    match action {
+        TokenCommand::Create {
+            enrollment,
+            host,
+            ttl,
+            uses,
+        } => {
+            let ttl = ttl
+                .map(|text| {
+                    humantime::parse_duration(&text).map_err(|error| {
+                        anyhow::anyhow!("`--ttl` `{text}` is not a duration such as `24h`: {error}")
+                    })
+                })
+                .transpose()?;
+            let request = IssueRequest {
+                kind: if enrollment {
+                    TokenKind::Enrollment
+                } else {
+                    TokenKind::Agent
+                },
+                host,
+                ttl,
+                uses,
+            };
+            let (secret, stored) = tokens::issue(store.as_ref(), &request, now_ms)?;
+            // The secret alone on stdout, so `> file` captures just it; the rest on stderr.
+            println!("{}", secret.secret);
+            let expires = stored
+                .expires_ms
+                .map_or("never (until revoked)".to_owned(), |ms| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64),
+                    )
+                    .to_string()
+                });
+            match secret.kind {
+                TokenKind::Enrollment => eprintln!(
+                    "enrollment secret `{}` created (expires {expires}, uses {}); this is the \
+                     only time it is shown: put it in the agents' `collector.enrollment_secret_file`",
+                    secret.id,
+                    stored
+                        .uses_left
+                        .map_or("unlimited".to_owned(), |n| n.to_string()),
+                ),
+                TokenKind::Agent => eprintln!(
+                    "agent token `{}` for host `{}` created (expires {expires}); this is the only \
+                     time it is shown: write it to the agent's `<state_dir>/agent-token` (mode 0600)",
+                    secret.id,
+                    stored.host.as_deref().unwrap_or_default(),
+                ),
+            }
+        }
+        TokenCommand::List => print!("{}", tokens::render_list(&store.list_tokens()?, now_ms)),
+        TokenCommand::Revoke { id } => {
+            tokens::revoke(store.as_ref(), &id, now_ms)?;
+            eprintln!("token `{id}` revoked");
+        }
+    }
     Ok(())
 }
 

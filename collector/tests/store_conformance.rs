@@ -4,9 +4,11 @@
 use estate_collector::store::postgres::{PostgresStore, create_database, drop_database};
 use estate_collector::store::sqlite::SqliteStore;
 use estate_collector::store::{
-    ChangeQuery, CheckQuery, EventQuery, FieldFilter, HostCursor, HostOwner, HostQuery,
-    IncomingReport, Liveness, Store, ValuePattern, WriteOutcome, WritePolicy,
+    ChangeQuery, CheckQuery, EventQuery, ExchangeOutcome, FieldFilter, HostCursor, HostOwner,
+    HostQuery, IncomingReport, Liveness, NewToken, Store, TokenRefusal, ValuePattern, WriteOutcome,
+    WritePolicy,
 };
+use estate_collector::tokens::{self, TokenKind};
 use estate_collector::validate::{Limits, validate_report};
 use estate_proto::v1::{
     Bios, CheckResult, Hardware, HostIdentity, HostVitals, Inventory, OperatingSystem, Outcome,
@@ -809,6 +811,164 @@ pub fn a_deleted_host_is_gone_with_everything_recorded_about_it(store: &dyn Stor
     );
 }
 
+/// A new token of `kind` as the CLI would store it, with its secret.
+fn new_token(
+    kind: TokenKind,
+    host: Option<&str>,
+    created_ms: i64,
+    expires_ms: Option<i64>,
+    uses_left: Option<u32>,
+) -> (NewToken, String) {
+    let secret = tokens::generate(kind);
+    (
+        NewToken {
+            id: secret.id.clone(),
+            kind,
+            hash: secret.hash.clone(),
+            host: host.map(str::to_owned),
+            created_ms,
+            expires_ms,
+            uses_left,
+        },
+        secret.secret,
+    )
+}
+
+fn tokens_are_stored_by_hash_listed_and_revoked(store: &dyn Store) {
+    assert!(store.list_tokens().unwrap().is_empty());
+    let (agent, agent_secret) = new_token(TokenKind::Agent, Some("web-01"), 1_000, None, None);
+    let (enrollment, _) = new_token(TokenKind::Enrollment, None, 2_000, Some(90_000), Some(3));
+    store.create_token(&agent).unwrap();
+    store.create_token(&enrollment).unwrap();
+
+    let found = store
+        .token_by_hash(&tokens::hash(&agent_secret))
+        .unwrap()
+        .expect("the agent token is found by the hash of its secret");
+    assert_eq!(found.id, agent.id);
+    assert_eq!(found.kind, TokenKind::Agent);
+    assert_eq!(found.host.as_deref(), Some("web-01"));
+    assert_eq!((found.created_ms, found.expires_ms), (1_000, None));
+    assert_eq!((found.revoked_ms, found.last_used_ms), (None, None));
+    assert_eq!(found.unusable_at(5_000), None);
+    assert!(
+        store
+            .token_by_hash(&tokens::hash("estate_agt_unknown"))
+            .unwrap()
+            .is_none()
+    );
+
+    let listed = store.list_tokens().unwrap();
+    assert_eq!(
+        listed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        vec![agent.id.as_str(), enrollment.id.as_str()]
+    );
+    assert_eq!(listed[1].kind, TokenKind::Enrollment);
+    assert_eq!(
+        (listed[1].expires_ms, listed[1].uses_left),
+        (Some(90_000), Some(3))
+    );
+    assert_eq!(
+        listed[1].unusable_at(90_000),
+        Some(TokenRefusal::Expired { at_ms: 90_000 })
+    );
+
+    store.touch_token(&agent.id, 3_000).unwrap();
+    store.touch_token(&agent.id, 2_500).unwrap();
+    let touched = store.token_by_hash(&agent.hash).unwrap().unwrap();
+    assert_eq!(
+        touched.last_used_ms,
+        Some(3_000),
+        "last use never goes back"
+    );
+
+    assert!(store.revoke_token(&agent.id, 4_000).unwrap());
+    assert!(store.revoke_token(&agent.id, 5_000).unwrap());
+    assert!(!store.revoke_token("no-such-id", 5_000).unwrap());
+    let revoked = store.token_by_hash(&agent.hash).unwrap().unwrap();
+    assert_eq!(
+        revoked.revoked_ms,
+        Some(4_000),
+        "the first revocation time is kept"
+    );
+    assert_eq!(
+        revoked.unusable_at(6_000),
+        Some(TokenRefusal::Revoked { at_ms: 4_000 })
+    );
+    // The same hash cannot be stored twice: the lookup by hash must be unambiguous.
+    let mut copy = agent.clone();
+    copy.id = "other-id".into();
+    assert!(store.create_token(&copy).is_err());
+}
+
+fn an_enrollment_secret_is_exchanged_for_an_agent_token(store: &dyn Store) {
+    let (enrollment, secret) = new_token(TokenKind::Enrollment, None, 1_000, Some(10_000), Some(2));
+    store.create_token(&enrollment).unwrap();
+    let hash = tokens::hash(&secret);
+
+    let (first, _) = new_token(TokenKind::Agent, Some("web-01"), 2_000, None, None);
+    assert_eq!(
+        store.exchange_enrollment(&hash, &first).unwrap(),
+        ExchangeOutcome::Issued {
+            enrollment_id: enrollment.id.clone()
+        }
+    );
+    let issued = store.token_by_hash(&first.hash).unwrap().unwrap();
+    assert_eq!(issued.kind, TokenKind::Agent);
+    assert_eq!(issued.host.as_deref(), Some("web-01"));
+    assert_eq!(issued.issued_by.as_deref(), Some(enrollment.id.as_str()));
+    let after_one = store.token_by_hash(&hash).unwrap().unwrap();
+    assert_eq!(
+        (after_one.uses_left, after_one.last_used_ms),
+        (Some(1), Some(2_000))
+    );
+
+    let (second, _) = new_token(TokenKind::Agent, Some("web-02"), 3_000, None, None);
+    assert!(matches!(
+        store.exchange_enrollment(&hash, &second).unwrap(),
+        ExchangeOutcome::Issued { .. }
+    ));
+    // Spent: the third agent is refused and no token is stored for it.
+    let (third, _) = new_token(TokenKind::Agent, Some("web-03"), 4_000, None, None);
+    assert_eq!(
+        store.exchange_enrollment(&hash, &third).unwrap(),
+        ExchangeOutcome::Refused(TokenRefusal::UsedUp)
+    );
+    assert!(store.token_by_hash(&third.hash).unwrap().is_none());
+
+    // An agent token is no enrollment secret, and unknown secrets are unknown.
+    assert_eq!(
+        store.exchange_enrollment(&first.hash, &third).unwrap(),
+        ExchangeOutcome::Refused(TokenRefusal::Unknown)
+    );
+    assert_eq!(
+        store
+            .exchange_enrollment(&tokens::hash("estate_enr_nothing"), &third)
+            .unwrap(),
+        ExchangeOutcome::Refused(TokenRefusal::Unknown)
+    );
+
+    // Unlimited uses, but expired, then revoked.
+    let (open, open_secret) = new_token(TokenKind::Enrollment, None, 1_000, Some(5_000), None);
+    store.create_token(&open).unwrap();
+    let (late, _) = new_token(TokenKind::Agent, Some("web-04"), 5_000, None, None);
+    assert_eq!(
+        store
+            .exchange_enrollment(&tokens::hash(&open_secret), &late)
+            .unwrap(),
+        ExchangeOutcome::Refused(TokenRefusal::Expired { at_ms: 5_000 })
+    );
+    let (early, _) = new_token(TokenKind::Agent, Some("web-04"), 4_000, None, None);
+    assert!(store.revoke_token(&open.id, 3_500).unwrap());
+    assert_eq!(
+        store
+            .exchange_enrollment(&tokens::hash(&open_secret), &early)
+            .unwrap(),
+        ExchangeOutcome::Refused(TokenRefusal::Revoked { at_ms: 3_500 })
+    );
+    assert_eq!(store.list_tokens().unwrap().len(), 4);
+}
+
 /// Instantiates every conformance test for one backend. `$open` makes a fresh, empty store and
 /// returns it with whatever keeps it alive (a temporary directory).
 /// Attributes after `$open` (`#[ignore = …]`) go on every test of the backend.
@@ -871,6 +1031,16 @@ macro_rules! store_conformance_suite {
             $(#[$attribute])*
             fn a_deleted_host_is_gone_with_everything_recorded_about_it() {
                 check(super::a_deleted_host_is_gone_with_everything_recorded_about_it);
+            }
+            #[test]
+            $(#[$attribute])*
+            fn tokens_are_stored_by_hash_listed_and_revoked() {
+                check(super::tokens_are_stored_by_hash_listed_and_revoked);
+            }
+            #[test]
+            $(#[$attribute])*
+            fn an_enrollment_secret_is_exchanged_for_an_agent_token() {
+                check(super::an_enrollment_secret_is_exchanged_for_an_agent_token);
             }
         }
     };

@@ -298,6 +298,78 @@ pub struct CollectorView {
     pub reported: Vec<HostOwner>,
 }
 
+/// A token as the store keeps it: never the secret, only its hash (`crate::tokens::hash`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Short random id, how `token list` and `token revoke` name the token.
+    pub id: String,
+    pub kind: crate::tokens::TokenKind,
+    /// The hostname an agent token vouches for; `None` for an enrollment secret.
+    pub host: Option<String>,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub revoked_ms: Option<i64>,
+    /// When a report or an enrollment last presented it (updated at most once a minute).
+    pub last_used_ms: Option<i64>,
+    /// Enrollments an enrollment secret still allows; `None`: no limit (until it expires).
+    pub uses_left: Option<u32>,
+    /// The enrollment secret an agent token was exchanged for; `None` when made directly.
+    pub issued_by: Option<String>,
+}
+
+impl TokenRecord {
+    /// Why the token cannot be used at `now_ms`, or `None` when it can.
+    pub fn unusable_at(&self, now_ms: i64) -> Option<TokenRefusal> {
+        if let Some(at_ms) = self.revoked_ms {
+            return Some(TokenRefusal::Revoked { at_ms });
+        }
+        if let Some(at_ms) = self.expires_ms.filter(|&expires| expires <= now_ms) {
+            return Some(TokenRefusal::Expired { at_ms });
+        }
+        if self.uses_left == Some(0) {
+            return Some(TokenRefusal::UsedUp);
+        }
+        None
+    }
+}
+
+/// A token to store: made by `crate::tokens::generate`, with its metadata.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub id: String,
+    pub kind: crate::tokens::TokenKind,
+    pub hash: String,
+    pub host: Option<String>,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub uses_left: Option<u32>,
+}
+
+/// Why a token is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// No token has this hash (or it is not an enrollment secret, for an exchange).
+    Unknown,
+    Revoked {
+        at_ms: i64,
+    },
+    Expired {
+        at_ms: i64,
+    },
+    /// An enrollment secret whose `--uses` are spent.
+    UsedUp,
+}
+
+/// What became of an enrollment exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeOutcome {
+    /// The agent token was stored, and the enrollment secret's use counted.
+    Issued {
+        enrollment_id: String,
+    },
+    Refused(TokenRefusal),
+}
+
 /// A storage backend. Methods block: callers run them on a blocking thread.
 pub trait Store: Send + Sync + 'static {
     /// Writes a batch of reports in one transaction and returns one outcome per report, in
@@ -331,6 +403,30 @@ pub trait Store: Send + Sync + 'static {
     /// or `None` when there is no such host. If its agent still runs, its next report makes
     /// the host anew.
     fn delete_host(&self, id: &str) -> Result<Option<HostRecord>, StoreError>;
+    /// Stores a new token (enrollment secret or agent token).
+    fn create_token(&self, token: &NewToken) -> Result<(), StoreError>;
+
+    /// Every token, oldest first.
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Marks the token revoked at `now_ms`; a token already revoked keeps its first time.
+    /// `false` when no token has this id.
+    fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// The token whose hash is `hash`, revoked and expired ones included.
+    fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Records that the token was presented at `now_ms`.
+    fn touch_token(&self, id: &str, now_ms: i64) -> Result<(), StoreError>;
+
+    /// In one transaction: checks that `enrollment_hash` is a usable enrollment secret at
+    /// `agent.created_ms`, counts one use of it, records its use and stores the agent token
+    /// `agent` as issued by it.
+    fn exchange_enrollment(
+        &self,
+        enrollment_hash: &str,
+        agent: &NewToken,
+    ) -> Result<ExchangeOutcome, StoreError>;
 
     /// Whether several collectors may share this database, each rendering the series of the
     /// hosts that report to it. `false` for SQLite: one collector renders every host.

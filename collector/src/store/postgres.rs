@@ -12,9 +12,9 @@
 use super::sqlite::{apply_identity, apply_inventory, like_glob, like_substring, other_machine};
 use super::{
     ChangePage, ChangeQuery, ChangeRecord, CheckEvent, CheckPage, CheckQuery, CheckState,
-    CollectorView, EventPage, EventQuery, HostCursor, HostDetail, HostOwner, HostPage, HostQuery,
-    HostRecord, IncomingReport, Liveness, Store, StoreError, ValuePattern, WriteOutcome,
-    WritePolicy,
+    CollectorView, EventPage, EventQuery, ExchangeOutcome, HostCursor, HostDetail, HostOwner,
+    HostPage, HostQuery, HostRecord, IncomingReport, Liveness, NewToken, Store, StoreError,
+    TokenRecord, TokenRefusal, ValuePattern, WriteOutcome, WritePolicy,
 };
 use crate::document::{self, ChangeKind};
 use estate_proto::v1::CheckResult;
@@ -133,6 +133,21 @@ CREATE TABLE collectors (
 "#,
     r#"
 ALTER TABLE hosts ADD COLUMN reports_received_total BIGINT NOT NULL DEFAULT 0;
+"#,
+    // Agent tokens and enrollment secrets, by the hash of the secret only (`crate::tokens`).
+    r#"
+CREATE TABLE agent_tokens (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('enrollment', 'agent')),
+    hash TEXT COLLATE "C" NOT NULL UNIQUE,
+    host TEXT,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT,
+    revoked_ms BIGINT,
+    last_used_ms BIGINT,
+    uses_left BIGINT,
+    issued_by TEXT
+);
 "#,
 ];
 
@@ -1401,6 +1416,93 @@ impl Store for PostgresStore {
             .map_err(|e| self.error("write a batch", e))
     }
 
+    // Token statements run on the readers' connections: they are rare and small, and must not
+    // wait behind a batch on the writer's.
+    fn create_token(&self, token: &NewToken) -> Result<(), StoreError> {
+        self.read("store a token", |client| insert_token(client, token, None))
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read("list tokens", |client| {
+            Ok(client
+                .query(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM agent_tokens ORDER BY created_ms, id"),
+                    &[],
+                )?
+                .iter()
+                .map(token_from_row)
+                .collect())
+        })
+    }
+
+    fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.read("revoke a token", |client| {
+            let changed = client.execute(
+                "UPDATE agent_tokens SET revoked_ms = coalesce(revoked_ms, $2) WHERE id = $1",
+                &[&id, &now_ms],
+            )?;
+            Ok(changed > 0)
+        })
+    }
+
+    fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.read("look up a token", |client| {
+            Ok(client
+                .query_opt(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM agent_tokens WHERE hash = $1"),
+                    &[&hash],
+                )?
+                .as_ref()
+                .map(token_from_row))
+        })
+    }
+
+    fn touch_token(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.read("record a token's use", |client| {
+            client.execute(
+                "UPDATE agent_tokens SET last_used_ms = greatest(last_used_ms, $2) WHERE id = $1",
+                &[&id, &now_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn exchange_enrollment(
+        &self,
+        enrollment_hash: &str,
+        agent: &NewToken,
+    ) -> Result<ExchangeOutcome, StoreError> {
+        self.read("exchange an enrollment secret", |client| {
+            let mut tx = client.transaction()?;
+            // FOR UPDATE: collectors enrolling agents at once count the uses one at a time.
+            let enrollment = tx
+                .query_opt(
+                    &format!(
+                        "SELECT {TOKEN_COLUMNS} FROM agent_tokens \
+                         WHERE hash = $1 AND kind = 'enrollment' FOR UPDATE"
+                    ),
+                    &[&enrollment_hash],
+                )?
+                .as_ref()
+                .map(token_from_row);
+            let Some(enrollment) = enrollment else {
+                return Ok(ExchangeOutcome::Refused(TokenRefusal::Unknown));
+            };
+            if let Some(refusal) = enrollment.unusable_at(agent.created_ms) {
+                return Ok(ExchangeOutcome::Refused(refusal));
+            }
+            tx.execute(
+                "UPDATE agent_tokens SET uses_left = uses_left - 1, last_used_ms = $2 WHERE id = $1",
+                &[&enrollment.id, &agent.created_ms],
+            )?;
+            insert_token(&mut tx, agent, Some(&enrollment.id))?;
+            tx.commit()?;
+            Ok(ExchangeOutcome::Issued {
+                enrollment_id: enrollment.id,
+            })
+        })
+    }
+
     fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         self.read("load hosts", |client| {
             Ok(client
@@ -1773,6 +1875,51 @@ impl Store for PostgresStore {
                 .collect();
             Ok((hosts, checks))
         })
+    }
+}
+
+const TOKEN_COLUMNS: &str =
+    "id, kind, host, created_ms, expires_ms, revoked_ms, last_used_ms, uses_left, issued_by";
+
+fn insert_token(
+    client: &mut impl GenericClient,
+    token: &NewToken,
+    issued_by: Option<&str>,
+) -> Result<(), postgres::Error> {
+    client.execute(
+        "INSERT INTO agent_tokens \
+         (id, kind, hash, host, created_ms, expires_ms, uses_left, issued_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &token.id,
+            &token.kind.as_str(),
+            &token.hash,
+            &token.host.as_deref().map(clean),
+            &token.created_ms,
+            &token.expires_ms,
+            &token.uses_left.map(i64::from),
+            &issued_by,
+        ],
+    )?;
+    Ok(())
+}
+
+fn token_from_row(row: &Row) -> TokenRecord {
+    let kind: String = row.get(1);
+    let uses_left: Option<i64> = row.get(7);
+    TokenRecord {
+        id: row.get(0),
+        // The table's CHECK allows only the two names; were another to appear, calling it an
+        // enrollment secret is the safe reading: such a token cannot authenticate reports.
+        kind: crate::tokens::TokenKind::parse(&kind)
+            .unwrap_or(crate::tokens::TokenKind::Enrollment),
+        host: row.get(2),
+        created_ms: row.get(3),
+        expires_ms: row.get(4),
+        revoked_ms: row.get(5),
+        last_used_ms: row.get(6),
+        uses_left: uses_left.map(|uses| u32::try_from(uses.max(0)).unwrap_or(u32::MAX)),
+        issued_by: row.get(8),
     }
 }
 

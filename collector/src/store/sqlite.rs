@@ -4,8 +4,9 @@
 
 use super::{
     ChangePage, ChangeQuery, ChangeRecord, CheckEvent, CheckPage, CheckQuery, CheckState,
-    EventPage, EventQuery, HostCursor, HostDetail, HostPage, HostQuery, HostRecord, IncomingReport,
-    Liveness, Store, StoreError, ValuePattern, WriteOutcome, WritePolicy,
+    EventPage, EventQuery, ExchangeOutcome, HostCursor, HostDetail, HostPage, HostQuery,
+    HostRecord, IncomingReport, Liveness, NewToken, Store, StoreError, TokenRecord, TokenRefusal,
+    ValuePattern, WriteOutcome, WritePolicy,
 };
 use crate::document::{self, ChangeKind};
 use estate_proto::v1::{CheckResult, HostIdentity, Inventory, ReportRequest};
@@ -112,6 +113,21 @@ CREATE INDEX check_events_by_time ON check_events (at_ms);
     r#"
 ALTER TABLE hosts ADD COLUMN reports_received_total INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Agent tokens and enrollment secrets, by the hash of the secret only (`crate::tokens`).
+    r#"
+CREATE TABLE agent_tokens (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('enrollment', 'agent')),
+    hash TEXT NOT NULL UNIQUE,
+    host TEXT,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER,
+    revoked_ms INTEGER,
+    last_used_ms INTEGER,
+    uses_left INTEGER,
+    issued_by TEXT
+);
+"#,
 ];
 
 const READER_CONNECTIONS: usize = 4;
@@ -176,6 +192,69 @@ impl SqliteStore {
             StoreError::new(format!("failed to {what} in `{}`", self.path.display()), e)
         })
     }
+
+    /// Runs `body` on the writer connection (token changes are rare and small; they queue
+    /// behind a batch commit at worst).
+    fn write<T>(
+        &self,
+        what: &str,
+        body: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        body(&mut connection).map_err(|e| {
+            StoreError::new(format!("failed to {what} in `{}`", self.path.display()), e)
+        })
+    }
+}
+
+const TOKEN_COLUMNS: &str =
+    "id, kind, host, created_ms, expires_ms, revoked_ms, last_used_ms, uses_left, issued_by";
+
+fn insert_token(
+    connection: &Connection,
+    token: &NewToken,
+    issued_by: Option<&str>,
+) -> rusqlite::Result<()> {
+    connection.execute(
+        "INSERT INTO agent_tokens \
+         (id, kind, hash, host, created_ms, expires_ms, uses_left, issued_by) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            token.id,
+            token.kind.as_str(),
+            token.hash,
+            token.host,
+            token.created_ms,
+            token.expires_ms,
+            token.uses_left,
+            issued_by
+        ],
+    )?;
+    Ok(())
+}
+
+fn token_from_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let kind: String = row.get(1)?;
+    Ok(TokenRecord {
+        id: row.get(0)?,
+        kind: crate::tokens::TokenKind::parse(&kind).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Text,
+                format!("unknown token kind `{kind}`").into(),
+            )
+        })?,
+        host: row.get(2)?,
+        created_ms: row.get(3)?,
+        expires_ms: row.get(4)?,
+        revoked_ms: row.get(5)?,
+        last_used_ms: row.get(6)?,
+        uses_left: row.get(7)?,
+        issued_by: row.get(8)?,
+    })
 }
 
 /// What to do about a database SQLite calls damaged, appended to the error.
@@ -774,6 +853,91 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(|e| StoreError::new(context(), e))?;
         Ok(outcomes)
+    }
+
+    fn create_token(&self, token: &NewToken) -> Result<(), StoreError> {
+        self.write("store a token", |connection| {
+            insert_token(connection, token, None)
+        })
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read("list tokens", |connection| {
+            let mut statement = connection.prepare(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM agent_tokens ORDER BY created_ms, id"
+            ))?;
+            statement
+                .query_map([], token_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+    }
+
+    fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.write("revoke a token", |connection| {
+            let changed = connection.execute(
+                "UPDATE agent_tokens SET revoked_ms = coalesce(revoked_ms, ?2) WHERE id = ?1",
+                params![id, now_ms],
+            )?;
+            Ok(changed > 0)
+        })
+    }
+
+    fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.read("look up a token", |connection| {
+            connection
+                .query_row(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM agent_tokens WHERE hash = ?1"),
+                    [hash],
+                    token_from_row,
+                )
+                .optional()
+        })
+    }
+
+    fn touch_token(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.write("record a token's use", |connection| {
+            connection.execute(
+                "UPDATE agent_tokens SET last_used_ms = max(coalesce(last_used_ms, 0), ?2) \
+                 WHERE id = ?1",
+                params![id, now_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn exchange_enrollment(
+        &self,
+        enrollment_hash: &str,
+        agent: &NewToken,
+    ) -> Result<ExchangeOutcome, StoreError> {
+        self.write("exchange an enrollment secret", |connection| {
+            let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let enrollment = tx
+                .query_row(
+                    &format!(
+                        "SELECT {TOKEN_COLUMNS} FROM agent_tokens \
+                         WHERE hash = ?1 AND kind = 'enrollment'"
+                    ),
+                    [enrollment_hash],
+                    token_from_row,
+                )
+                .optional()?;
+            let Some(enrollment) = enrollment else {
+                return Ok(ExchangeOutcome::Refused(TokenRefusal::Unknown));
+            };
+            if let Some(refusal) = enrollment.unusable_at(agent.created_ms) {
+                return Ok(ExchangeOutcome::Refused(refusal));
+            }
+            tx.execute(
+                "UPDATE agent_tokens SET uses_left = uses_left - 1, last_used_ms = ?2 WHERE id = ?1",
+                params![enrollment.id, agent.created_ms],
+            )?;
+            insert_token(&tx, agent, Some(&enrollment.id))?;
+            tx.commit()?;
+            Ok(ExchangeOutcome::Issued {
+                enrollment_id: enrollment.id,
+            })
+        })
     }
 
     fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
