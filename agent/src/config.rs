@@ -87,6 +87,11 @@ pub struct CollectorSection {
     /// PEM private key of `client_cert_file`.
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
+    /// File holding the enrollment secret (`estate-collector token create --enrollment`), for
+    /// collectors that authenticate agents by token: exchanged once for an agent token kept
+    /// in `<state_dir>/agent-token` (mode 0600), which then goes with every report.
+    #[serde(default)]
+    pub enrollment_secret_file: Option<PathBuf>,
     /// `true` allows an `http://` url: reports travel unencrypted and unauthenticated. An
     /// explicit choice, logged at start.
     #[serde(default)]
@@ -107,6 +112,7 @@ impl Default for CollectorSection {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            enrollment_secret_file: None,
             insecure: false,
             connect_timeout: default_connect_timeout(),
             timeout: default_request_timeout(),
@@ -346,6 +352,8 @@ pub struct CollectorConfig {
     /// The client certificate and key (mTLS), both or neither.
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
+    /// The agent token's file and the enrollment secret's (agent authentication by token).
+    pub credentials: crate::credentials::CredentialFiles,
     /// Plain text was chosen explicitly (the url is `http://`).
     pub insecure: bool,
     pub connect_timeout: Duration,
@@ -496,6 +504,10 @@ impl ConfigFile {
             ("collector.ca_file", &collector.ca_file),
             ("collector.client_cert_file", &collector.client_cert_file),
             ("collector.client_key_file", &collector.client_key_file),
+            (
+                "collector.enrollment_secret_file",
+                &collector.enrollment_secret_file,
+            ),
         ] {
             if file
                 .as_ref()
@@ -520,6 +532,14 @@ impl ConfigFile {
                 );
             }
             _ => {}
+        }
+        if collector.insecure && collector.enrollment_secret_file.is_some() {
+            return Err(
+                "`collector.enrollment_secret_file` needs TLS but `collector.insecure = true` \
+                 sends plain text: the secret and the agent token must not cross the network \
+                 unencrypted"
+                    .to_owned(),
+            );
         }
         at_least("collector.connect_timeout", collector.connect_timeout, MS)?;
         at_least("collector.timeout", collector.timeout, MS)?;
@@ -589,6 +609,7 @@ impl ConfigFile {
             });
         }
 
+        let token_file = state_dir.join(crate::credentials::AGENT_TOKEN_FILE);
         Ok(AgentConfig {
             state_dir,
             root: agent.root,
@@ -597,6 +618,10 @@ impl ConfigFile {
                 ca_file: collector.ca_file,
                 client_cert_file: collector.client_cert_file,
                 client_key_file: collector.client_key_file,
+                credentials: crate::credentials::CredentialFiles {
+                    token_file,
+                    enrollment_secret_file: collector.enrollment_secret_file,
+                },
                 insecure: collector.insecure,
                 connect_timeout: collector.connect_timeout,
                 timeout: collector.timeout,

@@ -7,6 +7,7 @@
 mod calendar;
 pub mod checks;
 pub mod config;
+pub mod credentials;
 pub mod identity;
 pub mod install;
 pub mod inventory;

@@ -434,6 +434,27 @@ impl Agent {
                 }
                 Ok(None)
             }
+            Err(
+                error @ (SendError::NotAuthorized { .. }
+                | SendError::EnrollmentRefused { .. }
+                | SendError::Credentials { .. }),
+            ) => {
+                // Not the report's fault and not the network's: an administrator must act
+                // (a revoked or wrong token, a missing certificate). Said loudly, retried on
+                // the backoff, reports kept.
+                self.spool.release();
+                self.failed_deliveries += 1;
+                let delay = self.backoff.next_delay();
+                error!(
+                    error = %error_chain(&error),
+                    url = %self.sender.url(),
+                    spooled_reports = self.spool.len(),
+                    retry_in = %humantime::format_duration(delay),
+                    "the collector does not accept this agent's credentials; reports stay in \
+                     the spool (README \"Securing a deployment\")"
+                );
+                Ok(Some(Instant::now() + delay))
+            }
             Err(SendError::Throttled { message, .. }) => {
                 self.spool.release();
                 let delay = THROTTLED_RETRY / 2 + random_up_to(THROTTLED_RETRY);

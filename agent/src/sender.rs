@@ -6,8 +6,10 @@
 //! keeps one collector (and one `/metrics`) until that one fails.
 
 use crate::config::CollectorConfig;
+use crate::credentials::{AGENT_TOKEN_PREFIX, Bearer, CredentialFiles, check_secret};
+use estate_proto::v1::enrollment_client::EnrollmentClient;
 use estate_proto::v1::ingest_client::IngestClient;
-use estate_proto::v1::{ReportRequest, ReportResponse};
+use estate_proto::v1::{EnrollRequest, ReportRequest, ReportResponse};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, ServerName};
 use std::future::Future;
@@ -38,13 +40,26 @@ pub enum SendError {
     /// the report's fault: it stays queued until an administrator fixes the credentials.
     #[error(
         "collector `{url}` refused this agent's credentials ({code:?}): {message}; the reports \
-         are kept and sent again once the agent's certificate is fixed"
+         are kept and sent again once the agent's certificate or token is fixed"
     )]
     NotAuthorized {
         url: String,
         code: Code,
         message: String,
     },
+    /// The collector refused to exchange the enrollment secret for an agent token.
+    #[error(
+        "collector `{url}` refused to enroll this agent ({code:?}): {message}; the reports are \
+         kept and enrollment is tried again later"
+    )]
+    EnrollmentRefused {
+        url: String,
+        code: Code,
+        message: String,
+    },
+    /// The agent token or enrollment secret cannot be read or saved.
+    #[error("{message}")]
+    Credentials { message: String },
     /// The TLS settings cannot be used (unreadable or bad CA file, no system roots).
     #[error("TLS setup for collector `{url}` failed: {message}")]
     Tls { url: String, message: String },
@@ -126,6 +141,7 @@ const MAX_SKIP: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 struct CollectorClient {
     client: IngestClient<Channel>,
+    enrollment: EnrollmentClient<Channel>,
     url: String,
     failures: u32,
     skip_until: Option<Instant>,
@@ -161,7 +177,8 @@ impl CollectorClient {
             endpoint.connect_lazy()
         };
         Ok(CollectorClient {
-            client: IngestClient::new(channel),
+            client: IngestClient::new(channel.clone()),
+            enrollment: EnrollmentClient::new(channel),
             url: url.to_owned(),
             failures: 0,
             skip_until: None,
@@ -191,6 +208,13 @@ impl CollectorClient {
 pub struct ReportSender {
     collectors: Vec<CollectorClient>,
     current: usize,
+    credentials: CredentialFiles,
+    /// Agent tokens are sent only over TLS (`collector.insecure` is off).
+    use_tokens: bool,
+    /// The agent token sent with each report, once read or obtained; forgotten when the
+    /// collector refuses it, so that a token an administrator replaced (or removed, to enroll
+    /// again) is picked up at the next attempt without a restart.
+    bearer: Option<Bearer>,
 }
 
 impl ReportSender {
@@ -207,6 +231,9 @@ impl ReportSender {
         Ok(ReportSender {
             collectors,
             current: 0,
+            credentials: config.credentials.clone(),
+            use_tokens: !config.insecure,
+            bearer: None,
         })
     }
 
@@ -237,6 +264,9 @@ impl ReportSender {
     /// while one is unreachable. Any other answer (a refusal, a request to slow down) is
     /// final: the collectors share one database and would answer the same.
     pub async fn send(&mut self, report: ReportRequest) -> Result<ReportResponse, SendError> {
+        if self.use_tokens && self.bearer.is_none() {
+            self.bearer = self.obtain_token(&report).await?;
+        }
         let order = self.attempt_order(Instant::now());
         let mut last_error = None;
         let mut pending = Some(report);
@@ -248,6 +278,12 @@ impl ReportSender {
                 pending.clone()
             };
             let Some(request) = request else { break };
+            let mut request = tonic::Request::new(request);
+            if let Some(bearer) = &self.bearer {
+                request
+                    .metadata_mut()
+                    .insert("authorization", bearer.value());
+            }
             let collector = &mut self.collectors[index];
             match collector.client.report(request).await {
                 Ok(response) => {
@@ -272,9 +308,76 @@ impl ReportSender {
                     }
                     other => {
                         collector.answered();
+                        if matches!(other, SendError::NotAuthorized { .. }) {
+                            self.bearer = None;
+                        }
                         return Err(other);
                     }
                 },
+            }
+        }
+        Err(last_error.unwrap_or(SendError::NoCollector))
+    }
+
+    /// The agent token: the saved one, else (with an enrollment secret) a new one from the
+    /// first collector that answers, saved for the next start. `None` without either.
+    async fn obtain_token(&mut self, report: &ReportRequest) -> Result<Option<Bearer>, SendError> {
+        let credentials_error = |message| SendError::Credentials { message };
+        if let Some(bearer) = self.credentials.load_token().map_err(credentials_error)? {
+            return Ok(Some(bearer));
+        }
+        let Some(secret) = self
+            .credentials
+            .enrollment_secret()
+            .map_err(credentials_error)?
+        else {
+            return Ok(None);
+        };
+        let identity = report.identity.clone().unwrap_or_default();
+        let request = EnrollRequest {
+            enrollment_secret: secret,
+            hostname: identity.hostname.clone(),
+            agent_id: identity.agent_id,
+        };
+        let mut last_error = None;
+        for index in self.attempt_order(Instant::now()) {
+            let collector = &mut self.collectors[index];
+            let status = match collector.enrollment.enroll(request.clone()).await {
+                Ok(response) => {
+                    collector.answered();
+                    let response = response.into_inner();
+                    let what = format!("the agent token collector `{}` issued", collector.url);
+                    let token = check_secret(&response.agent_token, AGENT_TOKEN_PREFIX, &what)
+                        .map_err(credentials_error)?;
+                    self.credentials
+                        .save_token(token)
+                        .map_err(credentials_error)?;
+                    tracing::info!(
+                        collector = %collector.url,
+                        hostname = %identity.hostname,
+                        token_id = %response.token_id,
+                        token_file = %self.credentials.token_file.display(),
+                        "enrolled: agent token saved"
+                    );
+                    return Bearer::new(token).map(Some).map_err(credentials_error);
+                }
+                Err(status) => status,
+            };
+            match SendError::from_status(&collector.url, status) {
+                error @ SendError::Unreachable { .. } => {
+                    collector.failed(Instant::now());
+                    last_error = Some(error);
+                }
+                error @ SendError::Throttled { .. } => return Err(error),
+                SendError::NotAuthorized { url, code, message }
+                | SendError::Rejected { url, code, message } => {
+                    collector.answered();
+                    return Err(SendError::EnrollmentRefused { url, code, message });
+                }
+                other => {
+                    collector.answered();
+                    return Err(other);
+                }
             }
         }
         Err(last_error.unwrap_or(SendError::NoCollector))
@@ -418,6 +521,8 @@ mod tests {
             SendError::NoCollector => "no collector",
             SendError::Tls { .. } => "tls",
             SendError::NotAuthorized { .. } => "not authorized",
+            SendError::EnrollmentRefused { .. } => "enrollment refused",
+            SendError::Credentials { .. } => "credentials",
             SendError::Unreachable { .. } => "unreachable",
             SendError::Rejected { .. } => "rejected",
             SendError::IdentityConflict { .. } => "identity conflict",
@@ -469,6 +574,10 @@ mod tests {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            credentials: CredentialFiles {
+                token_file: std::path::PathBuf::from("/nonexistent/agent-token"),
+                enrollment_secret_file: None,
+            },
             insecure: true,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
@@ -543,6 +652,10 @@ mod tests {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            credentials: CredentialFiles {
+                token_file: std::path::PathBuf::from("/nonexistent/agent-token"),
+                enrollment_secret_file: None,
+            },
             insecure: true,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(5),

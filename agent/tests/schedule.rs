@@ -103,6 +103,10 @@ fn config(state_dir: &Path, root: &Path, collector: SocketAddr) -> AgentConfig {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            credentials: estate_agent::credentials::CredentialFiles {
+                token_file: state_dir.join("agent-token"),
+                enrollment_secret_file: None,
+            },
             insecure: true,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(5),

@@ -31,6 +31,9 @@ pub struct CollectorConfig {
     pub max_concurrent_streams: u32,
     /// Bearer tokens of the HTTP API; none configured means the API is open.
     pub api_auth: ApiAuth,
+    /// The credential each report must carry: none, a client certificate, an agent token, or
+    /// either of the two.
+    pub agent_auth: crate::agent_auth::AgentAuth,
 }
 
 impl CollectorConfig {
@@ -59,6 +62,7 @@ impl Default for CollectorConfig {
             agent_rate_limit: DEFAULT_AGENT_RATE_LIMIT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             api_auth: ApiAuth::default(),
+            agent_auth: crate::agent_auth::AgentAuth::None,
         }
     }
 }
@@ -149,6 +153,11 @@ pub struct ConfigFile {
     pub agent_burst: Option<u32>,
     /// Reports in flight on one agent connection (HTTP/2 streams).
     pub max_concurrent_streams: Option<u32>,
+    /// How agents authenticate: `none`, `certificate` (needs `client_ca_file`), `token` (agent
+    /// tokens from `estate-collector token create`, needs TLS) or `either` (a client
+    /// certificate when presented, else a token). Default: `certificate` when `client_ca_file`
+    /// is set, else `none`.
+    pub agent_auth: Option<String>,
     /// Bearer tokens of the HTTP API, stored as SHA-256 digests. When any is configured,
     /// every `/api/v1` call needs one (`estate-collector api-token create` makes them).
     #[serde(default)]
@@ -187,7 +196,11 @@ impl ConfigFile {
     pub fn into_config(self) -> anyhow::Result<CollectorConfig> {
         let defaults = CollectorConfig::default();
         let grpc_listen = parse_address("grpc_listen", self.grpc_listen, defaults.grpc_listen)?;
+        let has_client_ca = self.client_ca_file.is_some();
+        let insecure = self.insecure.unwrap_or(false);
+        let agent_auth = agent_auth(self.agent_auth.as_deref(), has_client_ca, insecure)?;
         let config = CollectorConfig {
+            agent_auth,
             grpc_listen,
             http_listen: parse_address("http_listen", self.http_listen, defaults.http_listen)?,
             database: self.database.unwrap_or(defaults.database),
@@ -340,6 +353,42 @@ fn api_auth(
     })
 }
 
+/// `agent_auth`, checked against the other settings it needs.
+fn agent_auth(
+    text: Option<&str>,
+    has_client_ca: bool,
+    insecure: bool,
+) -> anyhow::Result<crate::agent_auth::AgentAuth> {
+    use crate::agent_auth::AgentAuth;
+    let Some(text) = text else {
+        return Ok(if has_client_ca {
+            AgentAuth::Certificate
+        } else {
+            AgentAuth::None
+        });
+    };
+    let auth = AgentAuth::parse(text).map_err(anyhow::Error::msg)?;
+    if auth.accepts_certificates() && !has_client_ca {
+        anyhow::bail!(
+            "`agent_auth = \"{text}\"` needs `client_ca_file`, the CA of the agents' client \
+             certificates"
+        );
+    }
+    if auth == AgentAuth::None && has_client_ca {
+        anyhow::bail!(
+            "`agent_auth = \"none\"` but `client_ca_file` is set: remove one (with \
+             `client_ca_file`, use `certificate` or `either`)"
+        );
+    }
+    if auth.accepts_tokens() && insecure {
+        anyhow::bail!(
+            "`agent_auth = \"{text}\"` needs TLS but `insecure = true` (`--insecure`) serves plain \
+             text: agent tokens and enrollment secrets must not cross the network unencrypted"
+        );
+    }
+    Ok(auth)
+}
+
 fn transport(
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
@@ -468,6 +517,38 @@ mod tests {
         check(
             "insecure = true\nclient_ca_file = \"ca.pem\"\n",
             "`client_ca_file` needs TLS",
+        );
+    }
+
+    #[test]
+    fn agent_auth_defaults_to_the_client_ca_and_needs_what_it_uses() {
+        let tls = "tls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n";
+        let ca = "client_ca_file = \"ca.pem\"\n";
+        check(tls, "agent_auth: None");
+        check(&format!("{tls}{ca}"), "agent_auth: Certificate");
+        check(
+            &format!("{tls}agent_auth = \"token\"\n"),
+            "agent_auth: Token",
+        );
+        check(
+            &format!("{tls}{ca}agent_auth = \"either\"\n"),
+            "agent_auth: Either",
+        );
+        check(
+            &format!("{tls}agent_auth = \"either\"\n"),
+            "`agent_auth = \"either\"` needs `client_ca_file`",
+        );
+        check(
+            &format!("{tls}{ca}agent_auth = \"none\"\n"),
+            "`agent_auth = \"none\"` but `client_ca_file` is set: remove one",
+        );
+        check(
+            "insecure = true\nagent_auth = \"token\"\n",
+            "`agent_auth = \"token\"` needs TLS but `insecure = true` (`--insecure`) serves plain text",
+        );
+        check(
+            &format!("{tls}agent_auth = \"tokens\"\n"),
+            "`agent_auth` `tokens` is not one of `none`, `certificate`, `token`, `either`",
         );
     }
 

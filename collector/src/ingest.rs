@@ -1,6 +1,7 @@
 //! The gRPC ingest service: validate, write through the group-commit writer, then update the
 //! in-memory host state and acknowledge.
 
+use crate::agent_auth::{AgentAuth, TokenAuthenticator};
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::limits::RateLimiter;
@@ -25,9 +26,10 @@ pub struct IngestService {
     pub states: Arc<HostStates>,
     pub metrics: Arc<IngestMetrics>,
     pub limits: Limits,
-    /// Agents must present a client certificate (the collector has a `client_ca_file`), and
-    /// may report only as the host it names.
-    pub require_client_certificate: bool,
+    /// The credential a report must carry (a client certificate, an agent token), which
+    /// must name the report's host.
+    pub agent_auth: AgentAuth,
+    pub tokens: TokenAuthenticator,
     pub rate_limiter: RateLimiter,
 }
 
@@ -115,11 +117,9 @@ impl Ingest for IngestService {
         let started = Instant::now();
         let received_ms = now_ms();
         let peer = request.extensions().get::<PeerInfo>().cloned();
-        let report = request.into_inner();
+        let (metadata, _, report) = request.into_parts();
         let had_inventory = report.inventory.is_some();
-        if self.require_client_certificate
-            && let Err((result, status)) = authorize_by_certificate(peer.as_ref(), &report)
-        {
+        if let Err((result, status)) = self.authorize(peer.as_ref(), &metadata, &report).await {
             tracing::warn!(
                 remote = ?peer.and_then(|peer| peer.remote_addr),
                 error = %status.message(),
@@ -137,6 +137,29 @@ impl Ingest for IngestService {
 }
 
 impl IngestService {
+    /// Applies `agent_auth`. With `either`, an agent that presents a client certificate is
+    /// judged by it, any other by its token.
+    async fn authorize(
+        &self,
+        peer: Option<&PeerInfo>,
+        metadata: &tonic::metadata::MetadataMap,
+        report: &ReportRequest,
+    ) -> Result<(), (ReportResult, Status)> {
+        let has_certificate = peer.is_some_and(|peer| peer.certificates.is_some());
+        let hostname = report
+            .identity
+            .as_ref()
+            .map_or("", |identity| identity.hostname.as_str());
+        match self.agent_auth {
+            AgentAuth::None => Ok(()),
+            AgentAuth::Certificate => authorize_by_certificate(peer, report),
+            AgentAuth::Either if has_certificate => authorize_by_certificate(peer, report),
+            AgentAuth::Token | AgentAuth::Either => {
+                self.tokens.authorize(metadata, hostname).await.map(|_| ())
+            }
+        }
+    }
+
     async fn handle(
         &self,
         report: ReportRequest,

@@ -4,6 +4,7 @@
 //! Entry point: [`run`]. Only [`store`] knows SQL; `/metrics` never queries the database; a
 //! report is acknowledged only once the transaction holding it is durable.
 
+pub mod agent_auth;
 pub mod api;
 pub mod auth;
 pub mod certs;
@@ -33,6 +34,7 @@ use crate::store::{Store, WritePolicy};
 use crate::tls::Transport;
 use crate::writer::BatchWriter;
 use anyhow::Context as _;
+use estate_proto::v1::enrollment_server::EnrollmentServer;
 use estate_proto::v1::ingest_server::IngestServer;
 use std::future::Future;
 use std::sync::Arc;
@@ -69,6 +71,21 @@ pub async fn run(
             (None, None)
         }
     };
+    if config.agent_auth.accepts_tokens() && matches!(config.transport, Transport::Insecure) {
+        anyhow::bail!(
+            "`agent_auth = \"{}\"` needs TLS: agent tokens and enrollment secrets must not \
+             cross the network in plain text",
+            config.agent_auth.as_str()
+        );
+    }
+    if config.agent_auth.accepts_certificates()
+        && !matches!(&config.transport, Transport::Tls(files) if files.client_ca_file.is_some())
+    {
+        anyhow::bail!(
+            "`agent_auth = \"{}\"` needs `client_ca_file`",
+            config.agent_auth.as_str()
+        );
+    }
     log_api_auth(&config, &http_listener);
     let (store, shown_database) = open_store(&config).await?;
     let loaded_at = clock::now_ms();
@@ -124,10 +141,8 @@ pub async fn run(
         states: Arc::clone(&states),
         metrics: Arc::clone(&metrics),
         limits: validate::Limits::default(),
-        require_client_certificate: matches!(
-            &config.transport,
-            Transport::Tls(files) if files.client_ca_file.is_some()
-        ),
+        agent_auth: config.agent_auth,
+        tokens: agent_auth::TokenAuthenticator::new(Arc::clone(&store)),
         rate_limiter: limits::RateLimiter::new(config.agent_rate_limit),
     };
     let grpc = tonic::transport::Server::builder()
@@ -136,6 +151,14 @@ pub async fn run(
             IngestServer::new(ingest)
                 .max_decoding_message_size(MAX_REPORT_BYTES)
                 .max_encoding_message_size(64 * 1024),
+        )
+        .add_service(
+            EnrollmentServer::new(agent_auth::EnrollmentService {
+                store: Arc::clone(&store),
+                metrics: Arc::clone(&metrics),
+                agent_auth: config.agent_auth,
+            })
+            .max_decoding_message_size(64 * 1024),
         )
         .serve_with_incoming_shutdown(
             tls::accept(grpc_listener, grpc_tls, stop.clone(), "grpc")?.into_stream(),

@@ -164,6 +164,10 @@ struct ServeArgs {
     /// Serve plain text, without TLS (config `insecure = true`); logged as a warning.
     #[arg(long)]
     insecure: bool,
+    /// How agents authenticate: none, certificate, token or either (config `agent_auth`)
+    /// [default: certificate with a client CA, else none].
+    #[arg(long, value_name = "MODE")]
+    agent_auth: Option<String>,
     /// Sustained reports per second accepted from one agent [default: 2].
     #[arg(long, value_name = "RATE")]
     agent_rate_limit: Option<f64>,
@@ -379,6 +383,7 @@ fn service(
                     tls_key_file: None,
                     client_ca_file: None,
                     insecure: false,
+                    agent_auth: None,
                 };
                 // A relative `database` lands beside the logs in ProgramData, not in System32.
                 let home = estate_service::windows::program_data().join(program.name);
@@ -423,6 +428,7 @@ fn serve(
     file.collector_id = cli.collector_id.or(file.collector_id);
     file.agent_rate_limit = cli.agent_rate_limit.or(file.agent_rate_limit);
     file.agent_burst = cli.agent_burst.or(file.agent_burst);
+    file.agent_auth = cli.agent_auth.or(file.agent_auth);
     let config = file.into_config()?;
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;

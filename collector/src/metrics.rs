@@ -243,6 +243,42 @@ pub struct IngestMetrics {
     commit_duration: Histogram,
     commit_failures: IntCounter,
     inventories: IntCounter,
+    enrollments: IntCounterVec,
+}
+
+/// Outcome label of `estate_collector_enrollments_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrollResult {
+    /// An agent token was stored and returned.
+    Issued,
+    /// The enrollment secret is unknown, revoked, expired or used up.
+    Refused,
+    /// Malformed request (secret, hostname).
+    Invalid,
+    /// The collector does not authenticate agents by token.
+    Disabled,
+    /// The store failed.
+    Error,
+}
+
+impl EnrollResult {
+    fn label(self) -> &'static str {
+        match self {
+            EnrollResult::Issued => "issued",
+            EnrollResult::Refused => "refused",
+            EnrollResult::Invalid => "invalid",
+            EnrollResult::Disabled => "disabled",
+            EnrollResult::Error => "error",
+        }
+    }
+
+    const ALL: [EnrollResult; 5] = [
+        EnrollResult::Issued,
+        EnrollResult::Refused,
+        EnrollResult::Invalid,
+        EnrollResult::Disabled,
+        EnrollResult::Error,
+    ];
 }
 
 /// Outcome label of `estate_collector_reports_total`.
@@ -252,7 +288,8 @@ pub enum ReportResult {
     Duplicate,
     Invalid,
     IdentityConflict,
-    /// No client certificate where one is required.
+    /// No client certificate or agent token where one is required, or a token that is
+    /// unknown, revoked or expired.
     Unauthenticated,
     /// Authenticated as another host than the report's.
     PermissionDenied,
@@ -361,8 +398,18 @@ impl IngestMetrics {
             "Full inventories received and stored.",
         )
         .expect("static metric definition");
+        let enrollments = IntCounterVec::new(
+            Opts::new(
+                "estate_collector_enrollments_total",
+                "Enrollment exchanges (an enrollment secret for an agent token), by result \
+                 (issued, refused, invalid, disabled, error).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(reports.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(enrollments.clone()),
             Box::new(rejected.clone()),
             Box::new(api_rejected.clone()),
             Box::new(report_duration.clone()),
@@ -385,7 +432,11 @@ impl IngestMetrics {
         for rejection in crate::auth::Rejection::ALL {
             api_rejected.with_label_values(&[rejection.label()]);
         }
+        for result in EnrollResult::ALL {
+            enrollments.with_label_values(&[result.label()]);
+        }
         IngestMetrics {
+            enrollments,
             registry,
             reports,
             rejected,
@@ -404,6 +455,10 @@ impl IngestMetrics {
         if had_inventory && result == ReportResult::Stored {
             self.inventories.inc();
         }
+    }
+
+    pub fn observe_enrollment(&self, result: EnrollResult) {
+        self.enrollments.with_label_values(&[result.label()]).inc();
     }
 
     /// Counts a refused report under `estate_ingest_rejected_total{reason}`.

@@ -921,3 +921,183 @@ fn with_client_certificates_an_agent_reports_only_as_its_own_host() {
     }
     collector.process.unwrap().terminate();
 }
+
+/// `estate-collector token ARGS --database DATABASE`, asserted to succeed; returns stdout.
+fn token_command(database: &Path, args: &[&str]) -> String {
+    let output = Command::new(binary("estate-collector"))
+        .arg("token")
+        .args(args)
+        .arg("--database")
+        .arg(database)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "token {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn with_agent_tokens_an_agent_enrolls_once_reports_only_as_its_own_host_until_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_dir = dir.path().join("tls");
+    let ca_file = tls_init(&tls_dir);
+    let database = dir.path().join("estate.db");
+    let enrollment_secret = token_command(
+        &database,
+        &["create", "--enrollment", "--ttl", "1h", "--uses", "2"],
+    );
+    assert!(
+        enrollment_secret.starts_with("estate_enr_"),
+        "{enrollment_secret}"
+    );
+    let web02_token = token_command(&database, &["create", "--host", "web02"]);
+    assert!(web02_token.starts_with("estate_agt_"), "{web02_token}");
+    let collector = Collector::start_with(
+        dir.path(),
+        &[
+            "--tls-cert-file".into(),
+            tls_dir.join("server.pem"),
+            "--tls-key-file".into(),
+            tls_dir.join("server.key"),
+            "--agent-auth".into(),
+            "token".into(),
+        ],
+        Some(ca_file.clone()),
+    );
+    // The fixture's hostname is db01.
+    let host = |name: &str| {
+        let agent_dir = dir.path().join(name);
+        std::fs::create_dir_all(&agent_dir).unwrap();
+        let config = agent_config(
+            &agent_dir,
+            &fixture("physical-server"),
+            &collector.url(),
+            Some(&ca_file),
+        );
+        (agent_dir, config)
+    };
+
+    // Neither token nor enrollment secret: refused, told how to enroll.
+    let (_, without) = host("without");
+    let refused = agent(&without, &["once"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("Unauthenticated")
+            && stderr.contains("this collector authenticates agents by token")
+            && stderr.contains("the reports are kept"),
+        "{stderr}"
+    );
+
+    // web02's token on db01: refused, naming both hosts.
+    let (impostor_dir, impostor) = host("impostor");
+    std::fs::create_dir_all(impostor_dir.join("state")).unwrap();
+    std::fs::write(impostor_dir.join("state/agent-token"), &web02_token).unwrap();
+    let refused = agent(&impostor, &["once"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("PermissionDenied")
+            && stderr.contains("is for host `web02` but the report is from host `db01`"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(web02_token.trim()),
+        "the secret is never printed"
+    );
+
+    // The enrollment secret: exchanged once for a token of db01's own, saved 0600, reused.
+    let (own_dir, own) = host("own");
+    let secret_file = own_dir.join("enrollment-secret");
+    std::fs::write(&secret_file, &enrollment_secret).unwrap();
+    let text = std::fs::read_to_string(&own).unwrap();
+    let keyed = format!(
+        "[collector]\nenrollment_secret_file = \"{}\"\n",
+        secret_file.display()
+    );
+    std::fs::write(&own, text.replacen("[collector]\n", &keyed, 1)).unwrap();
+    for _ in 0..2 {
+        let sent = agent(&own, &["once"]);
+        assert!(
+            sent.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sent.stderr)
+        );
+    }
+    let token_file = own_dir.join("state/agent-token");
+    let saved = std::fs::read_to_string(&token_file).unwrap();
+    assert!(saved.starts_with("estate_agt_"), "{saved}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let hosts = collector.json("/api/v1/hosts")["hosts"].clone();
+    assert_eq!(hosts.as_array().map(Vec::len), Some(1), "{hosts}");
+    assert_eq!(hosts[0]["hostname"], "db01");
+    assert_eq!(hosts[0]["agent"]["reports_received_total"], 2, "{hosts}");
+
+    // `token list`: one enrollment (one use left: the second report reused the saved token),
+    // web02's token and db01's enrolled one; never a secret.
+    let list = token_command(&database, &["list"]);
+    assert!(!list.contains(&saved[12..]) && !list.contains(&enrollment_secret[12..]));
+    let row = |needle: &str| {
+        list.lines()
+            .find(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in:\n{list}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    let enrollment_row = row("enrollment");
+    assert_eq!(
+        enrollment_row[enrollment_row.len() - 2..],
+        ["1", "valid"],
+        "{list}"
+    );
+    let db01 = row("db01");
+    assert_eq!(db01[1], "agent", "{list}");
+    // Columns: id, kind, host, created, expires, revoked, last used, uses left, state. The
+    // collector records the last use in the background.
+    wait_until("the token's last use is recorded", || {
+        let list = token_command(&database, &["list"]);
+        list.lines()
+            .find(|line| line.contains("db01"))
+            .is_some_and(|line| line.split_whitespace().nth(6) != Some("-"))
+    });
+
+    // Revoked: refused within the collector's cache time (5 s), saying so.
+    token_command(&database, &["revoke", db01[0]]);
+    let mut last = String::new();
+    wait_until("the revoked token is refused", || {
+        let refused = agent(&own, &["once"]);
+        last = String::from_utf8_lossy(&refused.stderr).into_owned();
+        !refused.status.success()
+    });
+    assert!(
+        last.contains("Unauthenticated")
+            && last.contains(&format!("the agent token `{}` was revoked at", db01[0])),
+        "{last}"
+    );
+
+    for (result, at_least) in [
+        ("unauthenticated", 2.0),
+        ("permission_denied", 1.0),
+        ("stored", 2.0),
+    ] {
+        let count = collector
+            .metric(&format!(
+                "estate_collector_reports_total{{result=\"{result}\"}}"
+            ))
+            .unwrap_or_default();
+        assert!(count >= at_least, "{result}: {count}");
+    }
+    assert_eq!(
+        collector.metric("estate_collector_enrollments_total{result=\"issued\"}"),
+        Some(1.0)
+    );
+    collector.process.unwrap().terminate();
+}
