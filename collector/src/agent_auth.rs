@@ -400,3 +400,110 @@ impl Enrollment for EnrollmentService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(value: Option<&str>) -> MetadataMap {
+        let mut map = MetadataMap::new();
+        if let Some(value) = value {
+            map.insert("authorization", value.parse().unwrap());
+        }
+        map
+    }
+
+    fn refused(value: Option<&str>) -> String {
+        let (result, status) = bearer_token(&metadata(value)).unwrap_err();
+        assert_eq!(result, ReportResult::Unauthenticated);
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        status.message().to_owned()
+    }
+
+    #[test]
+    fn the_bearer_must_be_an_agent_token() {
+        let agent = tokens::generate(TokenKind::Agent).secret;
+        assert_eq!(
+            bearer_token(&metadata(Some(&format!("Bearer {agent}")))).unwrap(),
+            agent
+        );
+        assert_eq!(
+            bearer_token(&metadata(Some(&format!("bearer {agent}")))).unwrap(),
+            agent
+        );
+        assert_eq!(refused(None), AGENT_TOKEN_HOW_TO);
+        assert_eq!(
+            refused(Some(&agent)),
+            "the `authorization` metadata must be `Bearer <agent token>`"
+        );
+        assert!(refused(Some("Bearer estate_agt_123")).starts_with("the agent token is malformed"));
+        let enrollment = tokens::generate(TokenKind::Enrollment).secret;
+        let message = refused(Some(&format!("Bearer {enrollment}")));
+        assert!(
+            message.starts_with("the enrollment secret was sent as an agent token"),
+            "{message}"
+        );
+        assert!(!message.contains(&enrollment));
+    }
+
+    #[test]
+    fn refusals_say_why_and_when() {
+        assert_eq!(
+            refusal_message(
+                "the agent token",
+                Some("abc"),
+                TokenRefusal::Revoked { at_ms: 0 }
+            ),
+            "the agent token `abc` was revoked at 1970-01-01T00:00:00Z: an administrator must \
+             issue a new one"
+        );
+        assert_eq!(
+            refusal_message("the enrollment secret", None, TokenRefusal::UsedUp),
+            "the enrollment secret has no enrollments left (`--uses`)"
+        );
+        assert_eq!(AgentAuth::parse("either"), Ok(AgentAuth::Either));
+        assert!(AgentAuth::Either.accepts_tokens() && AgentAuth::Either.accepts_certificates());
+        assert!(!AgentAuth::Certificate.accepts_tokens());
+    }
+
+    #[tokio::test]
+    async fn a_token_is_checked_against_the_store_and_its_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db")).unwrap());
+        let request = tokens::IssueRequest {
+            kind: TokenKind::Agent,
+            host: Some("Web-01".into()),
+            ttl: None,
+            uses: None,
+        };
+        let (secret, _) = tokens::issue(store.as_ref(), &request, now_ms()).unwrap();
+        let authenticator = TokenAuthenticator::new(Arc::clone(&store));
+        let bearer = metadata(Some(&format!("Bearer {}", secret.secret)));
+        assert_eq!(
+            authenticator.authorize(&bearer, "web-01").await.unwrap(),
+            secret.id
+        );
+        let (result, status) = authenticator.authorize(&bearer, "db-01").await.unwrap_err();
+        assert_eq!(result, ReportResult::PermissionDenied);
+        assert_eq!(
+            status.message(),
+            format!(
+                "the agent token `{}` is for host `Web-01` but the report is from host \
+                 `db-01`: an agent may report only as its own host",
+                secret.id
+            )
+        );
+        let unknown = tokens::generate(TokenKind::Agent).secret;
+        let (result, status) = authenticator
+            .authorize(&metadata(Some(&format!("Bearer {unknown}"))), "web-01")
+            .await
+            .unwrap_err();
+        assert_eq!(result, ReportResult::Unauthenticated);
+        assert!(
+            status.message().contains("is unknown"),
+            "{}",
+            status.message()
+        );
+    }
+}
