@@ -21,7 +21,7 @@ pub const TOKEN_PREFIX: &str = "estate_api_";
 /// Random bytes in a token: 256 bits, beyond any guessing.
 const TOKEN_RANDOM_BYTES: usize = 32;
 
-/// Longest accepted token name: names appear in logs and metrics-free audit lines.
+/// Longest accepted token name: names appear in log lines (who deleted a host).
 const MAX_NAME_LENGTH: usize = 64;
 
 /// What a token may do. `Admin` includes everything `Read` may.
