@@ -98,50 +98,116 @@ pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bo
     started.elapsed()
 }
 
-/// A blocking HTTP GET over plain TCP, enough for loopback tests: `(status, body)`, or `None`
-/// when nothing answers.
+/// `GET` of an `http://` url: `(status, body)`, `None` when the connection fails.
 pub fn http_get(url: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
     let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest
+    let (address, path) = rest
         .split_once('/')
-        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let mut stream = std::net::TcpStream::connect(host).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Some((status, body))
+        .map_or((rest, "/".to_owned()), |(address, path)| {
+            (address, format!("/{path}"))
+        });
+    http::get(address, &path, None)
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
+/// Blocking HTTP over TLS (rustls) or plain TCP, enough for loopback tests without a runtime.
+pub mod http {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// A client config trusting only the CA in `ca_file`.
+    pub fn client_config(ca_file: &Path) -> Arc<rustls::ClientConfig> {
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls_pki_types::CertificateDer::pem_file_iter(ca_file).unwrap() {
+            roots.add(certificate.unwrap()).unwrap();
         }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
     }
-    out
+
+    /// `GET path` on `address` (`host:port`); `None` when the connection or the TLS
+    /// handshake fails.
+    pub fn get(
+        address: &str,
+        path: &str,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Option<(u16, String)> {
+        call(address, "GET", path, None, tls).map(|(status, _, body)| (status, body))
+    }
+
+    /// `method path` with `Authorization: Bearer <token>` when a token is given:
+    /// `(status, response head, body)`.
+    pub fn call(
+        address: &str,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Option<(u16, String, String)> {
+        let tcp = TcpStream::connect(address).ok()?;
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .ok()?;
+        let authorization = bearer
+            .map(|token| format!("Authorization: Bearer {token}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n"
+        );
+        let mut raw = Vec::new();
+        match tls {
+            None => {
+                let mut stream = tcp;
+                stream.write_all(request.as_bytes()).ok()?;
+                stream.read_to_end(&mut raw).ok()?;
+            }
+            Some(config) => {
+                let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+                let name = rustls_pki_types::ServerName::try_from(host.to_owned()).ok()?;
+                let connection = rustls::ClientConnection::new(Arc::clone(config), name).ok()?;
+                let mut stream = rustls::StreamOwned::new(connection, tcp);
+                stream.write_all(request.as_bytes()).ok()?;
+                // The server closes without close_notify at times: keep what arrived.
+                match stream.read_to_end(&mut raw) {
+                    Ok(_) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                    Err(_) => return None,
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        Some((status, head.to_owned(), body))
+    }
+
+    fn dechunk(mut body: &str) -> String {
+        let mut out = String::new();
+        while let Some((size, rest)) = body.split_once("\r\n") {
+            let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+                break;
+            };
+            if size == 0 || rest.len() < size {
+                break;
+            }
+            out.push_str(&rest[..size]);
+            body = rest[size..].trim_start_matches("\r\n");
+        }
+        out
+    }
 }

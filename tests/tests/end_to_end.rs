@@ -6,47 +6,12 @@
 //! The binaries are the ones `cargo test --workspace` builds next to this test
 //! (`target/<profile>/`); `ESTATE_BIN_DIR` points elsewhere.
 
+use estate_tests::harness::{self, Running, binary, fixture, free_port, http};
 use serde_json::Value;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ESTATE_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    // target/<profile>/deps/end_to_end-<hash> → target/<profile>
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_owned()
-}
-
-fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.exists(),
-        "`{}` is missing: run the tests with `cargo test --workspace` (which builds the \
-         binaries) or point ESTATE_BIN_DIR at them",
-        path.display()
-    );
-    path
-}
-
-/// A port that was free a moment ago (the listener is closed before returning).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../agent/tests/fixtures/inventory")
-        .join(name)
-}
+use std::time::Duration;
 
 /// Copies a fixture tree (files, directories and symlinks) so a test can change it.
 fn copy_tree(from: &Path, to: &Path) {
@@ -62,32 +27,6 @@ fn copy_tree(from: &Path, to: &Path) {
             copy_tree(&entry.path(), &target);
         } else {
             std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// A child process killed when dropped, so a failing test leaves nothing running.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Running {
-    /// Sends SIGTERM and waits for the exit status (bounded).
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.0.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "process {pid} ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
@@ -147,7 +86,7 @@ impl Collector {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let tls = ca_file.as_deref().map(https::client_config);
+        let tls = ca_file.as_deref().map(http::client_config);
         let collector = Collector {
             process: Some(Running(child)),
             grpc,
@@ -172,7 +111,7 @@ impl Collector {
     }
 
     fn try_get(&self, path: &str) -> Option<(u16, String)> {
-        https::get(&self.http, path, self.tls.as_ref())
+        http::get(&self.http, path, self.tls.as_ref())
     }
 
     fn get(&self, path: &str) -> (u16, String) {
@@ -195,115 +134,9 @@ impl Collector {
     }
 }
 
-/// Polls `condition` every 50 ms for up to 20 s: the processes run on their own clocks.
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A blocking HTTP GET over TLS (rustls) or plain TCP, enough for loopback tests without a
-/// runtime.
-mod https {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::path::Path;
-    use std::sync::Arc;
-
-    /// A client config trusting only the CA in `ca_file`.
-    pub fn client_config(ca_file: &Path) -> Arc<rustls::ClientConfig> {
-        use rustls_pki_types::pem::PemObject as _;
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in rustls_pki_types::CertificateDer::pem_file_iter(ca_file).unwrap() {
-            roots.add(certificate.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
-    }
-
-    /// `GET path` on `address` (`host:port`); `None` when the connection or the TLS
-    /// handshake fails.
-    pub fn get(
-        address: &str,
-        path: &str,
-        tls: Option<&Arc<rustls::ClientConfig>>,
-    ) -> Option<(u16, String)> {
-        call(address, "GET", path, None, tls).map(|(status, _, body)| (status, body))
-    }
-
-    /// `method path` with `Authorization: Bearer <token>` when a token is given:
-    /// `(status, response head, body)`.
-    pub fn call(
-        address: &str,
-        method: &str,
-        path: &str,
-        bearer: Option<&str>,
-        tls: Option<&Arc<rustls::ClientConfig>>,
-    ) -> Option<(u16, String, String)> {
-        let tcp = TcpStream::connect(address).ok()?;
-        let authorization = bearer
-            .map(|token| format!("Authorization: Bearer {token}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n"
-        );
-        let mut raw = Vec::new();
-        match tls {
-            None => {
-                let mut stream = tcp;
-                stream.write_all(request.as_bytes()).ok()?;
-                stream.read_to_end(&mut raw).ok()?;
-            }
-            Some(config) => {
-                let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
-                let name = rustls_pki_types::ServerName::try_from(host.to_owned()).ok()?;
-                let connection = rustls::ClientConnection::new(Arc::clone(config), name).ok()?;
-                let mut stream = rustls::StreamOwned::new(connection, tcp);
-                stream.write_all(request.as_bytes()).ok()?;
-                // The server closes without close_notify at times: keep what arrived.
-                match stream.read_to_end(&mut raw) {
-                    Ok(_) => {}
-                    Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {}
-                    Err(_) => return None,
-                }
-            }
-        }
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
-        Some((status, head.to_owned(), body))
-    }
-
-    fn dechunk(mut body: &str) -> String {
-        let mut out = String::new();
-        while let Some((size, rest)) = body.split_once("\r\n") {
-            let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-                break;
-            };
-            if size == 0 || rest.len() < size {
-                break;
-            }
-            out.push_str(&rest[..size]);
-            body = rest[size..].trim_start_matches("\r\n");
-        }
-        out
-    }
+/// Polls `condition` for up to 20 s: the processes run on their own clocks.
+fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    harness::wait_until(what, Duration::from_secs(20), condition);
 }
 
 /// An agent config reporting to `collector_url`; an `https://` url is verified against
@@ -576,7 +409,7 @@ fn api_tokens_made_by_the_cli_guard_the_api_over_https() {
     assert!(agent(&agent_config, &["once"]).status.success());
 
     let call = |method: &str, path: &str, token: Option<&str>| {
-        https::call(&collector.http, method, path, token, collector.tls.as_ref())
+        http::call(&collector.http, method, path, token, collector.tls.as_ref())
             .unwrap_or_else(|| panic!("{method} {path} failed"))
     };
     let (status, head, body) = call("GET", "/api/v1/hosts", None);
@@ -805,9 +638,9 @@ fn an_agent_refuses_a_collector_certificate_its_ca_did_not_sign() {
         "{stderr}"
     );
     // Over HTTPS the API answers only to a client that trusts the collector's CA.
-    let untrusting = https::client_config(&other_ca);
+    let untrusting = http::client_config(&other_ca);
     assert_eq!(
-        https::get(&collector.http, "/healthz", Some(&untrusting)),
+        http::get(&collector.http, "/healthz", Some(&untrusting)),
         None
     );
     collector.process.unwrap().terminate();
