@@ -1,7 +1,7 @@
 //! The gRPC ingest service: validate, write through the group-commit writer, then update the
 //! in-memory host state and acknowledge.
 
-use crate::agent_auth::{AgentAuth, TokenAuthenticator};
+use crate::agent_auth::{AGENT_TOKEN_HOW_TO, AgentAuth, TokenAuthenticator};
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::limits::RateLimiter;
@@ -38,6 +38,13 @@ pub const CLIENT_CERTIFICATE_HOW_TO: &str = "this collector authenticates agents
      certificate: make one for this host with `estate-collector tls init --dir DIR --client \
      HOSTNAME` and set `collector.client_cert_file` and `collector.client_key_file` (README \
      \"Securing a deployment\")";
+
+/// What an agent with neither a client certificate nor a token is told (`agent_auth = "either"`).
+pub const EITHER_HOW_TO: &str = "this collector authenticates agents by client certificate or \
+     by token: give this host a client certificate (`estate-collector tls init --dir DIR \
+     --client HOSTNAME`, then `collector.client_cert_file` and `collector.client_key_file`) or \
+     an agent token (`estate-collector token create --enrollment`, then \
+     `collector.enrollment_secret_file`); README \"Securing a deployment\"";
 
 /// The names a client certificate vouches for: its SAN DNS names, or, without any, its
 /// subject common names.
@@ -154,9 +161,15 @@ impl IngestService {
             AgentAuth::None => Ok(()),
             AgentAuth::Certificate => authorize_by_certificate(peer, report),
             AgentAuth::Either if has_certificate => authorize_by_certificate(peer, report),
-            AgentAuth::Token | AgentAuth::Either => {
-                self.tokens.authorize(metadata, hostname).await.map(|_| ())
-            }
+            AgentAuth::Token => self.tokens.authorize(metadata, hostname).await.map(|_| ()),
+            AgentAuth::Either => match self.tokens.authorize(metadata, hostname).await {
+                Ok(_) => Ok(()),
+                // Neither credential: name both ways in.
+                Err((result, status)) if status.message() == AGENT_TOKEN_HOW_TO => {
+                    Err((result, Status::unauthenticated(EITHER_HOW_TO)))
+                }
+                Err(refusal) => Err(refusal),
+            },
         }
     }
 

@@ -934,3 +934,102 @@ fn with_agent_tokens_an_agent_enrolls_once_reports_only_as_its_own_host_until_re
     );
     collector.process.unwrap().terminate();
 }
+
+#[test]
+fn with_agent_auth_either_a_certificate_or_a_token_will_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_dir = dir.path().join("tls");
+    let made = Command::new(binary("estate-collector"))
+        .args(["tls", "init", "--dir"])
+        .arg(&tls_dir)
+        .args(["--host", "127.0.0.1", "--client", "db01"])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let ca_file = tls_dir.join("ca.pem");
+    let database = dir.path().join("estate.db");
+    let db01_token = token_command(&database, &["create", "--host", "db01"]);
+    let tls_args: Vec<PathBuf> = vec![
+        "--tls-cert-file".into(),
+        tls_dir.join("server.pem"),
+        "--tls-key-file".into(),
+        tls_dir.join("server.key"),
+        "--client-ca-file".into(),
+        ca_file.clone(),
+    ];
+    let mut either = tls_args.clone();
+    either.extend(["--agent-auth".into(), "either".into()]);
+    let collector = Collector::start_with(dir.path(), &either, Some(ca_file.clone()));
+    // The fixture's hostname is db01.
+    let host = |name: &str| {
+        let agent_dir = dir.path().join(name);
+        std::fs::create_dir_all(agent_dir.join("state")).unwrap();
+        let config = agent_config(
+            &agent_dir,
+            &fixture("physical-server"),
+            &collector.url(),
+            Some(&ca_file),
+        );
+        (agent_dir, config)
+    };
+    let (_, by_certificate) = host("by-certificate");
+    with_client_certificate(&by_certificate, &tls_dir, "db01");
+    let (token_dir, by_token) = host("by-token");
+    std::fs::write(token_dir.join("state/agent-token"), &db01_token).unwrap();
+    for config in [&by_certificate, &by_token] {
+        let sent = agent(config, &["once"]);
+        assert!(
+            sent.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sent.stderr)
+        );
+    }
+    let (_, neither) = host("neither");
+    let refused = agent(&neither, &["once"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("authenticates agents by client certificate or by token"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        collector.metric("estate_collector_reports_total{result=\"stored\"}"),
+        Some(2.0)
+    );
+    collector.process.unwrap().terminate();
+
+    // A collector authenticating by certificate only says so to an agent that tries to enroll.
+    let dir2 = tempfile::tempdir().unwrap();
+    let collector = Collector::start_with(dir2.path(), &tls_args, Some(ca_file.clone()));
+    let agent_dir = dir2.path().join("enrolling");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let config = agent_config(
+        &agent_dir,
+        &fixture("physical-server"),
+        &collector.url(),
+        Some(&ca_file),
+    );
+    let secret_file = agent_dir.join("enrollment-secret");
+    std::fs::write(&secret_file, format!("estate_enr_{}\n", "0".repeat(64))).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let keyed = format!(
+        "[collector]\nenrollment_secret_file = \"{}\"\n",
+        secret_file.display()
+    );
+    std::fs::write(&config, text.replacen("[collector]\n", &keyed, 1)).unwrap();
+    let refused = agent(&config, &["once"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("refused to enroll this agent (FailedPrecondition)")
+            && stderr
+                .contains("does not authenticate agents by token (`agent_auth = \"certificate\"`)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        collector.metric("estate_collector_enrollments_total{result=\"disabled\"}"),
+        Some(1.0)
+    );
+    collector.process.unwrap().terminate();
+}
