@@ -5,6 +5,7 @@
 //! transaction, one sync); reads serve the API and the start-up load of the host state.
 
 pub mod postgres;
+mod query;
 pub mod sqlite;
 
 use crate::document::ChangeKind;

@@ -9,12 +9,13 @@
 //! (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`, with `sslrootcert`), since the
 //! client library knows only the first three and never verifies a certificate itself.
 
-use super::sqlite::{apply_identity, apply_inventory, like_glob, like_substring, other_machine};
+use super::query::{self, CHECK_COLUMNS, Dialect, ListQuery, SqlArg, split_page};
+use super::sqlite::{apply_identity, apply_inventory, other_machine};
 use super::{
     ChangePage, ChangeQuery, ChangeRecord, CheckEvent, CheckPage, CheckQuery, CheckState,
     CollectorView, EventPage, EventQuery, ExchangeOutcome, HostCursor, HostDetail, HostOwner,
-    HostPage, HostQuery, HostRecord, IncomingReport, Liveness, NewToken, Store, StoreError,
-    TokenRecord, TokenRefusal, ValuePattern, WriteOutcome, WritePolicy,
+    HostPage, HostQuery, HostRecord, IncomingReport, NewToken, Store, StoreError, TokenRecord,
+    TokenRefusal, WriteOutcome, WritePolicy,
 };
 use crate::document::{self, ChangeKind};
 use estate_proto::v1::CheckResult;
@@ -730,9 +731,6 @@ fn host_from_row(row: &Row) -> HostRecord {
     }
 }
 
-const CHECK_COLUMNS: &str = "host_id, check_name, kind, target, outcome, reason, since_ms, \
-    received_ms, started_ms, duration_seconds, measurements";
-
 fn check_from_row(row: &Row) -> CheckState {
     let measurements: String = row.get(10);
     CheckState {
@@ -1369,29 +1367,17 @@ fn load_host(
         .map(|row| host_from_row(&row)))
 }
 
-/// Builds a statement with numbered parameters, so each filter can refer to its own value.
-struct SqlBuilder {
-    text: String,
-    args: Params,
-}
-
-impl SqlBuilder {
-    fn new(text: String) -> Self {
-        SqlBuilder {
-            text,
-            args: Vec::new(),
-        }
-    }
-
-    /// Adds a parameter and returns its placeholder (`$3`).
-    fn bind(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
-        self.args.push(Box::new(value));
-        format!("${}", self.args.len())
-    }
-
-    fn push(&mut self, fragment: &str) {
-        self.text.push_str(fragment);
-    }
+/// The shared list queries' parameters as PostgreSQL values.
+fn postgres_args(args: Vec<SqlArg>) -> Params {
+    args.into_iter()
+        .map(|arg| -> Box<dyn ToSql + Sync + Send> {
+            match arg {
+                SqlArg::Text(text) => Box::new(text),
+                SqlArg::Int(number) => Box::new(number),
+                SqlArg::Bool(flag) => Box::new(flag),
+            }
+        })
+        .collect()
 }
 
 impl Store for PostgresStore {
@@ -1524,62 +1510,8 @@ impl Store for PostgresStore {
     }
 
     fn list_hosts(&self, query: &HostQuery) -> Result<HostPage, StoreError> {
-        let mut sql = SqlBuilder::new(format!("SELECT {HOST_COLUMNS} FROM hosts WHERE TRUE"));
-        if let Some(after) = &query.after {
-            // Keyset pagination over (lower(hostname), id), the order of `hosts_by_hostname`.
-            let hostname = sql.bind(after.hostname.clone());
-            let id = sql.bind(after.id.clone());
-            sql.push(&format!(
-                " AND (lower(hostname), id) > (lower({hostname}::text) COLLATE \"C\", {id}::text)"
-            ));
-        }
-        if let Some(hostname) = &query.hostname {
-            let pattern = sql.bind(like_substring(hostname));
-            sql.push(&format!(
-                " AND (hostname ILIKE {pattern} ESCAPE '\\' OR fqdn ILIKE {pattern} ESCAPE '\\')"
-            ));
-        }
-        if let Some(os) = &query.os {
-            let pattern = sql.bind(like_substring(os));
-            sql.push(&format!(
-                " AND (os_name || ' ' || os_version || ' ' || os_full_name) \
-                 ILIKE {pattern} ESCAPE '\\'"
-            ));
-        }
-        if let Some(liveness) = query.liveness {
-            let threshold = sql.bind(query.stale_before_ms);
-            let comparison = match liveness {
-                Liveness::Up => ">=",
-                Liveness::Stale => "<",
-            };
-            sql.push(&format!(" AND last_seen_ms {comparison} {threshold}"));
-        }
-        if let Some(conflict) = query.identity_conflict {
-            let flag = sql.bind(conflict);
-            sql.push(&format!(" AND identity_conflict = {flag}"));
-        }
-        for filter in &query.fields {
-            let field = sql.bind(filter.field.clone());
-            let comparison = match &filter.pattern {
-                ValuePattern::Exact(value) => format!("= lower({}::text)", sql.bind(value.clone())),
-                ValuePattern::Glob(glob) => {
-                    format!(
-                        "LIKE lower({}::text) ESCAPE '\\'",
-                        sql.bind(like_glob(glob))
-                    )
-                }
-            };
-            sql.push(&format!(
-                " AND id IN (SELECT host_id FROM inventory_fields \
-                 WHERE field = {field} AND lower(value) {comparison})"
-            ));
-        }
-        let limit = query.limit.max(1);
-        sql.push(&format!(
-            " ORDER BY lower(hostname), id LIMIT {}",
-            limit + 1
-        ));
-        let SqlBuilder { text, args } = sql;
+        let ListQuery { text, args, limit } = query::hosts(Dialect::Postgres, HOST_COLUMNS, query);
+        let args = postgres_args(args);
         let mut hosts = self.read("list hosts", |client| {
             Ok(client
                 .query(&text, &param_refs(&args))?
@@ -1587,56 +1519,16 @@ impl Store for PostgresStore {
                 .map(host_from_row)
                 .collect::<Vec<_>>())
         })?;
-        let next = if hosts.len() > limit {
-            hosts.truncate(limit);
-            hosts.last().map(|host| HostCursor {
-                hostname: host.hostname.clone(),
-                id: host.id.clone(),
-            })
-        } else {
-            None
-        };
+        let next = split_page(&mut hosts, limit, |host| HostCursor {
+            hostname: host.hostname.clone(),
+            id: host.id.clone(),
+        });
         Ok(HostPage { hosts, next })
     }
 
     fn list_checks(&self, query: &CheckQuery) -> Result<CheckPage, StoreError> {
-        let columns: Vec<String> = CHECK_COLUMNS
-            .split(',')
-            .map(|column| format!("c.{}", column.trim()))
-            .collect();
-        let mut sql = SqlBuilder::new(format!(
-            "SELECT {}, h.hostname FROM check_results c JOIN hosts h ON h.id = c.host_id \
-             WHERE TRUE",
-            columns.join(", ")
-        ));
-        for (column, value) in [
-            ("c.host_id", &query.host_id),
-            ("c.kind", &query.kind),
-            ("c.check_name", &query.check),
-            ("c.outcome", &query.outcome),
-        ] {
-            if let Some(value) = value {
-                let placeholder = sql.bind(value.clone());
-                sql.push(&format!(" AND {column} = {placeholder}"));
-            }
-        }
-        if let Some((host, check, target)) = &query.after {
-            let (host, check, target) = (
-                sql.bind(host.clone()),
-                sql.bind(check.clone()),
-                sql.bind(target.clone()),
-            );
-            sql.push(&format!(
-                " AND (c.host_id, c.check_name, c.target) > \
-                 ({host}::text, {check}::text, {target}::text)"
-            ));
-        }
-        let limit = query.limit.max(1);
-        sql.push(&format!(
-            " ORDER BY c.host_id, c.check_name, c.target LIMIT {}",
-            limit + 1
-        ));
-        let SqlBuilder { text, args } = sql;
+        let ListQuery { text, args, limit } = query::checks(Dialect::Postgres, query);
+        let args = postgres_args(args);
         let mut checks = self.read("list check results", |client| {
             Ok(client
                 .query(&text, &param_refs(&args))?
@@ -1644,45 +1536,15 @@ impl Store for PostgresStore {
                 .map(|row| (row.get::<_, String>(11), check_from_row(row)))
                 .collect::<Vec<_>>())
         })?;
-        let next = if checks.len() > limit {
-            checks.truncate(limit);
-            checks
-                .last()
-                .map(|(_, c)| (c.host_id.clone(), c.check.clone(), c.target.clone()))
-        } else {
-            None
-        };
+        let next = split_page(&mut checks, limit, |(_, c)| {
+            (c.host_id.clone(), c.check.clone(), c.target.clone())
+        });
         Ok(CheckPage { checks, next })
     }
 
     fn list_events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
-        let mut sql = SqlBuilder::new(
-            "SELECT e.id, e.host_id, h.hostname, e.check_name, e.kind, e.target, e.at_ms, \
-             e.old_outcome, e.new_outcome, e.reason \
-             FROM check_events e JOIN hosts h ON h.id = e.host_id WHERE TRUE"
-                .to_owned(),
-        );
-        for (column, value) in [
-            ("e.host_id", &query.host_id),
-            ("e.kind", &query.kind),
-            ("e.check_name", &query.check),
-        ] {
-            if let Some(value) = value {
-                let placeholder = sql.bind(value.clone());
-                sql.push(&format!(" AND {column} = {placeholder}"));
-            }
-        }
-        if let Some(since) = query.since_ms {
-            let placeholder = sql.bind(since);
-            sql.push(&format!(" AND e.at_ms >= {placeholder}"));
-        }
-        if let Some(before) = query.before_id {
-            let placeholder = sql.bind(before);
-            sql.push(&format!(" AND e.id < {placeholder}"));
-        }
-        let limit = query.limit.max(1);
-        sql.push(&format!(" ORDER BY e.id DESC LIMIT {}", limit + 1));
-        let SqlBuilder { text, args } = sql;
+        let ListQuery { text, args, limit } = query::events(Dialect::Postgres, query);
+        let args = postgres_args(args);
         let mut events = self.read("list check events", |client| {
             Ok(client
                 .query(&text, &param_refs(&args))?
@@ -1701,12 +1563,7 @@ impl Store for PostgresStore {
                 })
                 .collect::<Vec<_>>())
         })?;
-        let next_before_id = if events.len() > limit {
-            events.truncate(limit);
-            events.last().map(|event| event.id)
-        } else {
-            None
-        };
+        let next_before_id = split_page(&mut events, limit, |event| event.id);
         Ok(EventPage {
             events,
             next_before_id,

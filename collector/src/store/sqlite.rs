@@ -2,11 +2,12 @@
 //! batches (`synchronous = FULL`, so a commit is on disk before any report of it is
 //! acknowledged), and a few reader connections for the API.
 
+use super::query::{self, CHECK_COLUMNS, Dialect, ListQuery, SqlArg, split_page};
 use super::{
     ChangePage, ChangeQuery, ChangeRecord, CheckEvent, CheckPage, CheckQuery, CheckState,
     EventPage, EventQuery, ExchangeOutcome, HostCursor, HostDetail, HostPage, HostQuery,
-    HostRecord, IncomingReport, Liveness, NewToken, Store, StoreError, TokenRecord, TokenRefusal,
-    ValuePattern, WriteOutcome, WritePolicy,
+    HostRecord, IncomingReport, NewToken, Store, StoreError, TokenRecord, TokenRefusal,
+    WriteOutcome, WritePolicy,
 };
 use crate::document::{self, ChangeKind};
 use estate_proto::v1::{CheckResult, HostIdentity, Inventory, ReportRequest};
@@ -349,27 +350,6 @@ fn migrate(connection: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// `LIKE` pattern for a case-insensitive substring match.
-pub(super) fn like_substring(text: &str) -> String {
-    format!("%{}%", escape_like(text))
-}
-
-fn escape_like(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Turns a `*` glob into a `LIKE` pattern; everything else matches literally.
-pub(super) fn like_glob(text: &str) -> String {
-    escape_like(text).replace('*', "%")
-}
-
 const HOST_COLUMNS: &str = "id, hostname, fqdn, os_name, os_version, os_full_name, kernel_version, \
     arch, vmsystem, manufacturer, model, chassis_type, serial_number, machine_id, smbios_uuid, \
     primary_mac, agent_version, memory_bytes, swap_bytes, cpu_threads, first_seen_ms, \
@@ -677,9 +657,6 @@ fn record_changes(
     Ok(())
 }
 
-const CHECK_COLUMNS: &str = "host_id, check_name, kind, target, outcome, reason, since_ms, \
-    received_ms, started_ms, duration_seconds, measurements";
-
 fn check_from_row(row: &Row<'_>) -> rusqlite::Result<CheckState> {
     let measurements: String = row.get(10)?;
     Ok(CheckState {
@@ -959,93 +936,27 @@ impl Store for SqliteStore {
     }
 
     fn list_checks(&self, query: &CheckQuery) -> Result<CheckPage, StoreError> {
-        let columns: Vec<String> = CHECK_COLUMNS
-            .split(',')
-            .map(|column| format!("c.{}", column.trim()))
-            .collect();
-        let mut sql = SqlBuilder::new(format!(
-            "SELECT {}, h.hostname FROM check_results c JOIN hosts h ON h.id = c.host_id \
-             WHERE 1 = 1",
-            columns.join(", ")
-        ));
-        for (column, value) in [
-            ("c.host_id", &query.host_id),
-            ("c.kind", &query.kind),
-            ("c.check_name", &query.check),
-            ("c.outcome", &query.outcome),
-        ] {
-            if let Some(value) = value {
-                let placeholder = sql.bind(value.clone());
-                sql.push(&format!(" AND {column} = {placeholder}"));
-            }
-        }
-        if let Some((host, check, target)) = &query.after {
-            let (host, check, target) = (
-                sql.bind(host.clone()),
-                sql.bind(check.clone()),
-                sql.bind(target.clone()),
-            );
-            sql.push(&format!(
-                " AND (c.host_id, c.check_name, c.target) > ({host}, {check}, {target})"
-            ));
-        }
-        let limit = query.limit.max(1);
-        sql.push(&format!(
-            " ORDER BY c.host_id, c.check_name, c.target LIMIT {}",
-            limit + 1
-        ));
-        let SqlBuilder { text, args } = sql;
+        let ListQuery { text, args, limit } = query::checks(Dialect::Sqlite, query);
         let mut checks = self.read("list check results", |connection| {
             connection
                 .prepare_cached(&text)?
-                .query_map(rusqlite::params_from_iter(args.iter()), |row| {
+                .query_map(rusqlite::params_from_iter(sqlite_args(args)), |row| {
                     Ok((row.get::<_, String>(11)?, check_from_row(row)?))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        let next = if checks.len() > limit {
-            checks.truncate(limit);
-            checks
-                .last()
-                .map(|(_, c)| (c.host_id.clone(), c.check.clone(), c.target.clone()))
-        } else {
-            None
-        };
+        let next = split_page(&mut checks, limit, |(_, c)| {
+            (c.host_id.clone(), c.check.clone(), c.target.clone())
+        });
         Ok(CheckPage { checks, next })
     }
 
     fn list_events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
-        let mut sql = SqlBuilder::new(
-            "SELECT e.id, e.host_id, h.hostname, e.check_name, e.kind, e.target, e.at_ms, \
-             e.old_outcome, e.new_outcome, e.reason \
-             FROM check_events e JOIN hosts h ON h.id = e.host_id WHERE 1 = 1"
-                .to_owned(),
-        );
-        for (column, value) in [
-            ("e.host_id", &query.host_id),
-            ("e.kind", &query.kind),
-            ("e.check_name", &query.check),
-        ] {
-            if let Some(value) = value {
-                let placeholder = sql.bind(value.clone());
-                sql.push(&format!(" AND {column} = {placeholder}"));
-            }
-        }
-        if let Some(since) = query.since_ms {
-            let placeholder = sql.bind(since);
-            sql.push(&format!(" AND e.at_ms >= {placeholder}"));
-        }
-        if let Some(before) = query.before_id {
-            let placeholder = sql.bind(before);
-            sql.push(&format!(" AND e.id < {placeholder}"));
-        }
-        let limit = query.limit.max(1);
-        sql.push(&format!(" ORDER BY e.id DESC LIMIT {}", limit + 1));
-        let SqlBuilder { text, args } = sql;
+        let ListQuery { text, args, limit } = query::events(Dialect::Sqlite, query);
         let mut events = self.read("list check events", |connection| {
             connection
                 .prepare_cached(&text)?
-                .query_map(rusqlite::params_from_iter(args.iter()), |row| {
+                .query_map(rusqlite::params_from_iter(sqlite_args(args)), |row| {
                     Ok(CheckEvent {
                         id: row.get(0)?,
                         host_id: row.get(1)?,
@@ -1061,12 +972,7 @@ impl Store for SqliteStore {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        let next_before_id = if events.len() > limit {
-            events.truncate(limit);
-            events.last().map(|event| event.id)
-        } else {
-            None
-        };
+        let next_before_id = split_page(&mut events, limit, |event| event.id);
         Ok(EventPage {
             events,
             next_before_id,
@@ -1074,78 +980,17 @@ impl Store for SqliteStore {
     }
 
     fn list_hosts(&self, query: &HostQuery) -> Result<HostPage, StoreError> {
-        let mut sql = SqlBuilder::new(format!("SELECT {HOST_COLUMNS} FROM hosts WHERE 1 = 1"));
-        if let Some(after) = &query.after {
-            // Keyset pagination over (hostname, id), the order of `hosts_by_hostname`.
-            let hostname = sql.bind(after.hostname.clone());
-            let id = sql.bind(after.id.clone());
-            sql.push(&format!(
-                " AND (hostname COLLATE NOCASE > {hostname} \
-                 OR (hostname COLLATE NOCASE = {hostname} AND id > {id}))"
-            ));
-        }
-        if let Some(hostname) = &query.hostname {
-            let pattern = sql.bind(like_substring(hostname));
-            sql.push(&format!(
-                " AND (hostname LIKE {pattern} ESCAPE '\\' OR fqdn LIKE {pattern} ESCAPE '\\')"
-            ));
-        }
-        if let Some(os) = &query.os {
-            let pattern = sql.bind(like_substring(os));
-            sql.push(&format!(
-                " AND (os_name || ' ' || os_version || ' ' || os_full_name) \
-                 LIKE {pattern} ESCAPE '\\'"
-            ));
-        }
-        if let Some(liveness) = query.liveness {
-            let threshold = sql.bind(query.stale_before_ms);
-            let comparison = match liveness {
-                Liveness::Up => ">=",
-                Liveness::Stale => "<",
-            };
-            sql.push(&format!(" AND last_seen_ms {comparison} {threshold}"));
-        }
-        if let Some(conflict) = query.identity_conflict {
-            let flag = sql.bind(i64::from(conflict));
-            sql.push(&format!(" AND identity_conflict = {flag}"));
-        }
-        for filter in &query.fields {
-            let field = sql.bind(filter.field.clone());
-            let comparison = match &filter.pattern {
-                ValuePattern::Exact(value) => format!("= {}", sql.bind(value.clone())),
-                ValuePattern::Glob(glob) => {
-                    format!("LIKE {} ESCAPE '\\'", sql.bind(like_glob(glob)))
-                }
-            };
-            sql.push(&format!(
-                " AND id IN (SELECT host_id FROM inventory_fields \
-                 WHERE field = {field} AND value COLLATE NOCASE {comparison})"
-            ));
-        }
-        let SqlBuilder {
-            text: mut sql,
-            args,
-        } = sql;
-        let limit = query.limit.max(1);
-        sql.push_str(&format!(
-            " ORDER BY hostname COLLATE NOCASE, id LIMIT {}",
-            limit + 1
-        ));
+        let ListQuery { text, args, limit } = query::hosts(Dialect::Sqlite, HOST_COLUMNS, query);
         let mut hosts = self.read("list hosts", |connection| {
-            let mut statement = connection.prepare_cached(&sql)?;
-            statement
-                .query_map(rusqlite::params_from_iter(args.iter()), host_from_row)?
+            connection
+                .prepare_cached(&text)?
+                .query_map(rusqlite::params_from_iter(sqlite_args(args)), host_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        let next = if hosts.len() > limit {
-            hosts.truncate(limit);
-            hosts.last().map(|host| HostCursor {
-                hostname: host.hostname.clone(),
-                id: host.id.clone(),
-            })
-        } else {
-            None
-        };
+        let next = split_page(&mut hosts, limit, |host| HostCursor {
+            hostname: host.hostname.clone(),
+            id: host.id.clone(),
+        });
         Ok(HostPage { hosts, next })
     }
 
@@ -1240,27 +1085,13 @@ impl Store for SqliteStore {
     }
 }
 
-/// Builds a statement with numbered parameters, so each filter can refer to its own value.
-struct SqlBuilder {
-    text: String,
-    args: Vec<rusqlite::types::Value>,
-}
-
-impl SqlBuilder {
-    fn new(text: String) -> Self {
-        SqlBuilder {
-            text,
-            args: Vec::new(),
-        }
-    }
-
-    /// Adds a parameter and returns its placeholder (`?3`).
-    fn bind(&mut self, value: impl Into<rusqlite::types::Value>) -> String {
-        self.args.push(value.into());
-        format!("?{}", self.args.len())
-    }
-
-    fn push(&mut self, fragment: &str) {
-        self.text.push_str(fragment);
-    }
+/// The shared list queries' parameters as SQLite values (a flag is an integer).
+fn sqlite_args(args: Vec<SqlArg>) -> Vec<rusqlite::types::Value> {
+    args.into_iter()
+        .map(|arg| match arg {
+            SqlArg::Text(text) => text.into(),
+            SqlArg::Int(number) => number.into(),
+            SqlArg::Bool(flag) => i64::from(flag).into(),
+        })
+        .collect()
 }

@@ -1,0 +1,380 @@
+//! The API's list queries (hosts, check results, check events), written once for both backends.
+//! The filters, their order, the keyset pagination and the page split are shared, so both
+//! backends answer a query alike; [`Dialect`] holds only what SQLite and PostgreSQL spell
+//! differently. Each dialect's text is kept as it was tuned, so each planner still uses the
+//! `hosts_by_hostname` index for the host order.
+
+use super::{CheckQuery, EventQuery, HostQuery, Liveness, ValuePattern};
+
+/// The columns of `check_results` in the order `check_from_row` of each backend reads them.
+pub(super) const CHECK_COLUMNS: &str = "host_id, check_name, kind, target, outcome, reason, \
+    since_ms, received_ms, started_ms, duration_seconds, measurements";
+
+/// The SQL spelling a query is built in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dialect {
+    /// `?1` placeholders; case folded by `COLLATE NOCASE` (the host index's collation).
+    Sqlite,
+    /// `$1` placeholders with text casts; case folded by `lower()` (the host index's expression).
+    Postgres,
+}
+
+impl Dialect {
+    /// `column` compared without regard to (ASCII) case, as the indexes are built.
+    fn folded(self, column: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("{column} COLLATE NOCASE"),
+            Dialect::Postgres => format!("lower({column})"),
+        }
+    }
+
+    /// The case-insensitive `LIKE`: SQLite's `LIKE` already ignores ASCII case.
+    fn like(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "LIKE",
+            Dialect::Postgres => "ILIKE",
+        }
+    }
+}
+
+/// A bound parameter; each backend converts it to its own value type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SqlArg {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl From<String> for SqlArg {
+    fn from(value: String) -> Self {
+        SqlArg::Text(value)
+    }
+}
+
+impl From<i64> for SqlArg {
+    fn from(value: i64) -> Self {
+        SqlArg::Int(value)
+    }
+}
+
+impl From<bool> for SqlArg {
+    fn from(value: bool) -> Self {
+        SqlArg::Bool(value)
+    }
+}
+
+/// A list query ready to run: its text, its parameters in placeholder order, and the page size
+/// (the text asks for one row more, to know whether another page follows).
+#[derive(Debug)]
+pub(super) struct ListQuery {
+    pub text: String,
+    pub args: Vec<SqlArg>,
+    pub limit: usize,
+}
+
+/// Builds a statement with numbered parameters, so each filter can refer to its own value.
+struct SqlBuilder {
+    dialect: Dialect,
+    text: String,
+    args: Vec<SqlArg>,
+}
+
+impl SqlBuilder {
+    fn new(dialect: Dialect, text: String) -> Self {
+        SqlBuilder {
+            dialect,
+            text,
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds a parameter and returns its placeholder (`?3` or `$3`).
+    fn bind(&mut self, value: impl Into<SqlArg>) -> String {
+        self.args.push(value.into());
+        match self.dialect {
+            Dialect::Sqlite => format!("?{}", self.args.len()),
+            Dialect::Postgres => format!("${}", self.args.len()),
+        }
+    }
+
+    /// Adds a text parameter where PostgreSQL cannot infer its type (inside a row value or a
+    /// function call).
+    fn bind_text(&mut self, value: String) -> String {
+        let placeholder = self.bind(value);
+        match self.dialect {
+            Dialect::Sqlite => placeholder,
+            Dialect::Postgres => format!("{placeholder}::text"),
+        }
+    }
+
+    fn push(&mut self, fragment: &str) {
+        self.text.push_str(fragment);
+    }
+
+    /// Appends `AND column = value` for each filter given.
+    fn push_equal(&mut self, filters: &[(&str, &Option<String>)]) {
+        for (column, value) in filters {
+            if let Some(value) = value {
+                let placeholder = self.bind(value.clone());
+                self.push(&format!(" AND {column} = {placeholder}"));
+            }
+        }
+    }
+
+    fn finish(self, order: &str, limit: usize) -> ListQuery {
+        let limit = limit.max(1);
+        let mut text = self.text;
+        text.push_str(&format!(" ORDER BY {order} LIMIT {}", limit + 1));
+        ListQuery {
+            text,
+            args: self.args,
+            limit,
+        }
+    }
+}
+
+/// `GET /api/v1/hosts`: the hosts matching every filter, in case-insensitive hostname order.
+/// `host_columns` is the backend's own column list (PostgreSQL has `reported_to` too).
+pub(super) fn hosts(dialect: Dialect, host_columns: &str, query: &HostQuery) -> ListQuery {
+    let mut sql = SqlBuilder::new(
+        dialect,
+        format!("SELECT {host_columns} FROM hosts WHERE TRUE"),
+    );
+    let hostname_order = dialect.folded("hostname");
+    if let Some(after) = &query.after {
+        // Keyset pagination over (folded hostname, id), the order of `hosts_by_hostname`.
+        let hostname = sql.bind_text(after.hostname.clone());
+        let id = sql.bind_text(after.id.clone());
+        sql.push(&match dialect {
+            Dialect::Sqlite => format!(
+                " AND ({hostname_order} > {hostname} \
+                 OR ({hostname_order} = {hostname} AND id > {id}))"
+            ),
+            // The index sorts lower(hostname) bytewise ("C"), so the cursor must as well.
+            Dialect::Postgres => {
+                format!(" AND ({hostname_order}, id) > (lower({hostname}) COLLATE \"C\", {id})")
+            }
+        });
+    }
+    let like = dialect.like();
+    if let Some(hostname) = &query.hostname {
+        let pattern = sql.bind(like_substring(hostname));
+        sql.push(&format!(
+            " AND (hostname {like} {pattern} ESCAPE '\\' OR fqdn {like} {pattern} ESCAPE '\\')"
+        ));
+    }
+    if let Some(os) = &query.os {
+        let pattern = sql.bind(like_substring(os));
+        sql.push(&format!(
+            " AND (os_name || ' ' || os_version || ' ' || os_full_name) \
+             {like} {pattern} ESCAPE '\\'"
+        ));
+    }
+    if let Some(liveness) = query.liveness {
+        let threshold = sql.bind(query.stale_before_ms);
+        let comparison = match liveness {
+            Liveness::Up => ">=",
+            Liveness::Stale => "<",
+        };
+        sql.push(&format!(" AND last_seen_ms {comparison} {threshold}"));
+    }
+    if let Some(conflict) = query.identity_conflict {
+        let flag = sql.bind(conflict);
+        sql.push(&format!(" AND identity_conflict = {flag}"));
+    }
+    let folded_value = dialect.folded("value");
+    for filter in &query.fields {
+        let field = sql.bind(filter.field.clone());
+        let (operator, pattern) = match &filter.pattern {
+            ValuePattern::Exact(value) => ("=", value.clone()),
+            ValuePattern::Glob(glob) => ("LIKE", like_glob(glob)),
+        };
+        let pattern = sql.bind_text(pattern);
+        let pattern = match dialect {
+            Dialect::Sqlite => pattern,
+            Dialect::Postgres => format!("lower({pattern})"),
+        };
+        let escape = if operator == "LIKE" {
+            " ESCAPE '\\'"
+        } else {
+            ""
+        };
+        sql.push(&format!(
+            " AND id IN (SELECT host_id FROM inventory_fields \
+             WHERE field = {field} AND {folded_value} {operator} {pattern}{escape})"
+        ));
+    }
+    sql.finish(&format!("{hostname_order}, id"), query.limit)
+}
+
+/// `GET /api/v1/checks`: the latest result of every check matching the filters, with the
+/// host's name as the last column, in (host, check, target) order.
+pub(super) fn checks(dialect: Dialect, query: &CheckQuery) -> ListQuery {
+    let columns: Vec<String> = CHECK_COLUMNS
+        .split(',')
+        .map(|column| format!("c.{}", column.trim()))
+        .collect();
+    let mut sql = SqlBuilder::new(
+        dialect,
+        format!(
+            "SELECT {}, h.hostname FROM check_results c JOIN hosts h ON h.id = c.host_id \
+             WHERE TRUE",
+            columns.join(", ")
+        ),
+    );
+    sql.push_equal(&[
+        ("c.host_id", &query.host_id),
+        ("c.kind", &query.kind),
+        ("c.check_name", &query.check),
+        ("c.outcome", &query.outcome),
+    ]);
+    if let Some((host, check, target)) = &query.after {
+        let (host, check, target) = (
+            sql.bind_text(host.clone()),
+            sql.bind_text(check.clone()),
+            sql.bind_text(target.clone()),
+        );
+        sql.push(&format!(
+            " AND (c.host_id, c.check_name, c.target) > ({host}, {check}, {target})"
+        ));
+    }
+    sql.finish("c.host_id, c.check_name, c.target", query.limit)
+}
+
+/// `GET /api/v1/events`: check outcome changes matching the filters, newest first, with the
+/// host's name as the third column.
+pub(super) fn events(dialect: Dialect, query: &EventQuery) -> ListQuery {
+    let mut sql = SqlBuilder::new(
+        dialect,
+        "SELECT e.id, e.host_id, h.hostname, e.check_name, e.kind, e.target, e.at_ms, \
+         e.old_outcome, e.new_outcome, e.reason \
+         FROM check_events e JOIN hosts h ON h.id = e.host_id WHERE TRUE"
+            .to_owned(),
+    );
+    sql.push_equal(&[
+        ("e.host_id", &query.host_id),
+        ("e.kind", &query.kind),
+        ("e.check_name", &query.check),
+    ]);
+    if let Some(since) = query.since_ms {
+        let placeholder = sql.bind(since);
+        sql.push(&format!(" AND e.at_ms >= {placeholder}"));
+    }
+    if let Some(before) = query.before_id {
+        let placeholder = sql.bind(before);
+        sql.push(&format!(" AND e.id < {placeholder}"));
+    }
+    sql.finish("e.id DESC", query.limit)
+}
+
+/// The rows were read with `LIMIT limit + 1`: keeps `limit` of them and, when there was one
+/// more, returns the cursor of the last row kept (where the next page starts).
+pub(super) fn split_page<T, C>(
+    rows: &mut Vec<T>,
+    limit: usize,
+    cursor: impl FnOnce(&T) -> C,
+) -> Option<C> {
+    if rows.len() <= limit {
+        return None;
+    }
+    rows.truncate(limit);
+    rows.last().map(cursor)
+}
+
+/// `LIKE` pattern for a case-insensitive substring match.
+pub(super) fn like_substring(text: &str) -> String {
+    format!("%{}%", escape_like(text))
+}
+
+/// Turns a `*` glob into a `LIKE` pattern; everything else matches literally.
+pub(super) fn like_glob(text: &str) -> String {
+    escape_like(text).replace('*', "%")
+}
+
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{FieldFilter, HostCursor};
+
+    fn host_query() -> HostQuery {
+        HostQuery {
+            hostname: Some("web".to_owned()),
+            liveness: Some(Liveness::Stale),
+            fields: vec![FieldFilter {
+                field: "os.name".to_owned(),
+                pattern: ValuePattern::Glob("Debian*".to_owned()),
+            }],
+            after: Some(HostCursor {
+                hostname: "web1".to_owned(),
+                id: "h1".to_owned(),
+            }),
+            limit: 50,
+            stale_before_ms: 1_000,
+            ..HostQuery::default()
+        }
+    }
+
+    #[test]
+    fn each_dialect_numbers_its_placeholders_in_binding_order() {
+        let sqlite = hosts(Dialect::Sqlite, "id", &host_query());
+        let postgres = hosts(Dialect::Postgres, "id", &host_query());
+        assert_eq!(sqlite.args, postgres.args);
+        assert_eq!(
+            sqlite.args,
+            [
+                SqlArg::Text("web1".into()),
+                SqlArg::Text("h1".into()),
+                SqlArg::Text("%web%".into()),
+                SqlArg::Int(1_000),
+                SqlArg::Text("os.name".into()),
+                SqlArg::Text("Debian%".into()),
+            ]
+        );
+        for n in 1..=6 {
+            assert!(sqlite.text.contains(&format!("?{n}")), "{}", sqlite.text);
+            assert!(
+                postgres.text.contains(&format!("${n}")),
+                "{}",
+                postgres.text
+            );
+        }
+        assert!(
+            sqlite
+                .text
+                .ends_with("ORDER BY hostname COLLATE NOCASE, id LIMIT 51")
+        );
+        assert!(
+            postgres
+                .text
+                .ends_with("ORDER BY lower(hostname), id LIMIT 51")
+        );
+        assert_eq!(sqlite.limit, 50);
+    }
+
+    #[test]
+    fn a_page_keeps_the_limit_and_points_at_its_last_row() {
+        let mut rows = vec![1, 2, 3];
+        assert_eq!(split_page(&mut rows, 2, |row| *row), Some(2));
+        assert_eq!(rows, [1, 2]);
+        let mut rows = vec![1, 2];
+        assert_eq!(split_page(&mut rows, 2, |row| *row), None);
+        assert_eq!(rows, [1, 2]);
+    }
+
+    #[test]
+    fn like_patterns_escape_their_wildcards() {
+        assert_eq!(like_substring("50%_off\\"), "%50\\%\\_off\\\\%");
+        assert_eq!(like_glob("srv-*_a"), "srv-%\\_a");
+    }
+}
