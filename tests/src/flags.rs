@@ -3,8 +3,12 @@
 use anyhow::{Context as _, bail};
 
 /// The `--name value` pairs of `args`, in order; a flag without a value is an error naming
-/// it, followed by `usage`.
+/// it, followed by `usage`. `--help` (or `-h`) anywhere prints `usage` and exits with 0.
 pub fn pairs<'a>(args: &'a [String], usage: &str) -> anyhow::Result<Vec<(&'a str, &'a str)>> {
+    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
+        println!("{usage}");
+        std::process::exit(0);
+    }
     let mut pairs = Vec::with_capacity(args.len() / 2);
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
