@@ -9,7 +9,7 @@
 //! (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`, with `sslrootcert`), since the
 //! client library knows only the first three and never verifies a certificate itself.
 
-use super::query::{self, CHECK_COLUMNS, Dialect, ListQuery, SqlArg, split_page};
+use super::query::{self, CHECK_COLUMNS, Dialect, ListQuery, SqlArg, TOKEN_COLUMNS, split_page};
 use super::sqlite::{apply_identity, apply_inventory, other_machine};
 use super::{
     ChangePage, ChangeQuery, ChangeRecord, CheckEvent, CheckPage, CheckQuery, CheckState,
@@ -1734,9 +1734,6 @@ impl Store for PostgresStore {
         })
     }
 }
-
-const TOKEN_COLUMNS: &str =
-    "id, kind, host, created_ms, expires_ms, revoked_ms, last_used_ms, uses_left, issued_by";
 
 fn insert_token(
     client: &mut impl GenericClient,

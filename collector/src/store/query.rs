@@ -10,6 +10,10 @@ use super::{CheckQuery, EventQuery, HostQuery, Liveness, ValuePattern};
 pub(super) const CHECK_COLUMNS: &str = "host_id, check_name, kind, target, outcome, reason, \
     since_ms, received_ms, started_ms, duration_seconds, measurements";
 
+/// The columns of `agent_tokens` in the order `token_from_row` of each backend reads them.
+pub(super) const TOKEN_COLUMNS: &str =
+    "id, kind, host, created_ms, expires_ms, revoked_ms, last_used_ms, uses_left, issued_by";
+
 /// The SQL spelling a query is built in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dialect {

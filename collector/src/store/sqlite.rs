@@ -2,7 +2,7 @@
 //! batches (`synchronous = FULL`, so a commit is on disk before any report of it is
 //! acknowledged), and a few reader connections for the API.
 
-use super::query::{self, CHECK_COLUMNS, Dialect, ListQuery, SqlArg, split_page};
+use super::query::{self, CHECK_COLUMNS, Dialect, ListQuery, SqlArg, TOKEN_COLUMNS, split_page};
 use super::{
     ChangePage, ChangeQuery, ChangeRecord, CheckEvent, CheckPage, CheckQuery, CheckState,
     EventPage, EventQuery, ExchangeOutcome, HostCursor, HostDetail, HostPage, HostQuery,
@@ -210,9 +210,6 @@ impl SqliteStore {
         })
     }
 }
-
-const TOKEN_COLUMNS: &str =
-    "id, kind, host, created_ms, expires_ms, revoked_ms, last_used_ms, uses_left, issued_by";
 
 fn insert_token(
     connection: &Connection,
