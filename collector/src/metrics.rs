@@ -10,12 +10,14 @@
 //! `estate_host_info`. Serial numbers, MACs and software stay in the API.
 
 use crate::state::{HostEntry, HostStates};
-use crate::store::{CheckState, HostRecord};
+use crate::store::CheckState;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// Host metric families: (name, type, help). The golden test pins this list.
@@ -492,7 +494,222 @@ impl IngestMetrics {
     }
 }
 
+/// Where a family's lines come from: a closed set, so that rendering a host matches on it
+/// rather than on the family's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    HostUp,
+    LastReport,
+    Info,
+    ClockSkew,
+    IdentityConflict,
+    Memory,
+    MemoryAvailable,
+    Swap,
+    SwapFree,
+    CpuThreads,
+    BootTime,
+    VolumeSize,
+    VolumeFree,
+    DroppedReports,
+    Census,
+    CheckSuccess,
+    CheckDuration,
+    CheckLastResult,
+    CheckOutcomeSince,
+    /// The measurement of `MEASUREMENT_FAMILIES[index]`.
+    Measurement(usize),
+}
+
+impl Source {
+    /// The source of a host or check family, by name.
+    fn of(name: &str) -> Option<Source> {
+        Some(match name {
+            "estate_host_up" => Source::HostUp,
+            "estate_host_last_report_timestamp_seconds" => Source::LastReport,
+            "estate_host_info" => Source::Info,
+            "estate_host_clock_skew_seconds" => Source::ClockSkew,
+            "estate_host_identity_conflict" => Source::IdentityConflict,
+            "estate_host_memory_bytes" => Source::Memory,
+            "estate_host_memory_available_bytes" => Source::MemoryAvailable,
+            "estate_host_swap_bytes" => Source::Swap,
+            "estate_host_swap_free_bytes" => Source::SwapFree,
+            "estate_host_cpu_threads" => Source::CpuThreads,
+            "estate_host_boot_time_seconds" => Source::BootTime,
+            "estate_host_volume_size_bytes" => Source::VolumeSize,
+            "estate_host_volume_free_bytes" => Source::VolumeFree,
+            "estate_host_dropped_reports_total" => Source::DroppedReports,
+            "estate_hosts" => Source::Census,
+            "estate_check_success" => Source::CheckSuccess,
+            "estate_check_duration_seconds" => Source::CheckDuration,
+            "estate_check_last_result_timestamp_seconds" => Source::CheckLastResult,
+            "estate_check_outcome_since_timestamp_seconds" => Source::CheckOutcomeSince,
+            _ => return None,
+        })
+    }
+
+    /// The value of a check family for one check target; `None`: no line for it.
+    fn check_value(self, check: &CheckState, measurements: &Measurements) -> Option<SampleValue> {
+        match self {
+            Source::CheckSuccess => match check.outcome.as_str() {
+                "pass" => Some(SampleValue::Number(1.0)),
+                "fail" => Some(SampleValue::Number(0.0)),
+                _ => None,
+            },
+            Source::CheckDuration => Some(SampleValue::Number(check.duration_seconds)),
+            Source::CheckLastResult => Some(SampleValue::Millis(check.received_ms)),
+            Source::CheckOutcomeSince => Some(SampleValue::Millis(check.since_ms)),
+            Source::Measurement(index) => measurements[index].map(SampleValue::Number),
+            _ => None,
+        }
+    }
+}
+
+/// One family of the page.
+#[derive(Debug)]
+struct PageFamily {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    source: Source,
+}
+
+/// Every family in page order: the host families, the check families, then the measurement
+/// families (all gauges).
+static PAGE: LazyLock<Vec<PageFamily>> = LazyLock::new(|| {
+    let named = HOST_FAMILIES
+        .iter()
+        .chain(CHECK_FAMILIES)
+        .filter_map(|(name, kind, help)| {
+            Source::of(name).map(|source| PageFamily {
+                name,
+                kind,
+                help,
+                source,
+            })
+        });
+    let measured = MEASUREMENT_FAMILIES
+        .iter()
+        .enumerate()
+        .map(|(index, (_, name, help))| PageFamily {
+            name,
+            kind: "gauge",
+            help,
+            source: Source::Measurement(index),
+        });
+    named.chain(measured).collect()
+});
+
+/// How many families a host's kept series cover: all but the two that follow the clock
+/// (`estate_host_up` and `estate_hosts`, computed at every scrape).
+const HOST_SECTIONS: usize =
+    HOST_FAMILIES.len() + CHECK_FAMILIES.len() + MEASUREMENT_FAMILIES.len() - 2;
+
+/// The values of one check target's measurements that are metrics, by `MEASUREMENT_FAMILIES`
+/// index.
+type Measurements = [Option<f64>; MEASUREMENT_FAMILIES.len()];
+
+/// One host's sample lines for every family that does not follow the clock, in page order,
+/// rendered with one `host` label.
+#[derive(Debug)]
+pub struct HostSeries {
+    /// The `host` label value these lines carry (before escaping).
+    label: String,
+    /// `{host="…"}`, escaped: the label set of the one-series host families.
+    selector: String,
+    /// Every line, family after family.
+    text: String,
+    /// Where each family's lines end in `text`.
+    ends: [usize; HOST_SECTIONS],
+}
+
+impl HostSeries {
+    /// The lines of the `index`th kept family.
+    fn section(&self, index: usize) -> &str {
+        let start = index
+            .checked_sub(1)
+            .map_or(0, |previous| self.ends[previous]);
+        &self.text[start..self.ends[index]]
+    }
+
+    fn bytes(&self) -> usize {
+        size_of::<Self>() + self.label.capacity() + self.selector.capacity() + self.text.capacity()
+    }
+}
+
+/// A host's series as last rendered, kept in its [`HostEntry`] between scrapes so that a
+/// scrape renders again only the hosts that changed since the previous one (agents report
+/// every minute, Prometheus scrapes every 15 to 30 s). [`HostStates`] empties it whenever the
+/// host's record or checks change; [`render`] fills it lazily (ingest never pays for it),
+/// renders again when the host's `host` label changed (a second host with the same hostname
+/// appeared or went), and empties it when the host leaves the page (expired, or rendered by
+/// another collector). It holds about the host's share of the page.
+#[derive(Default)]
+pub struct SeriesCache(Mutex<Option<Arc<HostSeries>>>);
+
+impl SeriesCache {
+    /// Forgets the rendered series: the host's record or checks changed.
+    pub fn invalidate(&mut self) {
+        *self.0.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Bytes held by the kept series (0 when none are kept).
+    pub fn bytes(&self) -> usize {
+        self.slot().as_ref().map_or(0, |series| series.bytes())
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<Arc<HostSeries>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The kept series if they carry `label`, else freshly rendered ones (then kept).
+    fn get_or_render(&self, label: &str, render: impl FnOnce() -> HostSeries) -> Arc<HostSeries> {
+        let mut slot = self.slot();
+        match &*slot {
+            Some(series) if series.label == label => Arc::clone(series),
+            _ => {
+                let series = Arc::new(render());
+                *slot = Some(Arc::clone(&series));
+                series
+            }
+        }
+    }
+
+    /// Drops the series of a host that is not on the page, so that they hold no memory.
+    fn release(&self) {
+        let mut slot = self.slot();
+        if slot.is_some() {
+            *slot = None;
+        }
+    }
+}
+
+impl Clone for SeriesCache {
+    fn clone(&self) -> Self {
+        SeriesCache(Mutex::new(self.slot().clone()))
+    }
+}
+
+impl std::fmt::Debug for SeriesCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeriesCache")
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+/// A host on the page: its series and whether it is up at this scrape.
+struct ShownHost {
+    series: Arc<HostSeries>,
+    up: bool,
+}
+
 /// Renders the whole `/metrics` page.
+///
+/// Under the host state's read lock: which hosts are shown, in which order, with which `host`
+/// label, each one's series (kept from an earlier scrape unless the host changed since) and
+/// the values that follow the clock. The page is assembled after the lock is released, so
+/// ingest does not wait for the copy.
 pub fn render(
     states: &HostStates,
     ingest: &IngestMetrics,
@@ -501,143 +718,200 @@ pub fn render(
 ) -> String {
     let stale_ms = liveness.stale_after.as_millis() as i64;
     let expire_ms = liveness.expire_after.as_millis() as i64;
-    let mut out = String::with_capacity(4096);
     // With several collectors on one database, only the hosts this one owns.
     let ownership = states.ownership();
-    states.with_hosts(|hosts| {
-        let mut entries: Vec<&HostEntry> = hosts
-            .values()
-            .filter(|entry| {
-                now_ms - entry.record.last_seen_ms < expire_ms && ownership.renders(entry, now_ms)
-            })
-            .collect();
+    let (shown, census) = states.with_hosts(|hosts| {
+        let mut entries: Vec<&HostEntry> = Vec::with_capacity(hosts.len());
+        for entry in hosts.values() {
+            if now_ms - entry.record.last_seen_ms < expire_ms && ownership.renders(entry, now_ms) {
+                entries.push(entry);
+            } else {
+                entry.series.release();
+            }
+        }
         entries.sort_by(|a, b| {
             (&a.record.hostname, &a.record.id).cmp(&(&b.record.hostname, &b.record.id))
         });
-        let shown: Vec<&HostRecord> = entries.iter().map(|entry| &entry.record).collect();
-        let labels = host_labels(&shown);
-        let mut writer = FamilyWriter { out: &mut out };
-        for (name, kind, help) in HOST_FAMILIES {
-            writer.header(name, kind, help);
-            if *name == "estate_hosts" {
-                let mut counts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+        let labels = host_labels(&entries);
+        let mut scratch = Scratch::default();
+        let shown: Vec<ShownHost> = entries
+            .iter()
+            .zip(&labels)
+            .map(|(entry, label)| ShownHost {
+                series: entry
+                    .series
+                    .get_or_render(label, || render_host_series(entry, label, &mut scratch)),
+                up: now_ms - entry.record.last_seen_ms < stale_ms,
+            })
+            .collect();
+        (shown, host_census(&entries, now_ms, stale_ms))
+    });
+
+    let host_bytes: usize = shown
+        .iter()
+        .map(|host| host.series.text.len() + HOST_UP_LINE + host.series.selector.len())
+        .sum();
+    let mut out = String::with_capacity(host_bytes + census.len() + 64 * 1024);
+    let mut section = 0;
+    for family in PAGE.iter() {
+        let name = family.name;
+        let _ = writeln!(out, "# HELP {name} {}", family.help);
+        let _ = writeln!(out, "# TYPE {name} {}", family.kind);
+        match family.source {
+            Source::HostUp => {
                 for host in &shown {
-                    let state = if now_ms - host.last_seen_ms < stale_ms {
-                        "up"
-                    } else {
-                        "stale"
-                    };
-                    *counts
-                        .entry((state, &host.os_name, &host.os_version))
-                        .or_default() += 1;
+                    out.push_str(name);
+                    out.push_str(&host.series.selector);
+                    out.push_str(if host.up { " 1\n" } else { " 0\n" });
                 }
-                for ((state, os, os_version), count) in counts {
-                    writer.sample(
-                        name,
-                        &[("state", state), ("os", os), ("os_version", os_version)],
-                        count as f64,
-                    );
-                }
-                continue;
             }
-            for (host, label) in shown.iter().zip(&labels) {
-                write_host_family(&mut writer, name, host, label, now_ms, stale_ms);
+            Source::Census => out.push_str(&census),
+            _ => {
+                for host in &shown {
+                    out.push_str(host.series.section(section));
+                }
+                section += 1;
             }
         }
-        write_check_families(&mut writer, &entries, &labels);
-    });
+    }
     ingest.encode(&mut out);
     out
 }
 
-fn write_check_families(writer: &mut FamilyWriter<'_>, entries: &[&HostEntry], labels: &[String]) {
-    let series =
-        |writer: &mut FamilyWriter<'_>, name: &str, value: &dyn Fn(&CheckState) -> Option<f64>| {
-            for (entry, host) in entries.iter().zip(labels) {
-                for check in &entry.checks {
-                    if let Some(value) = value(check) {
-                        writer.sample(
-                            name,
-                            &[
-                                ("host", host),
-                                ("check", &check.check),
-                                ("kind", &check.kind),
-                                ("target", &check.target),
-                            ],
-                            value,
-                        );
-                    }
-                }
-            }
+/// Bytes of an `estate_host_up` line besides the selector.
+const HOST_UP_LINE: usize = "estate_host_up 1\n".len();
+
+/// The `estate_hosts` lines: shown hosts counted by state, operating system and version.
+fn host_census(entries: &[&HostEntry], now_ms: i64, stale_ms: i64) -> String {
+    let mut counts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for entry in entries {
+        let host = &entry.record;
+        let state = if now_ms - host.last_seen_ms < stale_ms {
+            "up"
+        } else {
+            "stale"
         };
-    for (name, kind, help) in CHECK_FAMILIES {
-        writer.header(name, kind, help);
-        let value: &dyn Fn(&CheckState) -> Option<f64> = match *name {
-            "estate_check_success" => &|check| match check.outcome.as_str() {
-                "pass" => Some(1.0),
-                "fail" => Some(0.0),
-                _ => None,
-            },
-            "estate_check_duration_seconds" => &|check| Some(check.duration_seconds),
-            "estate_check_last_result_timestamp_seconds" => {
-                &|check| Some(check.received_ms as f64 / 1000.0)
-            }
-            "estate_check_outcome_since_timestamp_seconds" => {
-                &|check| Some(check.since_ms as f64 / 1000.0)
-            }
-            _ => &|_| None,
-        };
-        series(writer, name, value);
+        *counts
+            .entry((state, &host.os_name, &host.os_version))
+            .or_default() += 1;
     }
-    for (measurement, name, help) in MEASUREMENT_FAMILIES {
-        writer.header(name, "gauge", help);
-        series(writer, name, &|check| {
-            check
-                .measurements
-                .iter()
-                .find(|m| m.name == *measurement)
-                .map(|m| m.value)
-        });
+    let mut out = String::new();
+    for ((state, os, os_version), count) in counts {
+        let labels = label_set(&[("state", state), ("os", os), ("os_version", os_version)]);
+        push_sample(&mut out, "estate_hosts", &labels, count as f64);
     }
+    out
 }
 
 /// The `host` label: the hostname, unless two hosts share it, then `hostname~<id prefix>`, so
 /// that no two hosts ever produce the same series.
-fn host_labels(hosts: &[&HostRecord]) -> Vec<String> {
-    let mut uses: HashMap<&str, usize> = HashMap::new();
-    for host in hosts {
-        *uses.entry(host.hostname.as_str()).or_default() += 1;
+fn host_labels<'a>(hosts: &[&'a HostEntry]) -> Vec<Cow<'a, str>> {
+    let mut uses: HashMap<&str, usize> = HashMap::with_capacity(hosts.len());
+    for entry in hosts {
+        *uses.entry(entry.record.hostname.as_str()).or_default() += 1;
     }
     hosts
         .iter()
-        .map(|host| {
+        .map(|entry| {
+            let host = &entry.record;
             if uses[host.hostname.as_str()] > 1 {
                 let prefix: String = host.id.chars().take(8).collect();
-                format!("{}~{prefix}", host.hostname)
+                Cow::Owned(format!("{}~{prefix}", host.hostname))
             } else {
-                host.hostname.clone()
+                Cow::Borrowed(host.hostname.as_str())
             }
         })
         .collect()
 }
 
-fn write_host_family(
-    writer: &mut FamilyWriter<'_>,
-    name: &str,
-    host: &HostRecord,
-    label: &str,
-    now_ms: i64,
-    stale_ms: i64,
-) {
-    let by_host = [("host", label)];
+/// Buffers reused from one host to the next while rendering, so that rendering a host
+/// allocates only what it keeps.
+#[derive(Default)]
+struct Scratch {
+    text: String,
+    /// The label sets of the host's check targets, one after the other.
+    check_labels: String,
+    /// Where each check target's label set ends in `check_labels`.
+    check_label_ends: Vec<usize>,
+    measurements: Vec<Measurements>,
+}
+
+/// Renders a host's lines for every family that does not follow the clock, in page order.
+fn render_host_series(entry: &HostEntry, label: &str, scratch: &mut Scratch) -> HostSeries {
+    let Scratch {
+        text,
+        check_labels,
+        check_label_ends,
+        measurements,
+    } = scratch;
+    let host = &entry.record;
     let vitals = &host.vitals;
-    let value = match name {
-        "estate_host_up" => f64::from(u8::from(now_ms - host.last_seen_ms < stale_ms)),
-        "estate_host_last_report_timestamp_seconds" => host.last_seen_ms as f64 / 1000.0,
-        "estate_host_info" => {
-            writer.sample(
-                name,
-                &[
+    let selector = label_set(&[("host", label)]);
+    check_labels.clear();
+    check_label_ends.clear();
+    measurements.clear();
+    for check in &entry.checks {
+        push_label_set(
+            check_labels,
+            &[
+                ("host", label),
+                ("check", &check.check),
+                ("kind", &check.kind),
+                ("target", &check.target),
+            ],
+        );
+        check_label_ends.push(check_labels.len());
+        let mut values: Measurements = [None; MEASUREMENT_FAMILIES.len()];
+        for measurement in &check.measurements {
+            if let Some(index) = MEASUREMENT_FAMILIES
+                .iter()
+                .position(|(name, _, _)| *name == measurement.name)
+            {
+                // The first measurement of a name counts.
+                values[index].get_or_insert(measurement.value);
+            }
+        }
+        measurements.push(values);
+    }
+
+    text.clear();
+    let mut ends = [0; HOST_SECTIONS];
+    let mut section = 0;
+    for family in PAGE.iter() {
+        let name = family.name;
+        let mut by_host = |value: f64| push_sample(text, name, &selector, value);
+        match family.source {
+            Source::HostUp | Source::Census => continue,
+            Source::LastReport => {
+                push_sample(
+                    text,
+                    name,
+                    &selector,
+                    SampleValue::Millis(host.last_seen_ms),
+                );
+            }
+            Source::ClockSkew => {
+                push_sample(
+                    text,
+                    name,
+                    &selector,
+                    SampleValue::Millis(host.clock_skew_ms),
+                );
+            }
+            Source::IdentityConflict => by_host(f64::from(u8::from(host.identity_conflict))),
+            Source::Memory => by_host(host.memory_bytes as f64),
+            Source::MemoryAvailable => by_host(vitals.memory_available_bytes as f64),
+            Source::Swap => by_host(host.swap_bytes as f64),
+            Source::SwapFree => by_host(vitals.swap_free_bytes as f64),
+            Source::CpuThreads => by_host(f64::from(host.cpu_threads)),
+            Source::BootTime => {
+                if vitals.boot_time_unix != 0 {
+                    by_host(vitals.boot_time_unix as f64);
+                }
+            }
+            Source::DroppedReports => by_host(host.dropped_reports_total as f64),
+            Source::Info => {
+                let labels = label_set(&[
                     ("host", label),
                     ("host_id", &host.id),
                     ("os", &host.os_name),
@@ -648,89 +922,173 @@ fn write_host_family(
                     ("manufacturer", &host.manufacturer),
                     ("model", &host.model),
                     ("agent_version", &host.agent_version),
-                ],
-                1.0,
-            );
-            return;
-        }
-        "estate_host_clock_skew_seconds" => host.clock_skew_ms as f64 / 1000.0,
-        "estate_host_identity_conflict" => f64::from(u8::from(host.identity_conflict)),
-        "estate_host_memory_bytes" => host.memory_bytes as f64,
-        "estate_host_memory_available_bytes" => vitals.memory_available_bytes as f64,
-        "estate_host_swap_bytes" => host.swap_bytes as f64,
-        "estate_host_swap_free_bytes" => vitals.swap_free_bytes as f64,
-        "estate_host_cpu_threads" => f64::from(host.cpu_threads),
-        "estate_host_boot_time_seconds" => {
-            if vitals.boot_time_unix == 0 {
-                return;
+                ]);
+                push_sample(text, name, &labels, 1.0);
             }
-            vitals.boot_time_unix as f64
-        }
-        "estate_host_volume_size_bytes" | "estate_host_volume_free_bytes" => {
-            for volume in &vitals.volumes {
-                let value = if name == "estate_host_volume_size_bytes" {
-                    volume.total_bytes
-                } else {
-                    volume.free_bytes
-                };
-                writer.sample(
-                    name,
-                    &[("host", label), ("mount", &volume.mount)],
-                    value as f64,
-                );
-            }
-            return;
-        }
-        "estate_host_dropped_reports_total" => host.dropped_reports_total as f64,
-        _ => return,
-    };
-    writer.sample(name, &by_host, value);
-}
-
-/// Writes the Prometheus text format (version 0.0.4).
-struct FamilyWriter<'a> {
-    out: &'a mut String,
-}
-
-impl FamilyWriter<'_> {
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (index, (key, text)) in labels.iter().enumerate() {
-                if index > 0 {
-                    self.out.push(',');
+            Source::VolumeSize | Source::VolumeFree => {
+                for volume in &vitals.volumes {
+                    let value = if family.source == Source::VolumeSize {
+                        volume.total_bytes
+                    } else {
+                        volume.free_bytes
+                    };
+                    let labels = label_set(&[("host", label), ("mount", &volume.mount)]);
+                    push_sample(text, name, &labels, value as f64);
                 }
-                self.out.push_str(key);
-                self.out.push_str("=\"");
-                escape_label_value(self.out, text);
-                self.out.push('"');
             }
-            self.out.push('}');
+            Source::CheckSuccess
+            | Source::CheckDuration
+            | Source::CheckLastResult
+            | Source::CheckOutcomeSince
+            | Source::Measurement(_) => {
+                let mut start = 0;
+                for ((check, values), &end) in entry
+                    .checks
+                    .iter()
+                    .zip(&*measurements)
+                    .zip(&*check_label_ends)
+                {
+                    if let Some(value) = family.source.check_value(check, values) {
+                        push_sample(text, name, &check_labels[start..end], value);
+                    }
+                    start = end;
+                }
+            }
         }
-        let _ = writeln!(self.out, " {value}");
+        ends[section] = text.len();
+        section += 1;
+    }
+    HostSeries {
+        label: label.to_owned(),
+        selector,
+        text: text.as_str().to_owned(),
+        ends,
     }
 }
 
-fn escape_label_value(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+/// A label set in the text format, values escaped: `{key="value",…}`.
+fn label_set(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    push_label_set(&mut out, pairs);
+    out
+}
+
+fn push_label_set(out: &mut String, pairs: &[(&str, &str)]) {
+    out.push('{');
+    for (index, (key, value)) in pairs.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        out.push_str(key);
+        out.push_str("=\"");
+        escape_label_value(out, value);
+        out.push('"');
+    }
+    out.push('}');
+}
+
+/// A sample's value.
+#[derive(Debug, Clone, Copy)]
+enum SampleValue {
+    Number(f64),
+    /// A time or a duration in milliseconds, written in seconds.
+    Millis(i64),
+}
+
+impl From<f64> for SampleValue {
+    fn from(value: f64) -> Self {
+        SampleValue::Number(value)
+    }
+}
+
+/// Writes one sample line of the text format (version 0.0.4); `labels` is a [`label_set`].
+fn push_sample(out: &mut String, name: &str, labels: &str, value: impl Into<SampleValue>) {
+    out.push_str(name);
+    out.push_str(labels);
+    out.push(' ');
+    match value.into() {
+        SampleValue::Number(value) => push_value(out, value),
+        SampleValue::Millis(ms) => push_millis_as_seconds(out, ms),
+    }
+    out.push('\n');
+}
+
+/// Writes a sample value as Rust's `{}` writes a finite `f64` (integers without a fraction,
+/// never an exponent), through `itoa` and `ryu` where they write the very same text, rather
+/// than the `fmt` machinery, which dominated the render; infinities and NaN as the text format
+/// spells them (`+Inf`, `-Inf`, `NaN`; `{}` would write `inf`, which Prometheus rejects).
+fn push_value(out: &mut String, value: f64) {
+    if !value.is_finite() {
+        out.push_str(if value.is_nan() {
+            "NaN"
+        } else if value > 0.0 {
+            "+Inf"
+        } else {
+            "-Inf"
+        });
+    } else if value.fract() == 0.0
+        && value.abs() < 1e16
+        && !(value == 0.0 && value.is_sign_negative())
+    {
+        // An integer below 1e16 is exact in an i64.
+        out.push_str(itoa::Buffer::new().format(value as i64));
+    } else if (1e-5..1e8).contains(&value.abs()) {
+        // Here ryu writes plain decimals with the same shortest digits as `{}`. Above 1e8 the
+        // two sometimes pick a different one of two equally short last digits (both read back
+        // as the same number): the test below holds them to the same text.
+        out.push_str(ryu::Buffer::new().format_finite(value));
+    } else {
+        let _ = write!(out, "{value}");
+    }
+}
+
+/// Writes a time in milliseconds as seconds, as `push_value(ms as f64 / 1000.0)` would: the
+/// decimal itself is the shortest text of that `f64` while milliseconds are finer than its
+/// precision, up to 1e15 ms (31 000 years).
+fn push_millis_as_seconds(out: &mut String, ms: i64) {
+    if ms.unsigned_abs() >= 1_000_000_000_000_000 {
+        push_value(out, ms as f64 / 1000.0);
+        return;
+    }
+    if ms < 0 {
+        out.push('-');
+    }
+    let (seconds, millis) = (ms.unsigned_abs() / 1000, ms.unsigned_abs() % 1000);
+    out.push_str(itoa::Buffer::new().format(seconds));
+    if millis != 0 {
+        // Three digits, less the trailing zeros.
+        let digits = [millis / 100, millis / 10 % 10, millis % 10].map(|digit| b'0' + digit as u8);
+        let significant = 3 - digits
+            .iter()
+            .rev()
+            .take_while(|digit| **digit == b'0')
+            .count();
+        out.push('.');
+        for digit in &digits[..significant] {
+            out.push(char::from(*digit));
         }
     }
+}
+
+/// Escapes a label value (`\`, `"` and newline); most values need none and are copied whole.
+fn escape_label_value(out: &mut String, text: &str) {
+    let mut rest = text;
+    while let Some(at) = rest.find(['\\', '"', '\n']) {
+        out.push_str(&rest[..at]);
+        out.push_str(match rest.as_bytes()[at] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        });
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::HostRecord;
     use estate_proto::v1::{HostVitals, VolumeUsage};
 
     fn host(id: &str, hostname: &str, last_seen_ms: i64) -> HostRecord {
@@ -865,5 +1223,237 @@ mod tests {
             !text.contains("dns_host_name"),
             "text measurements stay in the API"
         );
+    }
+
+    #[test]
+    fn every_family_has_a_source_and_all_but_two_are_kept_per_host() {
+        for (name, _, _) in HOST_FAMILIES.iter().chain(CHECK_FAMILIES) {
+            assert!(Source::of(name).is_some(), "no source for `{name}`");
+        }
+        assert_eq!(
+            PAGE.len(),
+            HOST_FAMILIES.len() + CHECK_FAMILIES.len() + MEASUREMENT_FAMILIES.len()
+        );
+        let kept = PAGE
+            .iter()
+            .filter(|family| !matches!(family.source, Source::HostUp | Source::Census))
+            .count();
+        assert_eq!(kept, HOST_SECTIONS);
+    }
+
+    #[test]
+    fn values_are_written_as_display_writes_them() {
+        let check = |value: f64| {
+            let mut out = String::new();
+            push_value(&mut out, value);
+            assert_eq!(out, format!("{value}"), "bits {:#x}", value.to_bits());
+        };
+        for value in [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.25,
+            -1.5,
+            0.1,
+            1e-5,
+            9.99e-6,
+            1e-7,
+            123.456,
+            1e15,
+            1e16,
+            -1e16,
+            9_007_199_254_740_993.0,
+            1e21,
+            1e300,
+            5e-324,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            1_732_435_200.123,
+            8_589_934_592.0,
+            0.000_123,
+            99_999_999_999_999.9,
+        ] {
+            check(value);
+        }
+        // Timestamps in milliseconds as seconds, and arbitrary bit patterns.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            check((state % 4_000_000_000_000) as f64 / 1000.0);
+            let value = f64::from_bits(state);
+            if value.is_finite() {
+                check(value);
+            }
+            // A random mantissa between 2^-17 and 2^27, around where ryu takes over.
+            let exponent = 1023 - 17 + (state >> 52) % 44;
+            check(f64::from_bits(exponent << 52 | state & ((1 << 52) - 1)));
+        }
+        let mut out = String::new();
+        for value in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+            push_value(&mut out, value);
+            out.push(' ');
+        }
+        assert_eq!(out, "+Inf -Inf NaN ");
+    }
+
+    #[test]
+    fn milliseconds_are_written_as_their_value_in_seconds_would_be() {
+        let check = |ms: i64| {
+            let mut out = String::new();
+            push_millis_as_seconds(&mut out, ms);
+            assert_eq!(out, format!("{}", ms as f64 / 1000.0), "{ms} ms");
+        };
+        for ms in [
+            0,
+            1,
+            -1,
+            10,
+            100,
+            999,
+            1_000,
+            -1_500,
+            1_732_435_200_123,
+            1_732_435_200_120,
+            1_732_435_200_100,
+            999_999_999_999_999,
+            1_000_000_000_000_000,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            check(ms);
+        }
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            check((state % 2_000_000_000_000_000) as i64 - 1_000_000_000_000_000);
+            check((state % 4_000_000_000_000) as i64);
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        for (text, escaped) in [
+            ("plain", "plain"),
+            ("", ""),
+            ("a\"b", "a\\\"b"),
+            ("back\\slash\n", "back\\\\slash\\n"),
+            ("\"\"\\", "\\\"\\\"\\\\"),
+            ("é\"ü", "é\\\"ü"),
+        ] {
+            let mut out = String::new();
+            escape_label_value(&mut out, text);
+            assert_eq!(out, escaped, "{text:?}");
+        }
+    }
+
+    /// The page `states` would show if nothing were kept from earlier scrapes.
+    fn fresh_page(states: &HostStates, now: i64) -> String {
+        let (records, checks) = states.with_hosts(|hosts| {
+            let records: Vec<HostRecord> = hosts.values().map(|e| e.record.clone()).collect();
+            let checks: Vec<CheckState> = hosts.values().flat_map(|e| e.checks.clone()).collect();
+            (records, checks)
+        });
+        render(
+            &HostStates::load(records, checks),
+            &IngestMetrics::new(),
+            LIVENESS,
+            now,
+        )
+    }
+
+    #[test]
+    fn kept_series_follow_updates_label_changes_and_expiry() {
+        let now = 10_000_000;
+        let ingest = IngestMetrics::new();
+        let states = HostStates::from_records(vec![
+            host("11111111-a", "web", now - 1_000),
+            host("22222222-b", "db", now - 2_000),
+        ]);
+        let page = render(&states, &ingest, LIVENESS, now);
+        assert!(page.contains("estate_host_memory_bytes{host=\"web\"} 8589934592\n"));
+        assert_eq!(
+            page,
+            render(&states, &ingest, LIVENESS, now),
+            "a warm render"
+        );
+
+        // A report changes a value and adds a check.
+        let mut changed = host("11111111-a", "web", now);
+        changed.memory_bytes = 16 << 30;
+        let check = CheckState {
+            host_id: "11111111-a".into(),
+            check: "dns".into(),
+            kind: "dns".into(),
+            target: "ns1".into(),
+            outcome: "fail".into(),
+            ..Default::default()
+        };
+        states.update(changed, Some(vec![check]));
+        let page = render(&states, &ingest, LIVENESS, now);
+        assert!(page.contains("estate_host_memory_bytes{host=\"web\"} 17179869184\n"));
+        assert!(page.contains(
+            "estate_check_success{host=\"web\",check=\"dns\",kind=\"dns\",target=\"ns1\"} 0\n"
+        ));
+        assert_eq!(page, fresh_page(&states, now));
+
+        // A second `web` appears: both hosts' series change label, the unchanged one too.
+        states.update(host("33333333-c", "web", now - 5_000), None);
+        let page = render(&states, &ingest, LIVENESS, now);
+        assert!(!page.contains("{host=\"web\""), "{page}");
+        assert!(page.contains("estate_host_memory_bytes{host=\"web~11111111\"} 17179869184\n"));
+        assert!(page.contains("estate_host_memory_bytes{host=\"web~33333333\"} 8589934592\n"));
+        assert!(page.contains("estate_host_up{host=\"web~33333333\"} 1\n"));
+        assert!(page.contains("estate_check_success{host=\"web~11111111\",check=\"dns\""));
+        assert_eq!(page, fresh_page(&states, now));
+
+        // It expires (and `db` too): the first one is plain `web` again.
+        let later = now + LIVENESS.expire_after.as_millis() as i64 - 1_000;
+        let page = render(&states, &ingest, LIVENESS, later);
+        assert!(!page.contains("\"db\""), "expired host still rendered");
+        assert!(!page.contains("~"), "{page}");
+        assert!(page.contains("estate_host_memory_bytes{host=\"web\"} 17179869184\n"));
+        assert!(page.contains("estate_host_up{host=\"web\"} 0\n"));
+        assert_eq!(page, fresh_page(&states, later));
+        let kept = |id: &str| states.with_hosts(|hosts| hosts[id].series.bytes());
+        assert_eq!(
+            kept("22222222-b"),
+            0,
+            "an expired host's series are not kept"
+        );
+        assert!(kept("11111111-a") > 0);
+    }
+
+    #[test]
+    fn a_host_reloaded_or_moved_by_the_ownership_refresh_is_rendered_again() {
+        use crate::store::{CollectorView, HostOwner};
+        let now = 10_000;
+        let mut record = host("a", "web", now);
+        record.reported_to = "c1".into();
+        let states = HostStates::from_records(vec![record.clone()]);
+        states.share("c1", 0);
+        let ingest = IngestMetrics::new();
+        let page = render(&states, &ingest, LIVENESS, now);
+        assert!(page.contains("estate_host_memory_bytes{host=\"web\"} 8589934592\n"));
+        // Another collector stores a newer report: not shown here until reloaded.
+        states.apply_view(CollectorView {
+            live_collectors: vec!["c1".into()],
+            reported: vec![HostOwner {
+                id: "a".into(),
+                reported_to: "c1".into(),
+                last_seen_ms: now + 1,
+            }],
+        });
+        assert!(!render(&states, &ingest, LIVENESS, now + 2).contains("\"web\""));
+        record.last_seen_ms = now + 1;
+        record.memory_bytes = 1 << 30;
+        states.reload(vec![record], vec![]);
+        let page = render(&states, &ingest, LIVENESS, now + 2);
+        assert!(page.contains("estate_host_memory_bytes{host=\"web\"} 1073741824\n"));
+        assert!(page.contains("estate_host_last_report_timestamp_seconds{host=\"web\"} 10.001\n"));
     }
 }

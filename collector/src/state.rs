@@ -4,6 +4,7 @@
 //! When several collectors share one database, each renders only the hosts it owns
 //! ([`Ownership`]); the others' entries are kept up to date by the ownership refresh.
 
+use crate::metrics::SeriesCache;
 use crate::store::{CheckState, CollectorView, HostRecord};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,6 +19,9 @@ pub struct HostEntry {
     pub hold_until_ms: i64,
     /// Another collector stored a newer report than this record: reload it before rendering.
     pub outdated: bool,
+    /// The host's `/metrics` lines as last rendered; every change to `record` or `checks`
+    /// below invalidates it.
+    pub series: SeriesCache,
 }
 
 /// Which hosts this collector renders on `/metrics`.
@@ -113,6 +117,7 @@ impl HostStates {
         if let Some(checks) = checks {
             entry.checks = checks;
         }
+        entry.series.invalidate();
     }
 
     /// Drops a host deleted from the store, unless a report stored after the deletion (its
@@ -181,6 +186,7 @@ impl HostStates {
                 entry.record.last_seen_ms = owner.last_seen_ms;
                 entry.record.reported_to = owner.reported_to;
                 entry.outdated = true;
+                entry.series.invalidate();
             }
         }
         hosts
@@ -217,6 +223,7 @@ impl HostStates {
             entry.record = record;
             entry.checks = checks;
             entry.outdated = false;
+            entry.series.invalidate();
         }
     }
 

@@ -3,9 +3,13 @@
 //! and encoded by its `TextEncoder`, in the same run.
 //!
 //! Each host is a simulated agent's record (identity, inventory facts, vitals) with 12 check
-//! results, as after its first report. Both sides are timed in-process, after a warm-up
-//! render, as the median (and minimum) of `--runs` renders. Figures are printed, never
-//! asserted.
+//! results, as after its first report. The renderer keeps each host's series between scrapes
+//! and renders again only hosts that reported since, so two figures are printed: the cold
+//! render (every host reported since the last scrape: everything is rendered) and the warm
+//! render (`--updated` percent of the hosts reported, a different share before each scrape).
+//! The reports are applied through `HostStates::update`, untimed, before each timed render.
+//! Each figure is the median (and minimum) of `--runs` renders after a warm-up one; the
+//! memory the kept series hold is printed too. Figures are printed, never asserted.
 
 use anyhow::{Context as _, bail};
 use estate_collector::metrics::{IngestMetrics, Liveness, render};
@@ -16,11 +20,12 @@ use prometheus::{Encoder as _, GaugeVec, Opts, Registry, TextEncoder};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: estate-bench-metrics [--hosts N[,N...]] [--runs N]";
+const USAGE: &str = "usage: estate-bench-metrics [--hosts N[,N...]] [--runs N] [--updated PERCENT]";
 
 fn main() -> anyhow::Result<()> {
     let mut host_counts = vec![10_000, 100_000];
     let mut runs = 7;
+    let mut updated_percent = 25.0;
     let args: Vec<String> = std::env::args().skip(1).collect();
     for (flag, text) in flags::pairs(&args, USAGE)? {
         match flag {
@@ -31,36 +36,83 @@ fn main() -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?;
             }
             "--runs" => runs = flags::count(flag, text)?,
+            "--updated" => {
+                updated_percent = flags::number(flag, text)?;
+                if updated_percent > 100.0 {
+                    bail!("`{flag}` `{text}` must be a percentage from 0 to 100");
+                }
+            }
             other => bail!("unknown argument `{other}`\n{USAGE}"),
         }
     }
-    println!("estate-bench-metrics: hosts {host_counts:?}, {runs} runs each");
     println!(
-        "{:>8} {:>9} {:>9} {:>12} {:>12} {:>12} {:>12} {:>7}",
-        "hosts", "series", "MiB", "ours ms", "ours min", "ceiling ms", "ceil. min", "ratio"
+        "estate-bench-metrics: hosts {host_counts:?}, {runs} runs each, warm render after \
+         {updated_percent}% of the hosts reported"
+    );
+    println!(
+        "{:>8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
+        "hosts",
+        "series",
+        "MiB",
+        "render",
+        "ours ms",
+        "ours min",
+        "ceiling ms",
+        "ceil. min",
+        "ratio"
     );
     for hosts in host_counts {
-        compare(hosts, runs)?;
+        compare(hosts, runs, updated_percent)?;
     }
     Ok(())
 }
 
-/// Times our renderer and the ceiling for `hosts` hosts and prints one line.
-fn compare(hosts: usize, runs: usize) -> anyhow::Result<()> {
+/// Times our renderer (cold and warm) and the ceiling for `hosts` hosts and prints them.
+fn compare(hosts: usize, runs: usize, updated_percent: f64) -> anyhow::Result<()> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
-    let states = host_states(hosts, now_ms);
+    let reports = host_reports(hosts, now_ms);
+    let states = HostStates::load(
+        reports.iter().map(|(record, _)| record.clone()).collect(),
+        reports
+            .iter()
+            .flat_map(|(_, checks)| checks.clone())
+            .collect(),
+    );
     let ingest = IngestMetrics::new();
     let liveness = Liveness {
         stale_after: Duration::from_secs(300),
         expire_after: Duration::from_secs(7 * 24 * 3600),
     };
     let page = render(&states, &ingest, liveness, now_ms);
-    let ours = median_and_min(runs, || {
-        let page = render(&states, &ingest, liveness, now_ms);
-        std::hint::black_box(page.len());
-    });
+    // The hosts that report before a scrape: all of them (cold), or the next share (warm).
+    let report = |from: usize, count: usize| {
+        for index in from..from + count {
+            let (record, checks) = &reports[index % reports.len()];
+            states.update(record.clone(), Some(checks.clone()));
+        }
+    };
+    let cold = time_renders(
+        runs,
+        || report(0, hosts),
+        || render(&states, &ingest, liveness, now_ms),
+    );
+    let updated = (hosts as f64 * updated_percent / 100.0).round() as usize;
+    let mut next = 0;
+    let warm = time_renders(
+        runs,
+        || {
+            report(next, updated);
+            next += updated;
+        },
+        || render(&states, &ingest, liveness, now_ms),
+    );
+    if cold.page != page || warm.page != page {
+        bail!("a cold or warm render differs from the first render of the same hosts");
+    }
+    let cached_bytes: usize =
+        states.with_hosts(|entries| entries.values().map(|entry| entry.series.bytes()).sum());
 
     let (registry, series) = registry_from(&page)?;
     let encoder = TextEncoder::new();
@@ -70,42 +122,75 @@ fn compare(hosts: usize, runs: usize) -> anyhow::Result<()> {
     if encoded_series != series {
         bail!("the ceiling encoded {encoded_series} series, ours {series}: not the same work");
     }
-    let ceiling = median_and_min(runs, || {
-        let mut buffer = Vec::with_capacity(encoded.len());
-        let families = registry.gather();
-        encoder.encode(&families, &mut buffer).ok();
-        std::hint::black_box(buffer.len());
-    });
+    let ceiling = time_renders(
+        runs,
+        || {},
+        || {
+            let mut buffer = Vec::with_capacity(encoded.len());
+            let families = registry.gather();
+            encoder.encode(&families, &mut buffer).ok();
+            buffer
+        },
+    );
     let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
+    let mib = |bytes: usize| bytes as f64 / 1_048_576.0;
+    for (render, ours) in [
+        ("cold".to_owned(), &cold),
+        (format!("warm {updated_percent}%"), &warm),
+    ] {
+        println!(
+            "{hosts:>8} {series:>9} {:>7.1} {render:>9} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>7.3}",
+            mib(page.len()),
+            ms(ours.median),
+            ms(ours.min),
+            ms(ceiling.median),
+            ms(ceiling.min),
+            ours.median.as_secs_f64() / ceiling.median.as_secs_f64()
+        );
+    }
     println!(
-        "{hosts:>8} {series:>9} {:>9.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>7.2}",
-        page.len() as f64 / 1048576.0,
-        ms(ours.0),
-        ms(ours.1),
-        ms(ceiling.0),
-        ms(ceiling.1),
-        ours.0.as_secs_f64() / ceiling.0.as_secs_f64()
+        "{hosts:>8} hosts: kept series {:.1} MiB ({:.1} KiB per host, {:.2}x the page)",
+        mib(cached_bytes),
+        cached_bytes as f64 / 1024.0 / hosts as f64,
+        cached_bytes as f64 / page.len() as f64
     );
     Ok(())
 }
 
-fn median_and_min(runs: usize, mut body: impl FnMut()) -> (Duration, Duration) {
-    body();
-    let mut times: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let started = Instant::now();
-            body();
-            started.elapsed()
-        })
-        .collect();
-    times.sort();
-    (times[times.len() / 2], times[0])
+/// Timings of one kind of render, and the last page it produced.
+struct Timings<T> {
+    median: Duration,
+    min: Duration,
+    page: T,
 }
 
-/// `hosts` simulated hosts as the collector holds them after each one's first report.
-fn host_states(hosts: usize, now_ms: i64) -> HostStates {
-    let mut records = Vec::with_capacity(hosts);
-    let mut checks = Vec::with_capacity(hosts * simulation::CHECKS_PER_REPORT);
+/// Runs `prepare` (untimed) then `body` (timed) `runs` times after one warm-up round.
+fn time_renders<T>(
+    runs: usize,
+    mut prepare: impl FnMut(),
+    mut body: impl FnMut() -> T,
+) -> Timings<T> {
+    prepare();
+    let mut page = body();
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        prepare();
+        let started = Instant::now();
+        page = std::hint::black_box(body());
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Timings {
+        median: times[times.len() / 2],
+        min: times[0],
+        page,
+    }
+}
+
+/// `hosts` simulated hosts (record and check results) as the collector holds them after each
+/// one's first report.
+fn host_reports(hosts: usize, now_ms: i64) -> Vec<(HostRecord, Vec<CheckState>)> {
+    let mut reports = Vec::with_capacity(hosts);
     for agent in 0..hosts {
         let report = simulation::report(agent, 1, 0, true, now_ms);
         let inventory = report.inventory.clone().unwrap_or_default();
@@ -114,7 +199,7 @@ fn host_states(hosts: usize, now_ms: i64) -> HostStates {
         let hardware = inventory.hardware.clone().unwrap_or_default();
         let identity = report.identity.clone().unwrap_or_default();
         let id = identity.agent_id.clone();
-        records.push(HostRecord {
+        let record = HostRecord {
             id: id.clone(),
             hostname: identity.hostname,
             fqdn: os.fqdn,
@@ -141,9 +226,11 @@ fn host_states(hosts: usize, now_ms: i64) -> HostStates {
             inventory_hash: report.inventory_hash.clone(),
             vitals: report.vitals.clone().unwrap_or_default(),
             ..Default::default()
-        });
-        for result in &report.checks {
-            checks.push(CheckState {
+        };
+        let mut checks: Vec<CheckState> = report
+            .checks
+            .iter()
+            .map(|result| CheckState {
                 host_id: id.clone(),
                 check: result.check.clone(),
                 kind: result.kind.clone(),
@@ -155,10 +242,13 @@ fn host_states(hosts: usize, now_ms: i64) -> HostStates {
                 started_ms: result.started_unix_ms,
                 duration_seconds: result.duration_seconds,
                 measurements: result.measurements.clone(),
-            });
-        }
+            })
+            .collect();
+        // In the order `HostStates::load` keeps them, so that every render is the same page.
+        checks.sort_by(|a, b| (&a.check, &a.target).cmp(&(&b.check, &b.target)));
+        reports.push((record, checks));
     }
-    HostStates::load(records, checks)
+    reports
 }
 
 fn sample_lines(page: &str) -> usize {
