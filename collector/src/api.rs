@@ -13,6 +13,7 @@ use crate::store::{
     ChangeQuery, CheckEvent, CheckQuery, CheckState, EventQuery, FieldFilter, HostCursor,
     HostQuery, HostRecord, Liveness as HostLiveness, Store, ValuePattern,
 };
+use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
@@ -77,13 +78,14 @@ async fn healthz(State(state): State<ApiState>) -> Json<Value> {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let body = crate::metrics::render(&state.states, &state.metrics, state.liveness, now_ms());
+    let page = crate::metrics::render(&state.states, &state.metrics, state.liveness, now_ms());
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        body,
+        // Sent without a copy; its buffer is reused by the next scrape once sent.
+        Body::from(Bytes::from_owner(page)),
     )
         .into_response()
 }

@@ -108,7 +108,7 @@ fn compare(hosts: usize, runs: usize, updated_percent: f64) -> anyhow::Result<()
         },
         || render(&states, &ingest, liveness, now_ms),
     );
-    if cold.page != page || warm.page != page {
+    if *cold.page != *page || *warm.page != *page {
         bail!("a cold or warm render differs from the first render of the same hosts");
     }
     let cached_bytes: usize =
