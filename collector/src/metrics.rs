@@ -1137,19 +1137,22 @@ fn push_millis_as_seconds(out: &mut String, ms: i64) {
     }
 }
 
-/// Escapes a label value (`\`, `"` and newline); most values need none and are copied whole.
+/// Escapes a label value (`\`, `"` and newline); the runs between them are copied whole.
 fn escape_label_value(out: &mut String, text: &str) {
-    let mut rest = text;
-    while let Some(at) = rest.find(['\\', '"', '\n']) {
-        out.push_str(&rest[..at]);
-        out.push_str(match rest.as_bytes()[at] {
+    let mut start = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let escaped = match byte {
             b'\\' => "\\\\",
             b'"' => "\\\"",
-            _ => "\\n",
-        });
-        rest = &rest[at + 1..];
+            b'\n' => "\\n",
+            _ => continue,
+        };
+        // ASCII bytes: `at` is a character boundary.
+        out.push_str(&text[start..at]);
+        out.push_str(escaped);
+        start = at + 1;
     }
-    out.push_str(rest);
+    out.push_str(&text[start..]);
 }
 
 #[cfg(test)]
