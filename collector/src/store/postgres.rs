@@ -886,9 +886,8 @@ impl BatchPlan {
         if report.inventory.is_some() {
             let document = incoming
                 .report
-                .json
-                .get("inventory")
-                .cloned()
+                .inventory_document
+                .clone()
                 .unwrap_or(Value::Null);
             if let Some(previous) = input.documents.get(&host.id) {
                 let changes = document::diff(previous, &document);

@@ -587,8 +587,8 @@ fn write_one(
     if report.inventory.is_some() {
         let document = incoming
             .report
-            .json
-            .get("inventory")
+            .inventory_document
+            .as_ref()
             .unwrap_or(&Value::Null);
         store_inventory(tx, &host.id, now, &report.inventory_hash, document)?;
     }
