@@ -11,8 +11,8 @@ use estate_collector::store::{
 use estate_collector::tokens::{self, TokenKind};
 use estate_collector::validate::{Limits, validate_report};
 use estate_proto::v1::{
-    Bios, CheckResult, Hardware, HostIdentity, HostVitals, Inventory, OperatingSystem, Outcome,
-    ReportRequest, Software,
+    Bios, CheckResult, Hardware, HostIdentity, HostVitals, Inventory, Measurement, OperatingSystem,
+    Outcome, ReportRequest, Software,
 };
 
 const POLICY: WritePolicy = WritePolicy {
@@ -646,6 +646,101 @@ pub fn check_outcomes_are_kept_and_changes_become_events(store: &dyn Store) {
     assert_eq!(store.load_checks().unwrap().len(), 1);
 }
 
+/// What a write answers is what the store then holds: the host's record after a heartbeat, and
+/// the host's complete set of results, including one this heartbeat did not renew (a check
+/// that runs less often than the agent reports).
+pub fn a_heartbeat_answers_with_what_is_stored(store: &dyn Store) {
+    let names = ["ldap", "web"];
+    let mut first = heartbeat(
+        1,
+        vec![
+            check_result("ldap", "dc1:389", Outcome::Fail, "connection refused", 10),
+            check_result("web", "www:443", Outcome::Pass, "", 10),
+        ],
+        &names,
+    );
+    first.checks[0].measurements = vec![Measurement {
+        name: "connect_seconds".into(),
+        value: 0.5,
+        text: "slow".into(),
+    }];
+    first.vitals = Some(HostVitals {
+        memory_available_bytes: 1,
+        ..Default::default()
+    });
+    write(store, 1_000, vec![first]);
+    let mut second = heartbeat(
+        2,
+        vec![check_result(
+            "web",
+            "www:443",
+            Outcome::Fail,
+            "timed out",
+            20,
+        )],
+        &names,
+    );
+    second.vitals = Some(HostVitals {
+        memory_available_bytes: 2,
+        ..Default::default()
+    });
+    second.dropped_reports = 3;
+    second.agent_time_unix_ms = 2_500;
+    let outcome = write(store, 2_000, vec![second]);
+    let WriteOutcome::Stored {
+        host,
+        checks: Some(checks),
+        ..
+    } = &outcome[0]
+    else {
+        panic!("{outcome:?}");
+    };
+    let without_owner = |record: &estate_collector::store::HostRecord| {
+        let mut record = record.clone();
+        record.reported_to.clear();
+        record
+    };
+    let loaded = store.load_hosts().unwrap();
+    let loaded = loaded.iter().find(|record| record.id == "a").unwrap();
+    assert_eq!(without_owner(loaded), without_owner(host));
+    assert_eq!(
+        (
+            host.last_sequence,
+            host.last_seen_ms,
+            host.clock_skew_ms,
+            host.dropped_reports_total,
+            host.reports_received_total,
+            host.vitals.memory_available_bytes
+        ),
+        (2, 2_000, 500, 3, 2, 2)
+    );
+
+    let mut stored = store.load_checks().unwrap();
+    stored.sort_by(|a, b| (&a.check, &a.target).cmp(&(&b.check, &b.target)));
+    assert_eq!(checks, &stored);
+    let summary: Vec<(&str, &str, &str, i64, i64, usize)> = checks
+        .iter()
+        .map(|c| {
+            (
+                c.check.as_str(),
+                c.outcome.as_str(),
+                c.reason.as_str(),
+                c.since_ms,
+                c.received_ms,
+                c.measurements.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("ldap", "fail", "connection refused", 1_000, 1_000, 1),
+            ("web", "fail", "timed out", 2_000, 2_000, 0),
+        ]
+    );
+    assert_eq!(checks[0].measurements[0].text, "slow");
+}
+
 pub fn hosts_load_back_for_the_in_memory_state(store: &dyn Store) {
     write(
         store,
@@ -1016,6 +1111,11 @@ macro_rules! store_conformance_suite {
             $(#[$attribute])*
             fn check_outcomes_are_kept_and_changes_become_events() {
                 check(super::check_outcomes_are_kept_and_changes_become_events);
+            }
+            #[test]
+            $(#[$attribute])*
+            fn a_heartbeat_answers_with_what_is_stored() {
+                check(super::a_heartbeat_answers_with_what_is_stored);
             }
             #[test]
             $(#[$attribute])*

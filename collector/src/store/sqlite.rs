@@ -15,8 +15,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, param
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -157,6 +157,12 @@ impl SqliteStore {
                 e,
             )
         })?;
+        writer
+            .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+            .map_err(|e| StoreError::new(format!("failed to configure `{shown}`"), e))?;
+        // The write path alone uses about 15 statements (heartbeat, inventory, events, tokens);
+        // the default cache of 16 would evict and prepare them again.
+        writer.set_prepared_statement_cache_capacity(64);
         check_integrity(&writer, &shown)?;
         migrate(&writer)
             .map_err(|e| StoreError::new(format!("failed to migrate database `{shown}`"), e))?;
@@ -336,6 +342,11 @@ fn configure(connection: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Page cache of the writer connection, in KiB (SQLite's default is 2 000). Each heartbeat
+/// touches a few pages of its host (row, check results, index entries); with the default
+/// cache, a batch of a few hundred hosts spills and rereads pages through the kernel.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+
 fn migrate(connection: &Connection) -> rusqlite::Result<()> {
     let applied: usize = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
@@ -410,8 +421,21 @@ fn host_from_row(row: &Row<'_>) -> rusqlite::Result<HostRecord> {
     })
 }
 
+/// `SELECT` of one host by id, made once: statements on the write path are looked up in the
+/// statement cache by their text, so it is not formatted again per report.
+static LOAD_HOST_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = ?1"));
+
+/// `INSERT` of a new check result, made once (as [`LOAD_HOST_SQL`]).
+static INSERT_CHECK_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO check_results ({CHECK_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    )
+});
+
 fn load_host(tx: &Connection, id: &str) -> rusqlite::Result<Option<HostRecord>> {
-    tx.prepare_cached(&format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = ?1"))?
+    tx.prepare_cached(&LOAD_HOST_SQL)?
         .query_row([id], host_from_row)
         .optional()
 }
@@ -451,6 +475,25 @@ fn save_host(tx: &Connection, host: &HostRecord) -> rusqlite::Result<()> {
         host.dropped_reports_total as i64,
         vitals,
         host.reports_received_total as i64,
+    ])?;
+    Ok(())
+}
+
+/// Writes the columns every report changes, for a host whose row is otherwise unchanged.
+fn save_liveness(tx: &Connection, host: &HostRecord) -> rusqlite::Result<()> {
+    let vitals = serde_json::to_string(&host.vitals).unwrap_or_else(|_| "{}".into());
+    tx.prepare_cached(
+        "UPDATE hosts SET last_seen_ms = ?2, last_sequence = ?3, clock_skew_ms = ?4, \
+         dropped_reports_total = ?5, reports_received_total = ?6, vitals = ?7 WHERE id = ?1",
+    )?
+    .execute(params![
+        host.id,
+        host.last_seen_ms,
+        host.last_sequence as i64,
+        host.clock_skew_ms,
+        host.dropped_reports_total as i64,
+        host.reports_received_total as i64,
+        vitals,
     ])?;
     Ok(())
 }
@@ -517,6 +560,7 @@ fn write_one(
     let identity = report.identity.clone().unwrap_or_default();
     let now = incoming.received_ms;
     let existing = load_host(tx, &identity.agent_id)?;
+    let existing_row = existing.is_some();
 
     let mut host = match existing {
         Some(host) if report.sequence <= host.last_sequence => return Ok(WriteOutcome::Duplicate),
@@ -566,6 +610,15 @@ fn write_one(
         },
     };
 
+    // A heartbeat of a known host, from the same machine and agent version, changes only the
+    // liveness columns; the rest of the row is left as it is.
+    let liveness_only = existing_row
+        && report.inventory.is_none()
+        && host.hostname == identity.hostname
+        && host.machine_id == identity.machine_id
+        && host.smbios_uuid == identity.smbios_uuid
+        && host.primary_mac == identity.primary_mac
+        && host.agent_version == report.agent_version;
     apply_identity(&mut host, report);
     host.last_seen_ms = now;
     host.last_sequence = report.sequence;
@@ -583,7 +636,11 @@ fn write_one(
         None => !report.inventory_hash.is_empty() && report.inventory_hash != host.inventory_hash,
     };
     // The host row first: the inventory tables refer to it.
-    save_host(tx, &host)?;
+    if liveness_only {
+        save_liveness(tx, &host)?;
+    } else {
+        save_host(tx, &host)?;
+    }
     if report.inventory.is_some() {
         let document = incoming
             .report
@@ -681,24 +738,71 @@ fn load_host_checks(connection: &Connection, host_id: &str) -> rusqlite::Result<
         .collect()
 }
 
+/// What the writer needs of a stored check result to apply the next one: whether the outcome
+/// changed (and since when it holds) and which run it came from.
+struct StoredCheck {
+    outcome: String,
+    since_ms: i64,
+    started_ms: i64,
+}
+
+type CheckKey = (String, String);
+
+/// The host's stored results, only the columns that decide what a new result changes.
+fn load_stored_checks(
+    connection: &Connection,
+    host_id: &str,
+) -> rusqlite::Result<BTreeMap<CheckKey, StoredCheck>> {
+    let mut statement = connection.prepare_cached(
+        "SELECT check_name, target, outcome, since_ms, started_ms FROM check_results \
+         WHERE host_id = ?1",
+    )?;
+    let mut rows = statement.query([host_id])?;
+    let mut stored = BTreeMap::new();
+    while let Some(row) = rows.next()? {
+        stored.insert(
+            (row.get(0)?, row.get(1)?),
+            StoredCheck {
+                outcome: row.get(2)?,
+                since_ms: row.get(3)?,
+                started_ms: row.get(4)?,
+            },
+        );
+    }
+    Ok(stored)
+}
+
+fn load_check(
+    connection: &Connection,
+    host_id: &str,
+    (check, target): &CheckKey,
+) -> rusqlite::Result<Option<CheckState>> {
+    connection
+        .prepare_cached(&format!(
+            "SELECT {CHECK_COLUMNS} FROM check_results \
+             WHERE host_id = ?1 AND check_name = ?2 AND target = ?3"
+        ))?
+        .query_row(params![host_id, check, target], check_from_row)
+        .optional()
+}
+
 /// Keeps the latest result per (check, target), records an event whenever a target's outcome
 /// changes, and forgets checks the agent no longer has and targets a check no longer reports
 /// (a DC removed from DNS). Returns the host's complete set when anything may have changed.
 ///
-/// The host's current rows are read once and the new set is worked out in memory, so a
-/// heartbeat costs one read and one upsert per result (this runs on the single writer thread).
+/// Per heartbeat this reads only the few columns that decide the outcome's history, and
+/// rewrites each reported row in place (an `UPDATE` by key that leaves the outcome index alone
+/// unless the outcome changed); the complete set is the reported results, plus the rows of any
+/// stored result this report neither renewed nor removed (rare, read in full).
 fn store_checks(
     tx: &Transaction<'_>,
     host_id: &str,
     now: i64,
     report: &ReportRequest,
 ) -> rusqlite::Result<Option<Vec<CheckState>>> {
-    let mut current: BTreeMap<(String, String), CheckState> = load_host_checks(tx, host_id)?
-        .into_iter()
-        .map(|state| ((state.check.clone(), state.target.clone()), state))
-        .collect();
+    let stored = load_stored_checks(tx, host_id)?;
     let configured: HashSet<&str> = report.check_names.iter().map(String::as_str).collect();
-    let mut removed: Vec<(String, String)> = current
+    let mut removed: Vec<CheckKey> = stored
         .keys()
         .filter(|(check, _)| !configured.contains(check.as_str()))
         .cloned()
@@ -719,20 +823,30 @@ fn store_checks(
         "INSERT INTO check_events (host_id, check_name, kind, target, at_ms, old_outcome, \
          new_outcome, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
-    let mut upsert = tx.prepare_cached(&format!(
-        "INSERT INTO check_results ({CHECK_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-         ON CONFLICT (host_id, check_name, target) DO UPDATE SET kind = excluded.kind, \
-         outcome = excluded.outcome, reason = excluded.reason, since_ms = excluded.since_ms, \
-         received_ms = excluded.received_ms, started_ms = excluded.started_ms, \
-         duration_seconds = excluded.duration_seconds, measurements = excluded.measurements"
-    ))?;
+    let mut insert = tx.prepare_cached(&INSERT_CHECK_SQL)?;
+    let mut renew = tx.prepare_cached(
+        "UPDATE check_results SET kind = ?4, reason = ?5, since_ms = ?6, received_ms = ?7, \
+         started_ms = ?8, duration_seconds = ?9, measurements = ?10 \
+         WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
+    )?;
+    let mut change = tx.prepare_cached(
+        "UPDATE check_results SET kind = ?4, reason = ?5, since_ms = ?6, received_ms = ?7, \
+         started_ms = ?8, duration_seconds = ?9, measurements = ?10, outcome = ?11 \
+         WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
+    )?;
+    // The results of this report, by key; a later run of one target replaces an earlier one.
+    let mut fresh: BTreeMap<CheckKey, CheckState> = BTreeMap::new();
     for result in results {
         let outcome = estate_proto::outcome_name(result.outcome);
         let key = (result.check.clone(), result.target.clone());
-        let previous = current.get(&key).map(|state| state.outcome.as_str());
-        let since = match current.get(&key) {
-            Some(state) if state.outcome == outcome => state.since_ms,
+        let previous = match fresh.get(&key) {
+            Some(state) => Some((state.outcome.as_str(), state.since_ms)),
+            None => stored
+                .get(&key)
+                .map(|state| (state.outcome.as_str(), state.since_ms)),
+        };
+        let since = match previous {
+            Some((previous, since)) if previous == outcome => since,
             _ => {
                 record_event.execute(params![
                     host_id,
@@ -740,11 +854,49 @@ fn store_checks(
                     result.kind,
                     result.target,
                     now,
-                    previous,
+                    previous.map(|(outcome, _)| outcome),
                     outcome,
                     result.reason
                 ])?;
                 now
+            }
+        };
+        let measurements =
+            serde_json::to_string(&result.measurements).unwrap_or_else(|_| "[]".into());
+        match previous {
+            None => insert.execute(params![
+                host_id,
+                result.check,
+                result.kind,
+                result.target,
+                outcome,
+                result.reason,
+                since,
+                now,
+                result.started_unix_ms,
+                result.duration_seconds,
+                measurements
+            ])?,
+            Some((previous, _)) => {
+                let key_and_values = params![
+                    host_id,
+                    result.check,
+                    result.target,
+                    result.kind,
+                    result.reason,
+                    since,
+                    now,
+                    result.started_unix_ms,
+                    result.duration_seconds,
+                    measurements
+                ];
+                if previous == outcome {
+                    renew.execute(key_and_values)?
+                } else {
+                    let mut with_outcome = key_and_values.to_vec();
+                    with_outcome.push(&outcome);
+                    change.execute(with_outcome.as_slice())?
+                }
             }
         };
         let state = CheckState {
@@ -760,42 +912,41 @@ fn store_checks(
             duration_seconds: result.duration_seconds,
             measurements: result.measurements.clone(),
         };
-        let measurements =
-            serde_json::to_string(&state.measurements).unwrap_or_else(|_| "[]".into());
-        upsert.execute(params![
-            host_id,
-            state.check,
-            state.kind,
-            state.target,
-            state.outcome,
-            state.reason,
-            state.since_ms,
-            state.received_ms,
-            state.started_ms,
-            state.duration_seconds,
-            measurements
-        ])?;
-        current.insert(key, state);
+        fresh.insert(key, state);
     }
     // Targets the latest run of a reported check no longer has.
+    let started_ms = |key: &CheckKey| match fresh.get(key) {
+        Some(state) => state.started_ms,
+        None => stored[key].started_ms,
+    };
     removed.extend(
-        current
-            .iter()
-            .filter(|((check, _), state)| {
+        stored
+            .keys()
+            .chain(fresh.keys().filter(|key| !stored.contains_key(*key)))
+            .filter(|key| {
                 latest_run
-                    .get(check.as_str())
-                    .is_some_and(|latest| state.started_ms < *latest)
+                    .get(key.0.as_str())
+                    .is_some_and(|latest| started_ms(key) < *latest)
             })
-            .map(|(key, _)| key.clone()),
+            .cloned(),
     );
     let mut delete = tx.prepare_cached(
         "DELETE FROM check_results WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
     )?;
     for key in &removed {
         delete.execute(params![host_id, key.0, key.1])?;
-        current.remove(key);
+        fresh.remove(key);
     }
-    Ok(Some(current.into_values().collect()))
+    let removed: HashSet<&CheckKey> = removed.iter().collect();
+    for key in stored.keys() {
+        if !fresh.contains_key(key)
+            && !removed.contains(key)
+            && let Some(state) = load_check(tx, host_id, key)?
+        {
+            fresh.insert(key.clone(), state);
+        }
+    }
+    Ok(Some(fresh.into_values().collect()))
 }
 
 impl Store for SqliteStore {
