@@ -78,7 +78,19 @@ async fn healthz(State(state): State<ApiState>) -> Json<Value> {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let page = crate::metrics::render(&state.states, &state.metrics, state.liveness, now_ms());
+    // A page over thousands of hosts takes tens of milliseconds: render it on a blocking
+    // thread so that ingest and API requests on this runtime are not held up meanwhile.
+    let rendered = tokio::task::spawn_blocking(move || {
+        crate::metrics::render(&state.states, &state.metrics, state.liveness, now_ms())
+    })
+    .await;
+    let page = match rendered {
+        Ok(page) => page,
+        Err(join_error) => {
+            return ApiError::internal(&format_args!("rendering /metrics failed: {join_error}"))
+                .into_response();
+        }
+    };
     (
         [(
             header::CONTENT_TYPE,
