@@ -476,6 +476,158 @@ pub fn hosts_are_filtered_and_paged(store: &dyn Store) {
     assert_eq!(seen, vec!["a", "b", "c", "d"]);
 }
 
+/// The manufacturer and OS of host `n` in [`host_pages_are_alike_whatever_the_filters_match`]:
+/// Dell on half the hosts (a broad filter), HPE on a quarter, "Acme Rare" on three (a selective
+/// one); Windows on the odd hosts, and on only two of the Dell ones (selective together).
+fn shaped_host(n: usize) -> (&'static str, &'static str) {
+    let manufacturer = match n {
+        17 | 101 | 233 => "Acme Rare",
+        _ if n.is_multiple_of(2) => "Dell Inc.",
+        _ if n % 4 == 1 => "HPE",
+        _ => "Lenovo",
+    };
+    let windows = n % 2 == 1 || n == 40 || n == 200;
+    let os = if windows {
+        "Microsoft Windows Server 2022"
+    } else {
+        "Debian GNU/Linux"
+    };
+    (manufacturer, os)
+}
+
+/// Whichever way a backend answers a filtered page (collecting a filter's few matches, walking
+/// hosts in order, or a walk that falls back to collecting), every query pages through exactly
+/// the matching hosts, in hostname order, once each.
+pub fn host_pages_are_alike_whatever_the_filters_match(store: &dyn Store) {
+    const HOSTS: usize = 240;
+    let now = 1_000_000;
+    let reports: Vec<ReportRequest> = (0..HOSTS)
+        .map(|n| {
+            let (manufacturer, os) = shaped_host(n);
+            let inv = inventory(os, "1", manufacturer, &[]);
+            // Ids run against hostnames (`host-h…`), so id order is not the page order.
+            report(
+                &format!("h{:03}", (n * 7) % HOSTS),
+                1,
+                Some(("sha256:1", inv)),
+            )
+        })
+        .collect();
+    write(store, now, reports);
+    let by_host: Vec<(String, &str, &str)> = (0..HOSTS)
+        .map(|n| {
+            let (manufacturer, os) = shaped_host(n);
+            (format!("h{:03}", (n * 7) % HOSTS), manufacturer, os)
+        })
+        .collect();
+    let filter = |field: &str, pattern: &str| FieldFilter {
+        field: field.into(),
+        pattern: ValuePattern::parse(pattern),
+    };
+    fn dell(manufacturer: &str) -> bool {
+        manufacturer == "Dell Inc."
+    }
+    fn windows(os: &str) -> bool {
+        os.contains("Windows")
+    }
+    type Case<'a> = (
+        Vec<FieldFilter>,
+        Option<&'a str>,
+        Box<dyn Fn(&str, &str) -> bool>,
+    );
+    let cases: Vec<Case> = vec![
+        // Broad: a walk fills each page.
+        (
+            vec![filter("bios.smanufacturer", "dell*")],
+            None,
+            Box::new(|m, _| dell(m)),
+        ),
+        (
+            vec![filter("bios.smanufacturer", "Dell Inc.")],
+            None,
+            Box::new(|m, _| dell(m)),
+        ),
+        (
+            vec![filter("bios.smanufacturer", "*ell*")],
+            None,
+            Box::new(|m, _| dell(m)),
+        ),
+        // Selective: collected.
+        (
+            vec![filter("bios.smanufacturer", "ACME*")],
+            None,
+            Box::new(|m, _| m == "Acme Rare"),
+        ),
+        (
+            vec![
+                filter("operatingsystem.name", "*Linux"),
+                filter("bios.smanufacturer", "acme rare"),
+            ],
+            None,
+            Box::new(|m, os| m == "Acme Rare" && !windows(os)),
+        ),
+        // Broad alone, selective together; and a rare substring: walks that fall back.
+        (
+            vec![
+                filter("bios.smanufacturer", "Dell*"),
+                filter("operatingsystem.name", "Microsoft*"),
+            ],
+            None,
+            Box::new(|m, os| dell(m) && windows(os)),
+        ),
+        (
+            vec![filter("bios.smanufacturer", "*me Ra*")],
+            None,
+            Box::new(|m, _| m == "Acme Rare"),
+        ),
+        (
+            vec![filter("bios.smanufacturer", "*nothing*")],
+            None,
+            Box::new(|_, _| false),
+        ),
+        // A host-row filter on top of a broad field filter.
+        (
+            vec![filter("bios.smanufacturer", "HP*")],
+            Some("windows"),
+            Box::new(|m, os| m == "HPE" && windows(os)),
+        ),
+    ];
+    for (fields, os, matches) in cases {
+        let mut expected: Vec<&str> = by_host
+            .iter()
+            .filter(|(_, m, o)| matches(m, o))
+            .map(|(id, _, _)| id.as_str())
+            .collect();
+        // Hostnames are `host-<id>`, so hostname order is id order.
+        expected.sort();
+        for limit in [1, 7, 100] {
+            let mut seen: Vec<String> = Vec::new();
+            let mut after: Option<HostCursor> = None;
+            for _ in 0..=HOSTS {
+                let page = store
+                    .list_hosts(&HostQuery {
+                        fields: fields.clone(),
+                        os: os.map(str::to_owned),
+                        limit,
+                        after: after.clone(),
+                        ..query(now)
+                    })
+                    .unwrap();
+                assert!(page.hosts.len() <= limit);
+                seen.extend(page.hosts.into_iter().map(|host| host.id));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(
+                seen, expected,
+                "filters {fields:?}, os {os:?}, limit {limit}"
+            );
+        }
+    }
+}
+
 fn check_result(
     check: &str,
     target: &str,
@@ -1106,6 +1258,11 @@ macro_rules! store_conformance_suite {
             $(#[$attribute])*
             fn hosts_are_filtered_and_paged() {
                 check(super::hosts_are_filtered_and_paged);
+            }
+            #[test]
+            $(#[$attribute])*
+            fn host_pages_are_alike_whatever_the_filters_match() {
+                check(super::host_pages_are_alike_whatever_the_filters_match);
             }
             #[test]
             $(#[$attribute])*

@@ -4,7 +4,7 @@
 //! differently. Each dialect's text is kept as it was tuned, so each planner still uses the
 //! `hosts_by_hostname` index for the host order.
 
-use super::{CheckQuery, EventQuery, HostQuery, Liveness, ValuePattern};
+use super::{CheckQuery, EventQuery, FieldFilter, HostCursor, HostQuery, Liveness, ValuePattern};
 
 /// The columns of `check_results` in the order `check_from_row` of each backend reads them.
 pub(super) const CHECK_COLUMNS: &str = "host_id, check_name, kind, target, outcome, reason, \
@@ -125,6 +125,45 @@ impl SqlBuilder {
         }
     }
 
+    /// Appends a keyset bound on (folded hostname, id), the order of `hosts_by_hostname`:
+    /// `>` for the rows after `cursor`, `<=` for the rows up to it.
+    fn push_host_bound(&mut self, cursor: &HostCursor, comparison: &str) {
+        let hostname_order = self.dialect.folded("hostname");
+        let hostname = self.bind_text(cursor.hostname.clone());
+        let id = self.bind_text(cursor.id.clone());
+        let strict = comparison.trim_end_matches('=');
+        self.push(&match self.dialect {
+            // Spelt with OR so SQLite still bounds its scan of `hosts_by_hostname` (it does not
+            // for a row value under a collation).
+            Dialect::Sqlite => format!(
+                " AND ({hostname_order} {strict} {hostname} \
+                 OR ({hostname_order} = {hostname} AND id {comparison} {id}))"
+            ),
+            // The index sorts lower(hostname) bytewise ("C"), so the cursor must as well.
+            Dialect::Postgres => format!(
+                " AND ({hostname_order}, id) {comparison} (lower({hostname}) COLLATE \"C\", {id})"
+            ),
+        });
+    }
+
+    /// The condition on one `inventory_fields` row (columns prefixed by `prefix`) for `filter`.
+    fn field_match(&mut self, filter: &FieldFilter, prefix: &str) -> String {
+        let field = self.bind(filter.field.clone());
+        let (operator, pattern) = match &filter.pattern {
+            ValuePattern::Exact(value) => ("=", value.clone()),
+            // Both sides are folded already, so PostgreSQL's plain `LIKE` (which can read the
+            // `text_pattern_ops` index) is enough.
+            ValuePattern::Glob(glob) => ("LIKE", like_glob(glob)),
+        };
+        let pattern = self.bind_text(pattern);
+        let (value, pattern) = match self.dialect {
+            Dialect::Sqlite => (format!("{prefix}value COLLATE NOCASE"), pattern),
+            Dialect::Postgres => (format!("lower({prefix}value)"), format!("lower({pattern})")),
+        };
+        let escape = if operator == "=" { "" } else { " ESCAPE '\\'" };
+        format!("{prefix}field = {field} AND {value} {operator} {pattern}{escape}")
+    }
+
     fn finish(self, order: &str, limit: usize) -> ListQuery {
         let limit = limit.max(1);
         let mut text = self.text;
@@ -137,28 +176,40 @@ impl SqlBuilder {
     }
 }
 
+/// How [`hosts`] applies the inventory filters. Every plan returns the same rows; they differ in
+/// what the database reads, so the caller picks one from what it knows of the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum HostPlan {
+    /// Every inventory filter as `id IN (the hosts it matches)`, left to the planner: PostgreSQL
+    /// weighs collecting against walking from its statistics.
+    Planner,
+    /// Filter `driver` collects the hosts it matches (`IN`), every other filter is probed per
+    /// candidate (`EXISTS`), and the candidates are sorted: cheap when the driver matches few.
+    Collect { driver: usize },
+    /// Hosts are walked in hostname order from the cursor, each filter probed per host
+    /// (`EXISTS` on `inventory_fields_by_host_field`), until the page is full or the walk passes
+    /// `until` (inclusive): cheap when the filters match many hosts, since it stops early.
+    Walk { until: Option<HostCursor> },
+}
+
 /// `GET /api/v1/hosts`: the hosts matching every filter, in case-insensitive hostname order.
 /// `host_columns` is the backend's own column list (PostgreSQL has `reported_to` too).
-pub(super) fn hosts(dialect: Dialect, host_columns: &str, query: &HostQuery) -> ListQuery {
+pub(super) fn hosts(
+    dialect: Dialect,
+    host_columns: &str,
+    query: &HostQuery,
+    plan: &HostPlan,
+) -> ListQuery {
     let mut sql = SqlBuilder::new(
         dialect,
         format!("SELECT {host_columns} FROM hosts WHERE TRUE"),
     );
     let hostname_order = dialect.folded("hostname");
     if let Some(after) = &query.after {
-        // Keyset pagination over (folded hostname, id), the order of `hosts_by_hostname`.
-        let hostname = sql.bind_text(after.hostname.clone());
-        let id = sql.bind_text(after.id.clone());
-        sql.push(&match dialect {
-            Dialect::Sqlite => format!(
-                " AND ({hostname_order} > {hostname} \
-                 OR ({hostname_order} = {hostname} AND id > {id}))"
-            ),
-            // The index sorts lower(hostname) bytewise ("C"), so the cursor must as well.
-            Dialect::Postgres => {
-                format!(" AND ({hostname_order}, id) > (lower({hostname}) COLLATE \"C\", {id})")
-            }
-        });
+        sql.push_host_bound(after, ">");
+    }
+    if let HostPlan::Walk { until: Some(until) } = plan {
+        sql.push_host_bound(until, "<=");
     }
     let like = dialect.like();
     if let Some(hostname) = &query.hostname {
@@ -186,29 +237,72 @@ pub(super) fn hosts(dialect: Dialect, host_columns: &str, query: &HostQuery) -> 
         let flag = sql.bind(conflict);
         sql.push(&format!(" AND identity_conflict = {flag}"));
     }
-    let folded_value = dialect.folded("value");
-    for filter in &query.fields {
-        let field = sql.bind(filter.field.clone());
-        let (operator, pattern) = match &filter.pattern {
-            ValuePattern::Exact(value) => ("=", value.clone()),
-            ValuePattern::Glob(glob) => ("LIKE", like_glob(glob)),
+    for (index, filter) in query.fields.iter().enumerate() {
+        let collected = match plan {
+            HostPlan::Planner => true,
+            HostPlan::Collect { driver } => *driver == index,
+            HostPlan::Walk { .. } => false,
         };
-        let pattern = sql.bind_text(pattern);
-        let pattern = match dialect {
-            Dialect::Sqlite => pattern,
-            Dialect::Postgres => format!("lower({pattern})"),
-        };
-        let escape = if operator == "LIKE" {
-            " ESCAPE '\\'"
+        if collected {
+            let matches = sql.field_match(filter, "");
+            sql.push(&format!(
+                " AND id IN (SELECT host_id FROM inventory_fields WHERE {matches})"
+            ));
         } else {
-            ""
-        };
-        sql.push(&format!(
-            " AND id IN (SELECT host_id FROM inventory_fields \
-             WHERE field = {field} AND {folded_value} {operator} {pattern}{escape})"
-        ));
+            let matches = sql.field_match(filter, "f.");
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM inventory_fields f \
+                 WHERE f.host_id = hosts.id AND {matches})"
+            ));
+        }
     }
     sql.finish(&format!("{hostname_order}, id"), query.limit)
+}
+
+/// Counts the rows of `inventory_fields` matching `filter`, stopping at `cap`: one range of
+/// `inventory_fields_by_value`, so at most `cap` index entries are read. `None` when the
+/// pattern starts with a wildcard (no range to read; counting would read every value of the
+/// field).
+pub(super) fn count_field_matches(
+    dialect: Dialect,
+    filter: &FieldFilter,
+    cap: i64,
+) -> Option<(String, Vec<SqlArg>)> {
+    if let ValuePattern::Glob(glob) = &filter.pattern
+        && glob.starts_with('*')
+    {
+        return None;
+    }
+    let mut sql = SqlBuilder::new(dialect, String::new());
+    let matches = sql.field_match(filter, "");
+    let cap = sql.bind(cap);
+    Some((
+        format!(
+            "SELECT count(*) FROM (SELECT 1 FROM inventory_fields WHERE {matches} LIMIT {cap}) \
+             AS capped"
+        ),
+        sql.args,
+    ))
+}
+
+/// The host `window` places after `after` in hostname order (the first host when `after` is
+/// `None`), read from `hosts_by_hostname` alone; no row when fewer hosts follow.
+pub(super) fn host_window_end(
+    dialect: Dialect,
+    after: Option<&HostCursor>,
+    window: i64,
+) -> (String, Vec<SqlArg>) {
+    let mut sql = SqlBuilder::new(
+        dialect,
+        "SELECT hostname, id FROM hosts WHERE TRUE".to_owned(),
+    );
+    if let Some(after) = after {
+        sql.push_host_bound(after, ">");
+    }
+    let offset = sql.bind(window.max(1) - 1);
+    let order = dialect.folded("hostname");
+    sql.push(&format!(" ORDER BY {order}, id LIMIT 1 OFFSET {offset}"));
+    (sql.text, sql.args)
 }
 
 /// `GET /api/v1/checks`: the latest result of every check matching the filters, with the
@@ -331,8 +425,8 @@ mod tests {
 
     #[test]
     fn each_dialect_numbers_its_placeholders_in_binding_order() {
-        let sqlite = hosts(Dialect::Sqlite, "id", &host_query());
-        let postgres = hosts(Dialect::Postgres, "id", &host_query());
+        let sqlite = hosts(Dialect::Sqlite, "id", &host_query(), &HostPlan::Planner);
+        let postgres = hosts(Dialect::Postgres, "id", &host_query(), &HostPlan::Planner);
         assert_eq!(sqlite.args, postgres.args);
         assert_eq!(
             sqlite.args,

@@ -2,7 +2,9 @@
 //! batches (`synchronous = FULL`, so a commit is on disk before any report of it is
 //! acknowledged), and a few reader connections for the API.
 
-use super::query::{self, CHECK_COLUMNS, Dialect, ListQuery, SqlArg, TOKEN_COLUMNS, split_page};
+use super::query::{
+    self, CHECK_COLUMNS, Dialect, HostPlan, ListQuery, SqlArg, TOKEN_COLUMNS, split_page,
+};
 use super::{
     ChangePage, ChangeQuery, ChangeRecord, CheckEvent, CheckPage, CheckQuery, CheckState,
     EventPage, EventQuery, ExchangeOutcome, HostCursor, HostDetail, HostPage, HostQuery,
@@ -129,9 +131,21 @@ CREATE TABLE agent_tokens (
     issued_by TEXT
 );
 "#,
+    // A host's fields by name (and value, so the probe reads the index alone): a host list walked
+    // in hostname order probes each host's filter in one index search (`HostPlan::Walk`). It
+    // also serves the per-host deletes `inventory_fields_by_host` served.
+    r#"
+CREATE INDEX inventory_fields_by_host_field
+    ON inventory_fields (host_id, field, value COLLATE NOCASE);
+DROP INDEX inventory_fields_by_host;
+"#,
 ];
 
 const READER_CONNECTIONS: usize = 4;
+/// Page cache of each reader connection, in KiB (SQLite's default is 2 MiB). A page of 100
+/// hosts walked in hostname order touches about 10 MiB of index and table pages; with the
+/// default every request read them again through the kernel.
+const READER_CACHE_KIB: i64 = 16 * 1024;
 
 /// SQLite implementation of [`Store`].
 #[derive(Debug)]
@@ -175,6 +189,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::new(format!("failed to open database `{shown}`"), e))?;
             reader
                 .busy_timeout(std::time::Duration::from_secs(5))
+                .and_then(|()| reader.pragma_update(None, "cache_size", -READER_CACHE_KIB))
                 .map_err(|e| StoreError::new(format!("failed to configure `{shown}`"), e))?;
             readers.push(Mutex::new(reader));
         }
@@ -1128,13 +1143,13 @@ impl Store for SqliteStore {
     }
 
     fn list_hosts(&self, query: &HostQuery) -> Result<HostPage, StoreError> {
-        let ListQuery { text, args, limit } = query::hosts(Dialect::Sqlite, HOST_COLUMNS, query);
-        let mut hosts = self.read("list hosts", |connection| {
-            connection
-                .prepare_cached(&text)?
-                .query_map(rusqlite::params_from_iter(sqlite_args(args)), host_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()
+        let limit = query.limit.max(1);
+        let (mut hosts, path) = self.read("list hosts", |connection| {
+            // One snapshot for the counts and the queries they choose.
+            let snapshot = connection.unchecked_transaction()?;
+            read_host_page(&snapshot, query)
         })?;
+        tracing::debug!(?path, rows = hosts.len(), "host list");
         let next = split_page(&mut hosts, limit, |host| HostCursor {
             hostname: host.hostname.clone(),
             id: host.id.clone(),
@@ -1234,6 +1249,129 @@ impl Store for SqliteStore {
 }
 
 /// The shared list queries' parameters as SQLite values (a flag is an integer).
+/// How [`read_host_page`] answered a host query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostPath {
+    /// No inventory filter: one walk of `hosts_by_hostname`, as the planner chooses.
+    Unfiltered,
+    /// The most selective inventory filter collected its few matches (`HostPlan::Collect`).
+    Collect,
+    /// A walk in hostname order filled the page or reached the last host (`HostPlan::Walk`).
+    Walk,
+    /// A bounded walk did not fill the page; the rest came from collecting the matches after it.
+    WalkThenCollect,
+}
+
+/// Reads one page of `query` (up to `limit + 1` rows, as [`query::hosts`] asks), choosing per
+/// query how to apply its inventory filters.
+///
+/// Collecting a filter's matches then sorting them costs about one row lookup per match;
+/// walking hosts in hostname order and probing each host stops after the page, so it costs
+/// about `limit / selectivity` probes. With `c` matches among `n` hosts the two are even at
+/// `c = sqrt((limit + 1) * n)` (the crossover): each filter with an index range (an exact value
+/// or a pattern not starting with `*`) is counted up to the crossover, which reads at most that
+/// many index entries, and one counted below it collects. Otherwise the walk runs over a
+/// window of crossover hosts; if that does not fill the page (filters broad alone but
+/// selective together, or a `*substring*` that matches few), the rest of the page is collected
+/// after the window, so no query reads much more than the cheaper plan would. With only
+/// `*substring*` filters the window is a quarter of the crossover.
+fn read_host_page(
+    connection: &Connection,
+    query: &HostQuery,
+) -> rusqlite::Result<(Vec<HostRecord>, HostPath)> {
+    if query.fields.is_empty() {
+        let rows = run_host_query(connection, query, &HostPlan::Planner)?;
+        return Ok((rows, HostPath::Unfiltered));
+    }
+    let limit = query.limit.max(1);
+    // The largest rowid: the number of hosts, or a little more after deletions (estimate only).
+    let hosts: i64 = connection
+        .prepare_cached("SELECT coalesce(max(rowid), 0) FROM hosts")?
+        .query_row([], |row| row.get(0))?;
+    let crossover = (((limit as f64 + 1.0) * hosts as f64).sqrt().ceil() as i64).max(1);
+
+    // The filter with the fewest matches (counted up to the crossover) drives a collect.
+    let mut fewest: Option<(usize, i64)> = None;
+    for (index, filter) in query.fields.iter().enumerate() {
+        let Some((text, args)) = query::count_field_matches(Dialect::Sqlite, filter, crossover)
+        else {
+            continue;
+        };
+        let matches: i64 = connection
+            .prepare_cached(&text)?
+            .query_row(rusqlite::params_from_iter(sqlite_args(args)), |row| {
+                row.get(0)
+            })?;
+        if fewest.is_none_or(|(_, least)| matches < least) {
+            fewest = Some((index, matches));
+        }
+    }
+    let driver = fewest.map_or(0, |(index, _)| index);
+    if let Some((_, matches)) = fewest
+        && matches < crossover
+    {
+        let rows = run_host_query(connection, query, &HostPlan::Collect { driver })?;
+        return Ok((rows, HostPath::Collect));
+    }
+
+    // Without a counted filter (only `*substring*` patterns) the selectivity is unknown and
+    // the fallback is cheap (one pass over the field's values, a fraction of a probe each), so
+    // the walk gets a quarter of the window before handing over.
+    let window = if fewest.is_some() {
+        crossover
+    } else {
+        (crossover / 4).max(1)
+    };
+    let (text, args) = query::host_window_end(Dialect::Sqlite, query.after.as_ref(), window);
+    let window_end = connection
+        .prepare_cached(&text)?
+        .query_row(rusqlite::params_from_iter(sqlite_args(args)), |row| {
+            Ok(HostCursor {
+                hostname: row.get(0)?,
+                id: row.get(1)?,
+            })
+        })
+        .optional()?;
+    let mut rows = run_host_query(
+        connection,
+        query,
+        &HostPlan::Walk {
+            until: window_end.clone(),
+        },
+    )?;
+    let Some(window_end) = window_end else {
+        // The walk reached the last host: the page is complete.
+        return Ok((rows, HostPath::Walk));
+    };
+    if rows.len() > limit {
+        return Ok((rows, HostPath::Walk));
+    }
+    // The window held fewer matches than a page: the rest follow the window, in order.
+    let rest = HostQuery {
+        after: Some(window_end),
+        limit: limit - rows.len(),
+        ..query.clone()
+    };
+    rows.extend(run_host_query(
+        connection,
+        &rest,
+        &HostPlan::Collect { driver },
+    )?);
+    Ok((rows, HostPath::WalkThenCollect))
+}
+
+fn run_host_query(
+    connection: &Connection,
+    query: &HostQuery,
+    plan: &HostPlan,
+) -> rusqlite::Result<Vec<HostRecord>> {
+    let ListQuery { text, args, .. } = query::hosts(Dialect::Sqlite, HOST_COLUMNS, query, plan);
+    connection
+        .prepare_cached(&text)?
+        .query_map(rusqlite::params_from_iter(sqlite_args(args)), host_from_row)?
+        .collect()
+}
+
 fn sqlite_args(args: Vec<SqlArg>) -> Vec<rusqlite::types::Value> {
     args.into_iter()
         .map(|arg| match arg {
@@ -1242,4 +1380,245 @@ fn sqlite_args(args: Vec<SqlArg>) -> Vec<rusqlite::types::Value> {
             SqlArg::Bool(flag) => i64::from(flag).into(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{FieldFilter, ValuePattern};
+
+    /// A database of `hosts` hosts `h000…` (hostnames `host-000…`), each with the fields
+    /// `fields(n)` gives, written straight into the tables.
+    fn database(hosts: usize, fields: impl Fn(usize) -> Vec<(&'static str, String)>) -> Connection {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("estate.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let mut connection = Connection::open(&path).unwrap();
+        // The directory may go: the open connection keeps the file.
+        std::mem::forget(dir);
+        let tx = connection.transaction().unwrap();
+        for n in 0..hosts {
+            let id = format!("h{n:03}");
+            tx.execute(
+                "INSERT INTO hosts (id, hostname, first_seen_ms, last_seen_ms, last_sequence) \
+                 VALUES (?1, ?2, 0, 0, 1)",
+                params![id, format!("host-{n:03}")],
+            )
+            .unwrap();
+            for (field, value) in fields(n) {
+                tx.execute(
+                    "INSERT INTO inventory_fields (host_id, field, value) VALUES (?1, ?2, ?3)",
+                    params![id, field, value],
+                )
+                .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        connection
+    }
+
+    fn vendor(n: usize) -> Vec<(&'static str, String)> {
+        let vendor = match n {
+            7 | 150 => "Acme",
+            _ if n.is_multiple_of(2) => "Dell Inc.",
+            _ => "HPE",
+        };
+        let serial = format!("SN{n:05}");
+        vec![("bios.smanufacturer", vendor.into()), ("bios.ssn", serial)]
+    }
+
+    fn page(
+        connection: &Connection,
+        fields: &[(&str, &str)],
+        limit: usize,
+    ) -> (Vec<String>, HostPath) {
+        let query = HostQuery {
+            fields: fields
+                .iter()
+                .map(|(field, pattern)| FieldFilter {
+                    field: (*field).into(),
+                    pattern: ValuePattern::parse(pattern),
+                })
+                .collect(),
+            limit,
+            ..HostQuery::default()
+        };
+        let (hosts, path) = read_host_page(connection, &query).unwrap();
+        (hosts.into_iter().map(|host| host.id).collect(), path)
+    }
+
+    #[test]
+    fn each_query_shape_takes_the_path_that_reads_least() {
+        // 200 hosts, pages of 4: the crossover is sqrt(5 * 200) = 32 matches.
+        let connection = database(200, vendor);
+        let (ids, path) = page(&connection, &[("bios.smanufacturer", "dell*")], 4);
+        assert_eq!(
+            (ids, path),
+            (
+                vec!["h000", "h002", "h004", "h006", "h008"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                HostPath::Walk
+            )
+        );
+        let (ids, path) = page(&connection, &[("bios.smanufacturer", "acme")], 4);
+        assert_eq!(
+            (ids, path),
+            (
+                vec!["h007".to_owned(), "h150".to_owned()],
+                HostPath::Collect
+            )
+        );
+        // The broad filter does not drive: the selective one collects, the broad one probes.
+        let (ids, path) = page(
+            &connection,
+            &[("bios.smanufacturer", "*"), ("bios.ssn", "SN0019*")],
+            4,
+        );
+        assert_eq!(ids.len(), 5, "{ids:?}");
+        assert_eq!(path, HostPath::Collect);
+        // Broad alone, empty together: the walk gives up after its window.
+        let (ids, path) = page(
+            &connection,
+            &[("bios.smanufacturer", "Dell*"), ("bios.ssn", "*1")],
+            4,
+        );
+        assert!(ids.is_empty(), "{ids:?}");
+        assert_eq!(path, HostPath::WalkThenCollect);
+        // A substring cannot be counted: walked, then collected after the window when rare.
+        let (ids, path) = page(&connection, &[("bios.smanufacturer", "*cm*")], 4);
+        assert_eq!(
+            (ids, path),
+            (
+                vec!["h007".to_owned(), "h150".to_owned()],
+                HostPath::WalkThenCollect
+            )
+        );
+        // Half the hosts match: a page of 2 fills within the quarter window of 6 hosts.
+        let (ids, path) = page(&connection, &[("bios.smanufacturer", "*p*")], 2);
+        assert_eq!((ids.len(), path), (3, HostPath::Walk));
+        let (ids, path) = page(&connection, &[], 4);
+        assert_eq!((ids.len(), path), (5, HostPath::Unfiltered));
+    }
+
+    /// The plan SQLite chooses for `text` with `args` bound, one line per step.
+    fn plan(connection: &Connection, text: &str, args: Vec<SqlArg>) -> String {
+        let mut statement = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {text}"))
+            .unwrap();
+        statement
+            .query_map(rusqlite::params_from_iter(sqlite_args(args)), |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_walk_reads_hosts_in_order_and_probes_by_index() {
+        let connection = database(10, vendor);
+        let query = HostQuery {
+            fields: vec![FieldFilter {
+                field: "bios.smanufacturer".into(),
+                pattern: ValuePattern::Glob("Dell*".into()),
+            }],
+            after: Some(HostCursor {
+                hostname: "host-002".into(),
+                id: "h002".into(),
+            }),
+            limit: 100,
+            ..HostQuery::default()
+        };
+        let until = HostCursor {
+            hostname: "host-008".into(),
+            id: "h008".into(),
+        };
+        let ListQuery { text, args, .. } = query::hosts(
+            Dialect::Sqlite,
+            HOST_COLUMNS,
+            &query,
+            &HostPlan::Walk { until: Some(until) },
+        );
+        let walk = plan(&connection, &text, args);
+        assert!(
+            walk.contains("SEARCH hosts USING INDEX hosts_by_hostname (hostname>? AND hostname<?)"),
+            "{walk}"
+        );
+        assert!(!walk.contains("TEMP B-TREE"), "{walk}");
+        assert!(
+            walk.contains(
+                "USING COVERING INDEX inventory_fields_by_host_field \
+                 (host_id=? AND field=? AND value>? AND value<?)"
+            ),
+            "{walk}"
+        );
+        let (text, args) =
+            query::count_field_matches(Dialect::Sqlite, &query.fields[0], 10).unwrap();
+        let count = plan(&connection, &text, args);
+        assert!(
+            count.contains(
+                "USING COVERING INDEX inventory_fields_by_value (field=? AND value>? AND value<?)"
+            ),
+            "{count}"
+        );
+        let (text, args) = query::host_window_end(Dialect::Sqlite, query.after.as_ref(), 5);
+        let window = plan(&connection, &text, args);
+        assert!(
+            window.contains("SEARCH hosts USING COVERING INDEX hosts_by_hostname (hostname>?)"),
+            "{window}"
+        );
+    }
+
+    #[test]
+    fn a_database_from_before_the_host_field_index_gains_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("estate.db");
+        {
+            let connection = Connection::open(&path).unwrap();
+            for migration in &MIGRATIONS[..3] {
+                connection.execute_batch(migration).unwrap();
+            }
+            connection.pragma_update(None, "user_version", 3).unwrap();
+            connection
+                .execute_batch(
+                    "INSERT INTO hosts (id, hostname, first_seen_ms, last_seen_ms, last_sequence) \
+                     VALUES ('a', 'host-a', 0, 0, 1); \
+                     INSERT INTO inventory_fields VALUES ('a', 'bios.smanufacturer', 'Dell Inc.');",
+                )
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let indexes: Vec<String> = store
+            .read("list indexes", |connection| {
+                connection
+                    .prepare(
+                        "SELECT name FROM sqlite_master \
+                         WHERE type = 'index' AND tbl_name = 'inventory_fields' ORDER BY name",
+                    )?
+                    .query_map([], |row| row.get(0))?
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(
+            indexes,
+            [
+                "inventory_fields_by_host_field",
+                "inventory_fields_by_value"
+            ]
+        );
+        let page = store
+            .list_hosts(&HostQuery {
+                fields: vec![FieldFilter {
+                    field: "bios.smanufacturer".into(),
+                    pattern: ValuePattern::Glob("dell*".into()),
+                }],
+                limit: 10,
+                ..HostQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.hosts.len(), 1);
+    }
 }
