@@ -19,8 +19,24 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
-const USAGE: &str =
-    "usage: estate-bench-api [--hosts N] [--concurrency N] [--seconds S] [--database FILE]";
+const USAGE: &str = "usage: estate-bench-api [--hosts N] [--concurrency N] [--seconds S] \
+     [--database FILE] [--queries NAME,...]\n\
+     queries (all by default): floor, address, vendor, vendor-exact, substring, substring-rare, \
+     deep, deep-vendor, checks-pass, checks-failing";
+
+/// The query shapes measured, by the name `--queries` selects them with.
+const QUERY_NAMES: &[&str] = &[
+    "floor",
+    "address",
+    "vendor",
+    "vendor-exact",
+    "substring",
+    "substring-rare",
+    "deep",
+    "deep-vendor",
+    "checks-pass",
+    "checks-failing",
+];
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -30,6 +46,8 @@ struct Settings {
     seconds: f64,
     /// Keep (and reuse) the filled database here instead of a temporary directory.
     database: Option<std::path::PathBuf>,
+    /// The query shapes to measure (names from `QUERY_NAMES`), in that order.
+    queries: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         concurrency: 8,
         seconds: 10.0,
         database: None,
+        queries: QUERY_NAMES.iter().map(|name| (*name).to_owned()).collect(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for (flag, text) in flags::pairs(&args, USAGE)? {
@@ -46,6 +65,16 @@ fn main() -> anyhow::Result<()> {
             "--concurrency" => settings.concurrency = flags::count(flag, text)?,
             "--seconds" => settings.seconds = flags::positive(flag, text)?,
             "--database" => settings.database = Some(text.into()),
+            "--queries" => {
+                settings.queries = text.split(',').map(str::to_owned).collect();
+                if let Some(unknown) = settings
+                    .queries
+                    .iter()
+                    .find(|name| !QUERY_NAMES.contains(&name.as_str()))
+                {
+                    bail!("`--queries` names `{unknown}`, which is not a query shape\n{USAGE}");
+                }
+            }
             other => bail!("unknown argument `{other}`\n{USAGE}"),
         }
     }
@@ -137,6 +166,17 @@ async fn minimal_lookup(
     Ok(axum::Json(serde_json::json!({ "hosts": ids })))
 }
 
+/// What the client keeps of an answer: how many hosts or check results it lists. Read without
+/// building a JSON tree, so the client (which shares the machine) takes less CPU from the
+/// server it measures.
+#[derive(serde::Deserialize)]
+struct Listed {
+    #[serde(default)]
+    hosts: Vec<serde::de::IgnoredAny>,
+    #[serde(default)]
+    checks: Vec<serde::de::IgnoredAny>,
+}
+
 #[derive(Debug)]
 struct LoadFigures {
     requests: usize,
@@ -153,7 +193,6 @@ async fn load(
     concurrency: usize,
     seconds: f64,
     url: Arc<dyn Fn(usize) -> String + Send + Sync>,
-    count_hosts: fn(&serde_json::Value) -> usize,
 ) -> anyhow::Result<LoadFigures> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
@@ -170,12 +209,17 @@ async fn load(
                 let sent = Instant::now();
                 let response = client.get(&target).send().await?;
                 let status = response.status();
-                let body: serde_json::Value = response.json().await?;
+                let body = response.bytes().await?;
                 if !status.is_success() {
-                    bail!("`{target}` answered {status}: {body}");
+                    bail!(
+                        "`{target}` answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
                 }
+                let listed: Listed = serde_json::from_slice(&body)
+                    .with_context(|| format!("`{target}` answered no JSON list"))?;
                 latencies.push(sent.elapsed());
-                matched = count_hosts(&body);
+                matched = listed.hosts.len() + listed.checks.len();
             }
             anyhow::Ok((latencies, matched))
         });
@@ -266,33 +310,119 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
 
-    // Addresses are picked across all hosts (a multiplicative step), so no cache serves them.
+    // Hosts are picked across all of them (a multiplicative step), so no cache serves them.
     let pick = move |request: usize| (request.wrapping_mul(7919)) % hosts;
-    let api_hosts = |body: &serde_json::Value| body["hosts"].as_array().map_or(0, Vec::len);
-    let by_address: Arc<dyn Fn(usize) -> String + Send + Sync> = Arc::new(move |request| {
-        format!(
-            "http://{api}/api/v1/hosts?networks.addresses.address={}",
-            simulation::address(pick(request))
-        )
-    });
-    let by_vendor_page: Arc<dyn Fn(usize) -> String + Send + Sync> = Arc::new(move |request| {
-        let vendor = simulation::manufacturer(request)
+    let vendor = |request: usize| {
+        simulation::manufacturer(request)
             .split(' ')
             .next()
-            .unwrap_or("Dell");
-        format!("http://{api}/api/v1/hosts?bios.smanufacturer={vendor}*&os=Debian&limit=100")
-    });
-    let floor: Arc<dyn Fn(usize) -> String + Send + Sync> = Arc::new(move |request| {
-        format!(
-            "http://{minimal_address}/lookup?address={}",
-            simulation::address(pick(request))
-        )
-    });
+            .unwrap_or("Dell")
+            .to_owned()
+    };
+    // A cursor into the second half of the list, as a client paging far in would hold.
+    let deep_cursor = move |request: usize| {
+        let agent = hosts / 2 + pick(request) / 2;
+        let hostname: String = simulation::hostname(agent)
+            .bytes()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        format!("{hostname}.{}", simulation::agent_id(agent))
+    };
+    type Url = Arc<dyn Fn(usize) -> String + Send + Sync>;
+    let shape = |name: &str| -> (&'static str, Url) {
+        match name {
+            "floor" => (
+                "floor: minimal handler, one indexed lookup (address)",
+                Arc::new(move |request| {
+                    format!(
+                        "http://{minimal_address}/lookup?address={}",
+                        simulation::address(pick(request))
+                    )
+                }),
+            ),
+            "address" => (
+                "/api/v1/hosts?networks.addresses.address=<one host>",
+                Arc::new(move |request| {
+                    format!(
+                        "http://{api}/api/v1/hosts?networks.addresses.address={}",
+                        simulation::address(pick(request))
+                    )
+                }),
+            ),
+            "vendor" => (
+                "/api/v1/hosts?bios.smanufacturer=<vendor>*&os=Debian&limit=100",
+                Arc::new(move |request| {
+                    format!(
+                        "http://{api}/api/v1/hosts?bios.smanufacturer={}*&os=Debian&limit=100",
+                        vendor(request)
+                    )
+                }),
+            ),
+            "vendor-exact" => (
+                "/api/v1/hosts?bios.smanufacturer=<vendor, exact>&limit=100",
+                Arc::new(move |request| {
+                    format!(
+                        "http://{api}/api/v1/hosts?bios.smanufacturer={}&limit=100",
+                        simulation::manufacturer(request)
+                    )
+                }),
+            ),
+            "substring" => (
+                "/api/v1/hosts?bios.smanufacturer=*<vendor>*&limit=100",
+                Arc::new(move |request| {
+                    format!(
+                        "http://{api}/api/v1/hosts?bios.smanufacturer=*{}*&limit=100",
+                        vendor(request).to_lowercase()
+                    )
+                }),
+            ),
+            "substring-rare" => (
+                "/api/v1/hosts?bios.ssn=*<7 digits>*&limit=100 (~11 hosts)",
+                Arc::new(move |request| {
+                    // `SN` and 8 digits: 7 of them match the host's own serial and 10 others.
+                    let serial = format!("{:08}", pick(request));
+                    format!(
+                        "http://{api}/api/v1/hosts?bios.ssn=*{}*&limit=100",
+                        &serial[..7]
+                    )
+                }),
+            ),
+            "deep" => (
+                "/api/v1/hosts?limit=100&cursor=<second half>",
+                Arc::new(move |request| {
+                    format!(
+                        "http://{api}/api/v1/hosts?limit=100&cursor={}",
+                        deep_cursor(request)
+                    )
+                }),
+            ),
+            "deep-vendor" => (
+                "/api/v1/hosts?bios.smanufacturer=<vendor>*&limit=100&cursor=<2nd half>",
+                Arc::new(move |request| {
+                    format!(
+                        "http://{api}/api/v1/hosts?bios.smanufacturer={}*&limit=100&cursor={}",
+                        vendor(request),
+                        deep_cursor(request)
+                    )
+                }),
+            ),
+            "checks-pass" => (
+                "/api/v1/checks?outcome=pass&limit=100",
+                Arc::new(move |_| format!("http://{api}/api/v1/checks?outcome=pass&limit=100")),
+            ),
+            _ => (
+                "/api/v1/checks?failing=true&limit=100 (none fail)",
+                Arc::new(move |_| format!("http://{api}/api/v1/checks?failing=true&limit=100")),
+            ),
+        }
+    };
 
     let (c, s) = (settings.concurrency, settings.seconds);
-    let floor_figures = load(&client, c, s, floor, api_hosts).await?;
-    let address_figures = load(&client, c, s, by_address, api_hosts).await?;
-    let vendor_figures = load(&client, c, s, by_vendor_page, api_hosts).await?;
+    let mut measured = Vec::new();
+    for name in &settings.queries {
+        let (title, url) = shape(name);
+        measured.push((name.clone(), title, load(&client, c, s, url).await?));
+    }
 
     let _ = stop_minimal.send(());
     minimal_server.await??;
@@ -304,32 +434,22 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "== GET at {hosts} hosts, {c} concurrent clients, {s} s each (client and servers share the machine)"
     );
     println!(
-        "{:<62} {:>8} {:>9} {:>8} {:>8} {:>8}",
+        "{:<72} {:>8} {:>9} {:>8} {:>8} {:>8}",
         "", "requests", "req/s", "p50 ms", "p99 ms", "matched"
     );
-    for (name, figures) in [
-        (
-            "floor: minimal handler, one indexed lookup (address)",
-            &floor_figures,
-        ),
-        (
-            "/api/v1/hosts?networks.addresses.address=<one host>",
-            &address_figures,
-        ),
-        (
-            "/api/v1/hosts?bios.smanufacturer=<vendor>*&os=Debian&limit=100",
-            &vendor_figures,
-        ),
-    ] {
+    for (_, title, figures) in &measured {
         println!(
-            "{name:<62} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8}",
+            "{title:<72} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8}",
             figures.requests, figures.per_second, figures.p50_ms, figures.p99_ms, figures.matched
         );
     }
-    println!(
-        "ratio p99 /api/v1/hosts (address) / floor: {:.2}; (vendor page) / floor: {:.2}",
-        address_figures.p99_ms / floor_figures.p99_ms,
-        vendor_figures.p99_ms / floor_figures.p99_ms
-    );
+    if let Some((_, _, floor)) = measured.iter().find(|(name, _, _)| name == "floor") {
+        for (name, _, figures) in measured.iter().filter(|(name, _, _)| name != "floor") {
+            println!(
+                "ratio p99 {name} / floor: {:.2}",
+                figures.p99_ms / floor.p99_ms
+            );
+        }
+    }
     Ok(())
 }
