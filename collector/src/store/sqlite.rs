@@ -370,6 +370,12 @@ fn migrate(connection: &Connection) -> rusqlite::Result<()> {
         tx.pragma_update(None, "user_version", index + 1)?;
         tx.commit()?;
     }
+    if applied > 0 && applied < MIGRATIONS.len() {
+        // A migration that builds an index on a large database leaves the whole index in the
+        // WAL; until it is checkpointed every read looks pages up there (measured about 10×
+        // slower on 100 000 hosts), so fold it into the database file before serving.
+        connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    }
     Ok(())
 }
 
@@ -1620,5 +1626,8 @@ mod tests {
             })
             .unwrap();
         assert_eq!(page.hosts.len(), 1);
+        // The migration's pages were folded into the database file at open.
+        let wal = std::fs::metadata(dir.path().join("estate.db-wal")).map_or(0, |m| m.len());
+        assert_eq!(wal, 0, "the WAL still holds the migration ({wal} bytes)");
     }
 }
