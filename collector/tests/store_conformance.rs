@@ -1375,6 +1375,139 @@ fn sqlite_keeps_committed_reports_across_reopening() {
     assert!(matches!(outcomes[0], WriteOutcome::Duplicate));
 }
 
+/// The outcome history of host `a`: (check, target, old outcome, new outcome, at).
+fn history(store: &dyn Store) -> Vec<(String, String, Option<String>, String, i64)> {
+    let mut events: Vec<_> = store
+        .list_events(&EventQuery {
+            host_id: Some("a".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| (e.check, e.target, e.old_outcome, e.new_outcome, e.at_ms))
+        .collect();
+    events.reverse();
+    events
+}
+
+/// A commit to the same file by another connection (another process) is seen by the next
+/// batch: a writer that kept rows between batches (docs/BENCHMARKS.md measures one) must read
+/// them again.
+#[test]
+fn sqlite_writer_reads_again_after_another_connection_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("estate.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let web = |outcome, started| vec![check_result("web", "www:443", outcome, "", started)];
+    write(
+        &store,
+        1_000,
+        vec![heartbeat(1, web(Outcome::Pass, 1), &["web"])],
+    );
+
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch(
+            "UPDATE hosts SET last_sequence = 5 WHERE id = 'a'; \
+             UPDATE check_results SET outcome = 'fail', since_ms = 1500 WHERE host_id = 'a';",
+        )
+        .unwrap();
+    let replayed = write(
+        &store,
+        2_000,
+        vec![heartbeat(3, web(Outcome::Pass, 3), &["web"])],
+    );
+    assert!(
+        matches!(replayed[0], WriteOutcome::Duplicate),
+        "sequence 3 is below the stored 5: {replayed:?}"
+    );
+    write(
+        &store,
+        3_000,
+        vec![heartbeat(6, web(Outcome::Pass, 6), &["web"])],
+    );
+    assert_eq!(
+        outcomes(&store),
+        vec![("web".into(), "www:443".into(), "pass".into(), 3_000)]
+    );
+    assert_eq!(
+        history(&store),
+        vec![
+            ("web".into(), "www:443".into(), None, "pass".into(), 1_000),
+            (
+                "web".into(),
+                "www:443".into(),
+                Some("fail".into()),
+                "pass".into(),
+                3_000
+            ),
+        ]
+    );
+}
+
+/// A batch that fails is rolled back whole, and the writer must forget it too: otherwise the
+/// next try of the same report would be taken for a duplicate.
+#[test]
+fn sqlite_failed_batch_leaves_the_writer_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("estate.db");
+    SqliteStore::open(&path).unwrap();
+    // Made before the store opens, so the writer learns of no other connection's commit.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON check_results \
+             WHEN NEW.target = 'boom' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    let web = |outcome, started| vec![check_result("web", "www:443", outcome, "", started)];
+    write(
+        &store,
+        1_000,
+        vec![heartbeat(1, web(Outcome::Pass, 1), &["web"])],
+    );
+
+    let mut failing = heartbeat(1, web(Outcome::Pass, 1), &["web"]);
+    failing.identity.as_mut().unwrap().agent_id = "b".into();
+    failing.checks[0].target = "boom".into();
+    let incoming: Vec<IncomingReport> = [heartbeat(2, web(Outcome::Fail, 2), &["web"]), failing]
+        .into_iter()
+        .map(|report| IncomingReport {
+            report: validate_report(report, &Limits::default()).unwrap(),
+            received_ms: 2_000,
+        })
+        .collect();
+    let error = store.write_batch(&incoming, POLICY).unwrap_err();
+    assert!(error.to_string().contains("agent `b`"), "{error}");
+
+    let retried = write(
+        &store,
+        3_000,
+        vec![heartbeat(2, web(Outcome::Fail, 2), &["web"])],
+    );
+    assert!(stored(&retried[0]), "{retried:?}");
+    assert_eq!(
+        outcomes(&store),
+        vec![("web".into(), "www:443".into(), "fail".into(), 3_000)]
+    );
+    assert_eq!(
+        history(&store),
+        vec![
+            ("web".into(), "www:443".into(), None, "pass".into(), 1_000),
+            (
+                "web".into(),
+                "www:443".into(),
+                Some("pass".into()),
+                "fail".into(),
+                3_000
+            ),
+        ]
+    );
+}
+
 #[test]
 fn sqlite_open_names_the_file_it_cannot_open() {
     let error = SqliteStore::open(std::path::Path::new("/nonexistent-dir/estate.db")).unwrap_err();

@@ -277,6 +277,35 @@ mod unix {
         })
     }
 
+    /// What the collector's group-commit writer did during a run, from its `/metrics`.
+    struct WriterFigures {
+        batches: u64,
+        reports: f64,
+        /// Time spent writing and committing batches.
+        seconds: f64,
+    }
+
+    async fn writer_figures(http: std::net::SocketAddr) -> anyhow::Result<WriterFigures> {
+        let page = reqwest::get(format!("http://{http}/metrics"))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let value = |name: &str| -> anyhow::Result<f64> {
+            page.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .with_context(|| format!("the collector's /metrics has no `{name}`"))?
+                .trim()
+                .parse::<f64>()
+                .with_context(|| format!("`{name}` in the collector's /metrics is not a number"))
+        };
+        Ok(WriterFigures {
+            batches: value("estate_collector_batch_reports_count")? as u64,
+            reports: value("estate_collector_batch_reports_sum")?,
+            seconds: value("estate_collector_commit_duration_seconds_sum")?,
+        })
+    }
+
     /// A database of the benchmark's own on a PostgreSQL server, dropped when done.
     struct ScratchDatabase {
         server: String,
@@ -366,11 +395,13 @@ mod unix {
         let grpc = TcpListener::bind("127.0.0.1:0").await?;
         let http = TcpListener::bind("127.0.0.1:0").await?;
         let collector_address = grpc.local_addr()?;
+        let http_address = http.local_addr()?;
         let (stop_collector, collector_stopped) = tokio::sync::oneshot::channel::<()>();
         let collector = tokio::spawn(estate_collector::run(config, grpc, http, async {
             let _ = collector_stopped.await;
         }));
         let ours = drive(collector_address, settings, &inventory).await?;
+        let writer = writer_figures(http_address).await?;
         let _ = stop_collector.send(());
         collector.await??;
 
@@ -400,16 +431,27 @@ mod unix {
             "ratio reports/s collector/ceiling: {:.2}",
             ours.per_second() / ceiling.per_second()
         );
+        println!(
+            "writer: {} batches of {:.1} reports on average, {:.2} ms each; busy {:.0} % of the run",
+            writer.batches,
+            writer.reports / writer.batches.max(1) as f64,
+            writer.seconds * 1000.0 / writer.batches.max(1) as f64,
+            writer.seconds * 100.0 / ours.elapsed.as_secs_f64()
+        );
 
         // The storage ceiling: the same rows written by plain batched upserts into the same
         // database, one transaction per batch of as many reports as there are agents (the
         // most the collector can group: each agent has one report in flight).
         let batch = settings.agents;
         let reports = settings.agents * settings.reports;
+        let postgres_server = postgres.clone();
         let (raw, method) = match postgres {
             None => (
-                tokio::task::spawn_blocking(move || raw_upserts(&database, batch, reports))
-                    .await??,
+                tokio::task::spawn_blocking({
+                    let database = database.clone();
+                    move || raw_upserts(&database, batch, reports)
+                })
+                .await??,
                 "prepared upserts",
             ),
             Some(url) => (
@@ -435,7 +477,96 @@ mod unix {
             format!("{raw:.0}")
         );
         println!("ratio rows/s collector/raw upserts: {:.2}", ours_rows / raw);
+
+        // The store alone: the writer's share, in CPU time, which the shared machine's noise
+        // does not move the way it moves rates.
+        let batch = writer.reports / writer.batches.max(1) as f64;
+        let batch = (batch.round() as usize).clamp(1, settings.agents);
+        let agents = settings.agents;
+        let rounds = settings.reports;
+        // Into the same database, as hosts of their own.
+        let alone = match postgres_server {
+            None => {
+                tokio::task::spawn_blocking(move || {
+                    let store = estate_collector::store::sqlite::SqliteStore::open(&database)?;
+                    store_alone(&store, agents, rounds, batch)
+                })
+                .await??
+            }
+            Some(url) => {
+                tokio::task::spawn_blocking(move || {
+                    let store =
+                        estate_collector::store::postgres::PostgresStore::open(&url, "bench")?;
+                    store_alone(&store, agents, rounds, batch)
+                })
+                .await??
+            }
+        };
+        println!();
+        println!(
+            "== store alone: {agents} hosts x {rounds} heartbeats through Store::write_batch, {batch} per batch (the collector's average)"
+        );
+        println!(
+            "{:<44} {:>12.0} reports/s, {:.1} µs writer CPU per report",
+            "write_batch", alone.0, alone.1
+        );
         Ok(())
+    }
+
+    /// Where the store-alone hosts' numbers start, apart from the collector run's.
+    const STORE_ALONE_AGENTS: usize = 1_000_000;
+
+    /// Heartbeats of `agents` hosts written straight through `Store::write_batch`, `batch` per
+    /// transaction, after one report per host has created it: reports/s (wall) and the CPU
+    /// time of the writing thread per report (the database server's, for PostgreSQL, not
+    /// included).
+    fn store_alone(
+        store: &dyn estate_collector::store::Store,
+        agents: usize,
+        rounds: usize,
+        batch: usize,
+    ) -> anyhow::Result<(f64, f64)> {
+        use estate_collector::store::{IncomingReport, WritePolicy};
+        use nix::sys::resource::{UsageWho, getrusage};
+        let policy = WritePolicy {
+            stale_after_ms: 300_000,
+        };
+        let incoming = |agent: usize, sequence: u64| -> anyhow::Result<IncomingReport> {
+            Ok(IncomingReport {
+                report: estate_collector::validate::validate_report(
+                    simulated_report(STORE_ALONE_AGENTS + agent, sequence, None),
+                    &estate_collector::validate::Limits::default(),
+                )
+                .map_err(|error| anyhow::anyhow!("{}", error.message))?,
+                received_ms: 1_000 + sequence as i64,
+            })
+        };
+        let mut reports = Vec::with_capacity(agents * rounds);
+        for sequence in 1..=rounds as u64 + 1 {
+            for agent in 0..agents {
+                reports.push(incoming(agent, sequence)?);
+            }
+        }
+        let (first, heartbeats) = reports.split_at(agents);
+        store.write_batch(first, policy)?;
+        let cpu = || -> anyhow::Result<Duration> {
+            let usage = getrusage(UsageWho::RUSAGE_THREAD)?;
+            let micros = |t: nix::sys::time::TimeVal| {
+                Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+            };
+            Ok(micros(usage.user_time()) + micros(usage.system_time()))
+        };
+        let started = Instant::now();
+        let cpu_before = cpu()?;
+        for chunk in heartbeats.chunks(batch) {
+            store.write_batch(chunk, policy)?;
+        }
+        let cpu_used = cpu()? - cpu_before;
+        let elapsed = started.elapsed();
+        Ok((
+            heartbeats.len() as f64 / elapsed.as_secs_f64(),
+            cpu_used.as_secs_f64() * 1e6 / heartbeats.len() as f64,
+        ))
     }
 
     /// The same rows as [`raw_upserts`] into a PostgreSQL database, the fastest plain way:
