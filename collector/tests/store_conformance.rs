@@ -628,6 +628,117 @@ pub fn host_pages_are_alike_whatever_the_filters_match(store: &dyn Store) {
     }
 }
 
+/// The host row keeps a copy of some inventory fields (`bios.smanufacturer` in `manufacturer`),
+/// which a backend may test before probing the inventory: the copy must never make a host
+/// match that its current inventory does not. It can differ from the inventory: an inventory
+/// without `bios` leaves the previous manufacturer in the row, and an empty value is no field.
+pub fn a_host_rows_copy_of_a_field_never_widens_a_filter(store: &dyn Store) {
+    let now = 1_000_000;
+    // 40 plain Debian hosts, Dell on the even ones, so both filters below match many.
+    let mut reports: Vec<ReportRequest> = (0..40)
+        .map(|n| {
+            let manufacturer = if n % 2 == 0 { "Dell Inc." } else { "HPE" };
+            let inv = inventory("Debian GNU/Linux", "12", manufacturer, &[]);
+            report(&format!("p{n:02}"), 1, Some(("sha256:1", inv)))
+        })
+        .collect();
+    reports.push(report(
+        "was-dell",
+        1,
+        Some((
+            "sha256:1",
+            inventory("Debian GNU/Linux", "12", "Dell Inc.", &[]),
+        )),
+    ));
+    reports.push(report(
+        "now-hpe",
+        1,
+        Some((
+            "sha256:1",
+            inventory("Debian GNU/Linux", "12", "Dell Inc.", &[]),
+        )),
+    ));
+    reports.push(report(
+        "blank",
+        1,
+        Some(("sha256:1", inventory("Debian GNU/Linux", "12", "", &[]))),
+    ));
+    write(store, now, reports);
+    let mut without_bios = inventory("Debian GNU/Linux", "12", "", &[]);
+    without_bios.bios = None;
+    write(
+        store,
+        now + 1,
+        vec![
+            report("was-dell", 2, Some(("sha256:2", without_bios))),
+            report(
+                "now-hpe",
+                2,
+                Some(("sha256:2", inventory("Debian GNU/Linux", "12", "HPE", &[]))),
+            ),
+        ],
+    );
+
+    let plain = |parity: usize| -> Vec<String> {
+        (0..40)
+            .filter(|n| n % 2 == parity)
+            .map(|n| format!("p{n:02}"))
+            .collect()
+    };
+    let filter = |field: &str, pattern: &str| FieldFilter {
+        field: field.into(),
+        pattern: ValuePattern::parse(pattern),
+    };
+    let debian = filter("operatingsystem.name", "Debian*");
+    let mut hpe = plain(1);
+    hpe.push("now-hpe".into());
+    hpe.sort();
+    let mut any_manufacturer: Vec<String> = (0..40).map(|n| format!("p{n:02}")).collect();
+    any_manufacturer.push("now-hpe".into());
+    any_manufacturer.sort();
+    let cases: Vec<(Vec<FieldFilter>, Vec<String>)> = vec![
+        (vec![filter("bios.smanufacturer", "*ell*")], plain(0)),
+        (
+            vec![debian.clone(), filter("bios.smanufacturer", "Dell*")],
+            plain(0),
+        ),
+        (
+            vec![debian.clone(), filter("bios.smanufacturer", "dell inc.")],
+            plain(0),
+        ),
+        (
+            vec![debian.clone(), filter("bios.smanufacturer", "hp*")],
+            hpe,
+        ),
+        (
+            vec![debian.clone(), filter("bios.smanufacturer", "*")],
+            any_manufacturer,
+        ),
+    ];
+    for (fields, expected) in cases {
+        for limit in [1, 3, 100] {
+            let mut seen: Vec<String> = Vec::new();
+            let mut after: Option<HostCursor> = None;
+            for _ in 0..=expected.len() {
+                let page = store
+                    .list_hosts(&HostQuery {
+                        fields: fields.clone(),
+                        limit,
+                        after: after.clone(),
+                        ..query(now)
+                    })
+                    .unwrap();
+                seen.extend(page.hosts.into_iter().map(|host| host.id));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, expected, "filters {fields:?}, limit {limit}");
+        }
+    }
+}
+
 fn check_result(
     check: &str,
     target: &str,
@@ -1263,6 +1374,11 @@ macro_rules! store_conformance_suite {
             $(#[$attribute])*
             fn host_pages_are_alike_whatever_the_filters_match() {
                 check(super::host_pages_are_alike_whatever_the_filters_match);
+            }
+            #[test]
+            $(#[$attribute])*
+            fn a_host_rows_copy_of_a_field_never_widens_a_filter() {
+                check(super::a_host_rows_copy_of_a_field_never_widens_a_filter);
             }
             #[test]
             $(#[$attribute])*

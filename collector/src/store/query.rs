@@ -149,7 +149,14 @@ impl SqlBuilder {
     /// The condition on one `inventory_fields` row (columns prefixed by `prefix`) for `filter`.
     fn field_match(&mut self, filter: &FieldFilter, prefix: &str) -> String {
         let field = self.bind(filter.field.clone());
-        let (operator, pattern) = match &filter.pattern {
+        let value = self.value_match(&format!("{prefix}value"), &filter.pattern);
+        format!("{prefix}field = {field} AND {value}")
+    }
+
+    /// `column` compared with `pattern` as a filter compares an inventory value: exact or
+    /// glob, without regard to (ASCII) case.
+    fn value_match(&mut self, column: &str, pattern: &ValuePattern) -> String {
+        let (operator, pattern) = match pattern {
             ValuePattern::Exact(value) => ("=", value.clone()),
             // Both sides are folded already, so PostgreSQL's plain `LIKE` (which can read the
             // `text_pattern_ops` index) is enough.
@@ -157,11 +164,11 @@ impl SqlBuilder {
         };
         let pattern = self.bind_text(pattern);
         let (value, pattern) = match self.dialect {
-            Dialect::Sqlite => (format!("{prefix}value COLLATE NOCASE"), pattern),
-            Dialect::Postgres => (format!("lower({prefix}value)"), format!("lower({pattern})")),
+            Dialect::Sqlite => (format!("{column} COLLATE NOCASE"), pattern),
+            Dialect::Postgres => (format!("lower({column})"), format!("lower({pattern})")),
         };
         let escape = if operator == "=" { "" } else { " ESCAPE '\\'" };
-        format!("{prefix}field = {field} AND {value} {operator} {pattern}{escape}")
+        format!("{value} {operator} {pattern}{escape}")
     }
 
     fn finish(self, order: &str, limit: usize) -> ListQuery {
@@ -174,6 +181,30 @@ impl SqlBuilder {
             limit,
         }
     }
+}
+
+/// The `hosts` column holding a copy of inventory `field`, when there is one.
+///
+/// The write path sets these columns from the same inventory whose fields it stores
+/// (`apply_inventory`), so a host with `field = v` in `inventory_fields` has `v` in the column.
+/// The converse does not hold (an inventory without `bios` keeps the previous columns, and empty
+/// values are not stored as fields): a column match is necessary, not sufficient, so it only
+/// spares the probes of the hosts it rules out. Each of these fields is single-valued text.
+pub(super) fn host_column_of(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "bios.smanufacturer" => "manufacturer",
+        "bios.smodel" => "model",
+        "bios.ssn" => "serial_number",
+        "hardware.vmsystem" => "vmsystem",
+        "hardware.chassis_type" => "chassis_type",
+        "operatingsystem.name" => "os_name",
+        "operatingsystem.version" => "os_version",
+        "operatingsystem.full_name" => "os_full_name",
+        "operatingsystem.kernel_version" => "kernel_version",
+        "operatingsystem.arch" => "arch",
+        "operatingsystem.fqdn" => "fqdn",
+        _ => return None,
+    })
 }
 
 /// How [`hosts`] applies the inventory filters. Every plan returns the same rows; they differ in
@@ -249,6 +280,12 @@ pub(super) fn hosts(
                 " AND id IN (SELECT host_id FROM inventory_fields WHERE {matches})"
             ));
         } else {
+            // The host row's copy first: a host whose column does not match cannot have the
+            // field, so only the hosts that pass are probed in `inventory_fields`.
+            if let Some(column) = host_column_of(&filter.field) {
+                let matches = sql.value_match(column, &filter.pattern);
+                sql.push(&format!(" AND {matches}"));
+            }
             let matches = sql.field_match(filter, "f.");
             sql.push(&format!(
                 " AND EXISTS (SELECT 1 FROM inventory_fields f \

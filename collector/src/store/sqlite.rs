@@ -1394,7 +1394,8 @@ mod tests {
     use crate::store::{FieldFilter, ValuePattern};
 
     /// A database of `hosts` hosts `h000…` (hostnames `host-000…`), each with the fields
-    /// `fields(n)` gives, written straight into the tables.
+    /// `fields(n)` gives, written straight into the tables (with the host row's copies of
+    /// them, as the write path keeps).
     fn database(hosts: usize, fields: impl Fn(usize) -> Vec<(&'static str, String)>) -> Connection {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("estate.db");
@@ -1417,6 +1418,13 @@ mod tests {
                     params![id, field, value],
                 )
                 .unwrap();
+                if let Some(column) = query::host_column_of(field) {
+                    tx.execute(
+                        &format!("UPDATE hosts SET {column} = ?2 WHERE id = ?1"),
+                        params![id, value],
+                    )
+                    .unwrap();
+                }
             }
         }
         tx.commit().unwrap();
