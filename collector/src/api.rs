@@ -19,6 +19,7 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -203,48 +204,152 @@ fn decode_cursor(text: &str) -> Result<HostCursor, ApiError> {
 
 /// The API's view of a host.
 pub fn host_json(host: &HostRecord, now_ms: i64, liveness: Liveness) -> Value {
-    let up = now_ms - host.last_seen_ms < liveness.stale_after.as_millis() as i64;
-    json!({
-        "id": host.id,
-        "hostname": host.hostname,
-        "fqdn": host.fqdn,
-        "state": if up { "up" } else { "stale" },
-        "first_seen": rfc3339(host.first_seen_ms),
-        "last_seen": rfc3339(host.last_seen_ms),
-        "os": {
-            "name": host.os_name,
-            "version": host.os_version,
-            "full_name": host.os_full_name,
-            "kernel_version": host.kernel_version,
-            "arch": host.arch,
-        },
-        "hardware": {
-            "manufacturer": host.manufacturer,
-            "model": host.model,
-            "serial_number": host.serial_number,
-            "chassis_type": host.chassis_type,
-            "vmsystem": host.vmsystem,
-            "memory_bytes": host.memory_bytes,
-            "swap_bytes": host.swap_bytes,
-            "cpu_threads": host.cpu_threads,
-        },
-        "identity": {
-            "machine_id": host.machine_id,
-            "smbios_uuid": host.smbios_uuid,
-            "primary_mac": host.primary_mac,
-            "conflict": host.identity_conflict,
-            "conflict_detail": host.identity_conflict_detail,
-        },
-        "agent": {
-            "version": host.agent_version,
-            "last_sequence": host.last_sequence,
-            "clock_skew_seconds": host.clock_skew_ms as f64 / 1000.0,
-            "dropped_reports_total": host.dropped_reports_total,
-            "reports_received_total": host.reports_received_total,
-        },
-        "inventory_hash": host.inventory_hash,
-        "vitals": host.vitals,
-    })
+    // Serialising a struct cannot fail: every key is a string.
+    serde_json::to_value(HostView::new(host, now_ms, liveness)).unwrap_or(Value::Null)
+}
+
+/// The API's view of a host, serialised straight to JSON by lists (no [`Value`] tree per
+/// host). Keys are declared in alphabetical order, the order `serde_json` maps keep, so a
+/// list's bytes are those of [`host_json`].
+#[derive(Serialize)]
+struct HostView<'a> {
+    agent: AgentView<'a>,
+    first_seen: String,
+    fqdn: &'a str,
+    hardware: HardwareView<'a>,
+    hostname: &'a str,
+    id: &'a str,
+    identity: IdentityView<'a>,
+    inventory_hash: &'a str,
+    last_seen: String,
+    os: OsView<'a>,
+    state: &'static str,
+    vitals: VitalsView<'a>,
+}
+
+#[derive(Serialize)]
+struct AgentView<'a> {
+    clock_skew_seconds: f64,
+    dropped_reports_total: u64,
+    last_sequence: u64,
+    reports_received_total: u64,
+    version: &'a str,
+}
+
+#[derive(Serialize)]
+struct HardwareView<'a> {
+    chassis_type: &'a str,
+    cpu_threads: u32,
+    manufacturer: &'a str,
+    memory_bytes: u64,
+    model: &'a str,
+    serial_number: &'a str,
+    swap_bytes: u64,
+    vmsystem: &'a str,
+}
+
+#[derive(Serialize)]
+struct IdentityView<'a> {
+    conflict: bool,
+    conflict_detail: &'a str,
+    machine_id: &'a str,
+    primary_mac: &'a str,
+    smbios_uuid: &'a str,
+}
+
+#[derive(Serialize)]
+struct OsView<'a> {
+    arch: &'a str,
+    full_name: &'a str,
+    kernel_version: &'a str,
+    name: &'a str,
+    version: &'a str,
+}
+
+/// [`HostVitals`](estate_proto::v1::HostVitals) with its keys in alphabetical order.
+#[derive(Serialize)]
+struct VitalsView<'a> {
+    boot_time_unix: i64,
+    load1: f64,
+    memory_available_bytes: u64,
+    swap_free_bytes: u64,
+    volumes: Vec<VolumeView<'a>>,
+}
+
+#[derive(Serialize)]
+struct VolumeView<'a> {
+    free_bytes: u64,
+    mount: &'a str,
+    total_bytes: u64,
+}
+
+impl<'a> HostView<'a> {
+    fn new(host: &'a HostRecord, now_ms: i64, liveness: Liveness) -> Self {
+        let up = now_ms - host.last_seen_ms < liveness.stale_after.as_millis() as i64;
+        let vitals = &host.vitals;
+        HostView {
+            agent: AgentView {
+                clock_skew_seconds: host.clock_skew_ms as f64 / 1000.0,
+                dropped_reports_total: host.dropped_reports_total,
+                last_sequence: host.last_sequence,
+                reports_received_total: host.reports_received_total,
+                version: &host.agent_version,
+            },
+            first_seen: rfc3339(host.first_seen_ms),
+            fqdn: &host.fqdn,
+            hardware: HardwareView {
+                chassis_type: &host.chassis_type,
+                cpu_threads: host.cpu_threads,
+                manufacturer: &host.manufacturer,
+                memory_bytes: host.memory_bytes,
+                model: &host.model,
+                serial_number: &host.serial_number,
+                swap_bytes: host.swap_bytes,
+                vmsystem: &host.vmsystem,
+            },
+            hostname: &host.hostname,
+            id: &host.id,
+            identity: IdentityView {
+                conflict: host.identity_conflict,
+                conflict_detail: &host.identity_conflict_detail,
+                machine_id: &host.machine_id,
+                primary_mac: &host.primary_mac,
+                smbios_uuid: &host.smbios_uuid,
+            },
+            inventory_hash: &host.inventory_hash,
+            last_seen: rfc3339(host.last_seen_ms),
+            os: OsView {
+                arch: &host.arch,
+                full_name: &host.os_full_name,
+                kernel_version: &host.kernel_version,
+                name: &host.os_name,
+                version: &host.os_version,
+            },
+            state: if up { "up" } else { "stale" },
+            vitals: VitalsView {
+                boot_time_unix: vitals.boot_time_unix,
+                load1: vitals.load1,
+                memory_available_bytes: vitals.memory_available_bytes,
+                swap_free_bytes: vitals.swap_free_bytes,
+                volumes: vitals
+                    .volumes
+                    .iter()
+                    .map(|volume| VolumeView {
+                        free_bytes: volume.free_bytes,
+                        mount: &volume.mount,
+                        total_bytes: volume.total_bytes,
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// One page of `GET /api/v1/hosts`.
+#[derive(Serialize)]
+struct HostListView<'a> {
+    hosts: Vec<HostView<'a>>,
+    next_cursor: Option<String>,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -259,20 +364,20 @@ async fn blocking<T: Send + 'static>(
 async fn list_hosts(
     State(state): State<ApiState>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let now = now_ms();
     let query = parse_host_query(&query_pairs(raw.as_deref())?, now, state.liveness)?;
     let store = Arc::clone(&state.store);
     let page = blocking(move || store.list_hosts(&query)).await?;
-    let hosts: Vec<Value> = page
-        .hosts
-        .iter()
-        .map(|host| host_json(host, now, state.liveness))
-        .collect();
-    Ok(Json(json!({
-        "hosts": hosts,
-        "next_cursor": page.next.as_ref().map(encode_cursor),
-    })))
+    let view = HostListView {
+        hosts: page
+            .hosts
+            .iter()
+            .map(|host| HostView::new(host, now, state.liveness))
+            .collect(),
+        next_cursor: page.next.as_ref().map(encode_cursor),
+    };
+    Ok(Json(view).into_response())
 }
 
 async fn host_detail(
@@ -566,6 +671,135 @@ mod tests {
             Err(error) => error.message,
         };
         assert!(got.contains(expected), "expected `{expected}` in:\n{got}");
+    }
+
+    /// The host list as it was built before it was serialised straight from [`HostView`]: a
+    /// `json!` tree per host.
+    fn host_list_as_a_value_tree(hosts: &[HostRecord], now_ms: i64, next: Option<&str>) -> Value {
+        let hosts: Vec<Value> = hosts
+            .iter()
+            .map(|host| {
+                let up = now_ms - host.last_seen_ms < LIVENESS.stale_after.as_millis() as i64;
+                json!({
+                    "id": host.id,
+                    "hostname": host.hostname,
+                    "fqdn": host.fqdn,
+                    "state": if up { "up" } else { "stale" },
+                    "first_seen": rfc3339(host.first_seen_ms),
+                    "last_seen": rfc3339(host.last_seen_ms),
+                    "os": {
+                        "name": host.os_name,
+                        "version": host.os_version,
+                        "full_name": host.os_full_name,
+                        "kernel_version": host.kernel_version,
+                        "arch": host.arch,
+                    },
+                    "hardware": {
+                        "manufacturer": host.manufacturer,
+                        "model": host.model,
+                        "serial_number": host.serial_number,
+                        "chassis_type": host.chassis_type,
+                        "vmsystem": host.vmsystem,
+                        "memory_bytes": host.memory_bytes,
+                        "swap_bytes": host.swap_bytes,
+                        "cpu_threads": host.cpu_threads,
+                    },
+                    "identity": {
+                        "machine_id": host.machine_id,
+                        "smbios_uuid": host.smbios_uuid,
+                        "primary_mac": host.primary_mac,
+                        "conflict": host.identity_conflict,
+                        "conflict_detail": host.identity_conflict_detail,
+                    },
+                    "agent": {
+                        "version": host.agent_version,
+                        "last_sequence": host.last_sequence,
+                        "clock_skew_seconds": host.clock_skew_ms as f64 / 1000.0,
+                        "dropped_reports_total": host.dropped_reports_total,
+                        "reports_received_total": host.reports_received_total,
+                    },
+                    "inventory_hash": host.inventory_hash,
+                    "vitals": host.vitals,
+                })
+            })
+            .collect();
+        json!({ "hosts": hosts, "next_cursor": next })
+    }
+
+    #[test]
+    fn a_host_list_has_the_bytes_of_its_value_tree() {
+        use estate_proto::v1::{HostVitals, VolumeUsage};
+        let now = 1_800_000_000_000;
+        let full = HostRecord {
+            id: "00000000-0000-4000-8000-000000000001".into(),
+            hostname: "web-\"01\"".into(),
+            fqdn: "web-01.example.org".into(),
+            os_name: "Debian GNU/Linux".into(),
+            os_version: "12".into(),
+            os_full_name: "Debian GNU/Linux 12 (bookworm)".into(),
+            kernel_version: "6.1.0-28-amd64".into(),
+            arch: "x86_64".into(),
+            vmsystem: "Physical".into(),
+            manufacturer: "Dell Inc.".into(),
+            model: "PowerEdge R650".into(),
+            chassis_type: "Rack Mount Chassis".into(),
+            serial_number: "SN0001".into(),
+            machine_id: "m1".into(),
+            smbios_uuid: "u1".into(),
+            primary_mac: "52:54:00:00:00:01".into(),
+            agent_version: "0.1.0".into(),
+            memory_bytes: u64::MAX,
+            swap_bytes: 4 << 30,
+            cpu_threads: 16,
+            first_seen_ms: now - 86_400_123,
+            last_seen_ms: now - 1_000,
+            last_sequence: 42,
+            clock_skew_ms: -1_234,
+            identity_conflict: true,
+            identity_conflict_detail: "two machines ✓".into(),
+            inventory_hash: "sha256:ab".into(),
+            dropped_reports_total: 3,
+            reports_received_total: 40,
+            vitals: HostVitals {
+                memory_available_bytes: 1 << 30,
+                swap_free_bytes: 7,
+                boot_time_unix: 1_700_000_000,
+                volumes: vec![VolumeUsage {
+                    mount: "/".into(),
+                    total_bytes: 100,
+                    free_bytes: 40,
+                }],
+                load1: 0.37,
+            },
+            reported_to: "collector-a".into(),
+        };
+        let stale = HostRecord {
+            id: "h2".into(),
+            last_seen_ms: now - 600_000,
+            vitals: HostVitals {
+                load1: f64::NAN,
+                ..HostVitals::default()
+            },
+            ..HostRecord::default()
+        };
+        let hosts = [full, stale];
+        for next in [None, Some("7765622d3032.h2")] {
+            let view = HostListView {
+                hosts: hosts
+                    .iter()
+                    .map(|host| HostView::new(host, now, LIVENESS))
+                    .collect(),
+                next_cursor: next.map(str::to_owned),
+            };
+            assert_eq!(
+                serde_json::to_string(&view).unwrap(),
+                serde_json::to_string(&host_list_as_a_value_tree(&hosts, now, next)).unwrap()
+            );
+        }
+        assert_eq!(
+            host_json(&hosts[0], now, LIVENESS),
+            host_list_as_a_value_tree(&hosts[..1], now, None)["hosts"][0]
+        );
     }
 
     #[test]
