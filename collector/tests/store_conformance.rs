@@ -1563,6 +1563,58 @@ fn sqlite_writer_reads_again_after_another_connection_commits() {
     );
 }
 
+/// Host `a` reports, then a batch fails (a trigger made by the caller refuses any check result
+/// whose target is `boom`), then `a`'s report of that batch is sent again: it must be stored,
+/// not taken for a duplicate, with the outcome change it brings.
+fn a_failed_batch_is_forgotten(store: &dyn Store) {
+    let web = |outcome, started| vec![check_result("web", "www:443", outcome, "", started)];
+    write(
+        store,
+        1_000,
+        vec![heartbeat(1, web(Outcome::Pass, 1), &["web"])],
+    );
+
+    let mut failing = heartbeat(1, web(Outcome::Pass, 1), &["web"]);
+    failing.identity.as_mut().unwrap().agent_id = "b".into();
+    failing.checks[0].target = "boom".into();
+    let incoming: Vec<IncomingReport> = [heartbeat(2, web(Outcome::Fail, 2), &["web"]), failing]
+        .into_iter()
+        .map(|report| IncomingReport {
+            report: validate_report(report, &Limits::default()).unwrap(),
+            received_ms: 2_000,
+        })
+        .collect();
+    let error = store.write_batch(&incoming, POLICY).unwrap_err();
+    assert!(
+        error.to_string().starts_with("failed to write a batch"),
+        "{error}"
+    );
+
+    let retried = write(
+        store,
+        3_000,
+        vec![heartbeat(2, web(Outcome::Fail, 2), &["web"])],
+    );
+    assert!(stored(&retried[0]), "{retried:?}");
+    assert_eq!(
+        outcomes(store),
+        vec![("web".into(), "www:443".into(), "fail".into(), 3_000)]
+    );
+    assert_eq!(
+        history(store),
+        vec![
+            ("web".into(), "www:443".into(), None, "pass".into(), 1_000),
+            (
+                "web".into(),
+                "www:443".into(),
+                Some("pass".into()),
+                "fail".into(),
+                3_000
+            ),
+        ]
+    );
+}
+
 /// A batch that fails is rolled back whole, and the writer must forget it too: otherwise the
 /// next try of the same report would be taken for a duplicate.
 #[test]
@@ -1579,49 +1631,7 @@ fn sqlite_failed_batch_leaves_the_writer_as_before() {
         )
         .unwrap();
     let store = SqliteStore::open(&path).unwrap();
-    let web = |outcome, started| vec![check_result("web", "www:443", outcome, "", started)];
-    write(
-        &store,
-        1_000,
-        vec![heartbeat(1, web(Outcome::Pass, 1), &["web"])],
-    );
-
-    let mut failing = heartbeat(1, web(Outcome::Pass, 1), &["web"]);
-    failing.identity.as_mut().unwrap().agent_id = "b".into();
-    failing.checks[0].target = "boom".into();
-    let incoming: Vec<IncomingReport> = [heartbeat(2, web(Outcome::Fail, 2), &["web"]), failing]
-        .into_iter()
-        .map(|report| IncomingReport {
-            report: validate_report(report, &Limits::default()).unwrap(),
-            received_ms: 2_000,
-        })
-        .collect();
-    let error = store.write_batch(&incoming, POLICY).unwrap_err();
-    assert!(error.to_string().contains("agent `b`"), "{error}");
-
-    let retried = write(
-        &store,
-        3_000,
-        vec![heartbeat(2, web(Outcome::Fail, 2), &["web"])],
-    );
-    assert!(stored(&retried[0]), "{retried:?}");
-    assert_eq!(
-        outcomes(&store),
-        vec![("web".into(), "www:443".into(), "fail".into(), 3_000)]
-    );
-    assert_eq!(
-        history(&store),
-        vec![
-            ("web".into(), "www:443".into(), None, "pass".into(), 1_000),
-            (
-                "web".into(),
-                "www:443".into(),
-                Some("pass".into()),
-                "fail".into(),
-                3_000
-            ),
-        ]
-    );
+    a_failed_batch_is_forgotten(&store);
 }
 
 #[test]
@@ -1738,6 +1748,25 @@ fn postgres_stores_text_with_nul_characters() {
     assert!(outcomes.iter().all(stored));
     let host = store.host_detail("a").unwrap().unwrap();
     assert_eq!(host.host.os_name, "Deb\u{FFFD}ian");
+}
+
+/// The PostgreSQL writer prepares its statements once per connection; a failed batch must not
+/// leave it unable to write the next.
+#[test]
+#[ignore = "needs PostgreSQL: .ci/run starts one (ESTATE_TEST_POSTGRES_URL)"]
+fn postgres_failed_batch_leaves_the_writer_as_before() {
+    let (store, database) = open_postgres();
+    estate_collector::store::postgres::connect(&database.url())
+        .unwrap()
+        .batch_execute(
+            "CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.target = 'boom' THEN RAISE EXCEPTION 'refused by the test'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_boom BEFORE INSERT ON check_results \
+             FOR EACH ROW EXECUTE FUNCTION refuse_boom();",
+        )
+        .unwrap();
+    a_failed_batch_is_forgotten(&store);
 }
 
 #[test]

@@ -22,7 +22,7 @@ use super::{
 use crate::document::{self, ChangeKind};
 use estate_proto::v1::CheckResult;
 use postgres::types::ToSql;
-use postgres::{Client, GenericClient, NoTls, Row, Transaction};
+use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -494,9 +494,24 @@ struct PoolState {
     open: usize,
 }
 
-/// `postgres::Client` is not `Debug`; the pool only needs to hold it.
-struct ClientSlot(Client);
+/// A pooled connection and the statements prepared on it, by their text (the write path's:
+/// a batch then sends each with one round trip, and the server does not parse it again).
+/// Kept with the connection, so that a new connection starts with none.
+struct ClientSlot {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
 
+impl ClientSlot {
+    fn new(client: Client) -> Self {
+        ClientSlot {
+            client,
+            statements: HashMap::new(),
+        }
+    }
+}
+
+/// `postgres::Client` is not `Debug`; the pool only needs to hold it.
 impl std::fmt::Debug for ClientSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ClientSlot")
@@ -517,17 +532,26 @@ impl Pool {
         connector: &Connector,
         body: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, PoolError> {
-        let mut client = {
+        self.run_prepared(connector, |client, _| body(client))
+    }
+
+    /// Like [`Pool::run`], with the connection's prepared statements.
+    fn run_prepared<T>(
+        &self,
+        connector: &Connector,
+        body: impl FnOnce(&mut Client, &mut Prepared<'_>) -> Result<T, postgres::Error>,
+    ) -> Result<T, PoolError> {
+        let mut slot = {
             let mut state = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             loop {
-                if let Some(ClientSlot(client)) = state.idle.pop() {
-                    break client;
+                if let Some(slot) = state.idle.pop() {
+                    break slot;
                 }
                 if state.open < self.max {
                     state.open += 1;
                     drop(state);
                     match connector.connect() {
-                        Ok(client) => break client,
+                        Ok(client) => break ClientSlot::new(client),
                         Err(error) => {
                             let mut state = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                             state.open -= 1;
@@ -546,12 +570,16 @@ impl Pool {
                 }
             }
         };
-        let result = body(&mut client);
+        let result = body(&mut slot.client, &mut Prepared(&mut slot.statements));
+        if result.is_err() {
+            // Whatever state the failure left the connection in, the next use prepares anew.
+            slot.statements.clear();
+        }
         let mut state = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if client.is_closed() {
+        if slot.client.is_closed() {
             state.open -= 1;
         } else {
-            state.idle.push(ClientSlot(client));
+            state.idle.push(slot);
         }
         self.returned.notify_one();
         result.map_err(PoolError::Query)
@@ -569,6 +597,42 @@ impl Drop for Pool {
         if !idle.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
             let _ = std::thread::spawn(move || drop(idle)).join();
         }
+    }
+}
+
+/// A connection's prepared statements (see [`ClientSlot`]).
+struct Prepared<'a>(&'a mut HashMap<String, Statement>);
+
+impl Prepared<'_> {
+    /// The statement for `sql`, prepared on this connection the first time (a named
+    /// statement lives as long as the session, past the transaction it was prepared in).
+    fn get(&mut self, tx: &mut Transaction<'_>, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.0.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = tx.prepare(sql)?;
+        self.0.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn execute(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        let statement = self.get(tx, sql)?;
+        tx.execute(&statement, params)
+    }
+
+    fn query(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        let statement = self.get(tx, sql)?;
+        tx.query(&statement, params)
     }
 }
 
@@ -607,7 +671,7 @@ impl PostgresStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .idle
-            .push(ClientSlot(client));
+            .push(ClientSlot::new(client));
         writer.idle.lock().unwrap_or_else(|p| p.into_inner()).open = 1;
         Ok(PostgresStore {
             connector,
@@ -1033,16 +1097,21 @@ impl BatchPlan {
     }
 
     /// Writes the plan: one statement per table, whatever the number of reports.
-    fn execute(self, tx: &mut Transaction<'_>) -> Result<(), postgres::Error> {
+    fn execute(
+        self,
+        tx: &mut Transaction<'_>,
+        prepared: &mut Prepared<'_>,
+    ) -> Result<(), postgres::Error> {
         if !self.hosts.is_empty() {
-            self.write_hosts(tx)?;
+            self.write_hosts(tx, prepared)?;
         }
         if !self.inventories.is_empty() {
             let ids: Vec<&String> = self.inventories.keys().collect();
             let hashes: Vec<String> = self.inventories.values().map(|v| clean(&v.0)).collect();
             let received: Vec<i64> = self.inventories.values().map(|v| v.1).collect();
             let documents: Vec<&String> = self.inventories.values().map(|v| &v.2).collect();
-            tx.execute(
+            let upsert = prepared.get(
+                tx,
                 &format!(
                     "{} ON CONFLICT (host_id) DO UPDATE SET hash = excluded.hash, \
                      received_ms = excluded.received_ms, document = excluded.document",
@@ -1052,13 +1121,14 @@ impl BatchPlan {
                         &["text", "text", "bigint", "text"]
                     )
                 ),
-                &[&ids, &hashes, &received, &documents],
             )?;
+            tx.execute(&upsert, &[&ids, &hashes, &received, &documents])?;
         }
         if !self.fields.is_empty() {
             // The field index is derived data, rebuilt from each new document.
             let ids: Vec<&String> = self.fields.keys().collect();
-            tx.execute(
+            prepared.execute(
+                tx,
                 "DELETE FROM inventory_fields WHERE host_id = ANY($1)",
                 &[&ids],
             )?;
@@ -1072,7 +1142,8 @@ impl BatchPlan {
                     values.push(clean(&pair.value));
                 }
             }
-            tx.execute(
+            prepared.execute(
+                tx,
                 &unnest_insert(
                     "inventory_fields",
                     "host_id, field, value",
@@ -1093,7 +1164,8 @@ impl BatchPlan {
                 columns[4].push(new.clone());
             }
             // WITH ORDINALITY and ORDER BY: ids follow the order the changes happened in.
-            tx.execute(
+            prepared.execute(
+                tx,
                 "INSERT INTO inventory_changes (host_id, at_ms, field, kind, old, new) \
                  SELECT h, a, f, k, o, n FROM UNNEST($1::text[], $2::bigint[], $3::text[], \
                  $4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS t(h, a, f, k, o, n, i) \
@@ -1115,7 +1187,8 @@ impl BatchPlan {
             let at: Vec<i64> = self.events.iter().map(|e| e.at_ms).collect();
             let old: Vec<Option<String>> =
                 self.events.iter().map(|e| e.old_outcome.clone()).collect();
-            tx.execute(
+            prepared.execute(
+                tx,
                 "INSERT INTO check_events (host_id, check_name, kind, target, at_ms, \
                  old_outcome, new_outcome, reason) \
                  SELECT h, c, k, t, a, o, n, r FROM UNNEST($1::text[], $2::text[], $3::text[], \
@@ -1133,10 +1206,14 @@ impl BatchPlan {
                 ],
             )?;
         }
-        self.write_checks(tx)
+        self.write_checks(tx, prepared)
     }
 
-    fn write_hosts(&self, tx: &mut Transaction<'_>) -> Result<(), postgres::Error> {
+    fn write_hosts(
+        &self,
+        tx: &mut Transaction<'_>,
+        prepared: &mut Prepared<'_>,
+    ) -> Result<(), postgres::Error> {
         let hosts: Vec<&HostRecord> = self.hosts.values().collect();
         let text = |get: fn(&HostRecord) -> &str| -> Box<dyn ToSql + Sync + Send> {
             Box::new(hosts.iter().map(|h| clean(get(h))).collect::<Vec<String>>())
@@ -1202,11 +1279,15 @@ impl BatchPlan {
             unnest_insert("hosts", HOST_COLUMNS, HOST_COLUMN_TYPES),
             updates.join(", ")
         );
-        tx.execute(&sql, &param_refs(&params))?;
+        prepared.execute(tx, &sql, &param_refs(&params))?;
         Ok(())
     }
 
-    fn write_checks(&self, tx: &mut Transaction<'_>) -> Result<(), postgres::Error> {
+    fn write_checks(
+        &self,
+        tx: &mut Transaction<'_>,
+        prepared: &mut Prepared<'_>,
+    ) -> Result<(), postgres::Error> {
         let mut gone: [Vec<String>; 3] = Default::default();
         let mut upserts: Vec<&CheckState> = Vec::new();
         for (host_id, checks) in &self.checks {
@@ -1226,7 +1307,8 @@ impl BatchPlan {
             );
         }
         if !gone[0].is_empty() {
-            tx.execute(
+            prepared.execute(
+                tx,
                 "DELETE FROM check_results c USING UNNEST($1::text[], $2::text[], $3::text[]) \
                  AS g(h, n, t) WHERE c.host_id = g.h AND c.check_name = g.n AND c.target = g.t",
                 &[&gone[0], &gone[1], &gone[2]],
@@ -1296,7 +1378,7 @@ impl BatchPlan {
                 ]
             )
         );
-        tx.execute(&sql, &param_refs(&params))?;
+        prepared.execute(tx, &sql, &param_refs(&params))?;
         Ok(())
     }
 }
@@ -1304,6 +1386,7 @@ impl BatchPlan {
 /// Reads what a batch needs, for all its hosts at once, after locking them.
 fn read_batch_input(
     tx: &mut Transaction<'_>,
+    prepared: &mut Prepared<'_>,
     reports: &[IncomingReport],
 ) -> Result<BatchInput, postgres::Error> {
     let mut ids: Vec<String> = reports
@@ -1315,13 +1398,15 @@ fn read_batch_input(
     // Two collectors may receive the same agent during a fail-over: a transaction-scoped lock
     // per agent id (taken in id order, so two batches cannot deadlock) serialises them, new
     // hosts included, which row locks could not.
-    tx.execute(
+    prepared.execute(
+        tx,
         "SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) \
          FROM UNNEST($1::text[]) WITH ORDINALITY AS t(id, i) ORDER BY i",
         &[&ids],
     )?;
-    let hosts = tx
+    let hosts = prepared
         .query(
+            tx,
             &format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = ANY($1)"),
             &[&ids],
         )?
@@ -1338,7 +1423,8 @@ fn read_batch_input(
         .collect();
     let mut documents = HashMap::new();
     if !with_inventory.is_empty() {
-        for row in tx.query(
+        for row in prepared.query(
+            tx,
             "SELECT host_id, document FROM inventories WHERE host_id = ANY($1)",
             &[&with_inventory],
         )? {
@@ -1350,7 +1436,8 @@ fn read_batch_input(
         }
     }
     let mut checks: HashMap<String, Vec<CheckState>> = HashMap::new();
-    for row in tx.query(
+    for row in prepared.query(
+        tx,
         &format!("SELECT {CHECK_COLUMNS} FROM check_results WHERE host_id = ANY($1)"),
         &[&ids],
     )? {
@@ -1396,15 +1483,15 @@ impl Store for PostgresStore {
         policy: WritePolicy,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         self.writer
-            .run(&self.connector, |client| {
+            .run_prepared(&self.connector, |client, prepared| {
                 let mut tx = client.transaction()?;
-                let mut input = read_batch_input(&mut tx, reports)?;
+                let mut input = read_batch_input(&mut tx, prepared, reports)?;
                 let mut plan = BatchPlan::default();
                 let outcomes: Vec<WriteOutcome> = reports
                     .iter()
                     .map(|report| plan.plan_one(&mut input, report, policy, &self.collector_id))
                     .collect();
-                plan.execute(&mut tx)?;
+                plan.execute(&mut tx, prepared)?;
                 tx.commit()?;
                 Ok(outcomes)
             })
