@@ -4,7 +4,7 @@
 //! When several collectors share one database, each renders only the hosts it owns
 //! ([`Ownership`]); the others' entries are kept up to date by the ownership refresh.
 
-use crate::metrics::SeriesCache;
+use crate::metrics::{SeriesCache, same_series};
 use crate::store::{CheckState, CollectorView, HostRecord};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -20,7 +20,7 @@ pub struct HostEntry {
     /// Another collector stored a newer report than this record: reload it before rendering.
     pub outdated: bool,
     /// The host's `/metrics` lines as last rendered; every change to `record` or `checks`
-    /// below invalidates it.
+    /// below invalidates it, or marks its values old when the lines stay the same.
     pub series: SeriesCache,
 }
 
@@ -112,12 +112,19 @@ impl HostStates {
             // refresh, so wait that long rather than show the host twice.
             entry.hold_until_ms = record.last_seen_ms + ownership.hand_over_ms;
         }
+        let same_lines = !entry.outdated
+            && same_series(&entry.record, &entry.checks, &record, checks.as_deref());
         entry.record = record;
         entry.outdated = false;
         if let Some(checks) = checks {
             entry.checks = checks;
         }
-        entry.series.invalidate();
+        if same_lines {
+            // A heartbeat: the next render writes the new values into the kept lines.
+            entry.series.values_changed();
+        } else {
+            entry.series.invalidate();
+        }
     }
 
     /// Drops a host deleted from the store, unless a report stored after the deletion (its

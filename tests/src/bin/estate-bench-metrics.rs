@@ -3,16 +3,24 @@
 //! and encoded by its `TextEncoder`, in the same run.
 //!
 //! Each host is a simulated agent's record (identity, inventory facts, vitals) with 12 check
-//! results, as after its first report. The renderer keeps each host's series between scrapes
-//! and renders again only hosts that reported since, so two figures are printed: the cold
-//! render (every host reported since the last scrape: everything is rendered) and the warm
-//! render (`--updated` percent of the hosts reported, a different share before each scrape).
-//! The reports are applied through `HostStates::update`, untimed, before each timed render.
-//! Each figure is the median (and minimum) of `--runs` renders after a warm-up one; the
-//! memory the kept series hold is printed too. Figures are printed, never asserted.
+//! results, as after its first report. The renderer keeps each host's lines between scrapes,
+//! writes only new values into those of hosts that sent a heartbeat since, and renders again
+//! hosts whose lines changed, so three figures are printed: the full render (every host's
+//! lines written from nothing, as after a start or if every host's inventory changed: a fresh
+//! state before each render), the cold render (every host reported since the last scrape, as
+//! when agents report every 60 s and Prometheus scrapes every 60 s) and the warm render
+//! (`--updated` percent of the hosts reported, a different share before each scrape). The
+//! reports are applied through `HostStates::update`, untimed, before each timed render.
+//! Each figure is the median (and minimum) of `--runs` renders after a warm-up one, with the
+//! process's median CPU time per render (every thread: on a shared machine, the work apart
+//! from the waits for a core); the page is rendered on `--threads` threads (default: one per
+//! core, as the collector does). The memory the kept series hold is printed too. Figures are
+//! printed, never asserted.
 
 use anyhow::{Context as _, bail};
-use estate_collector::metrics::{IngestMetrics, Liveness, render};
+use estate_collector::metrics::{
+    IngestMetrics, Liveness, default_render_threads, render_with_threads,
+};
 use estate_collector::state::HostStates;
 use estate_collector::store::{CheckState, HostRecord};
 use estate_tests::{flags, simulation};
@@ -20,12 +28,14 @@ use prometheus::{Encoder as _, GaugeVec, Opts, Registry, TextEncoder};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: estate-bench-metrics [--hosts N[,N...]] [--runs N] [--updated PERCENT]";
+const USAGE: &str =
+    "usage: estate-bench-metrics [--hosts N[,N...]] [--runs N] [--updated PERCENT] [--threads N]";
 
 fn main() -> anyhow::Result<()> {
     let mut host_counts = vec![10_000, 100_000];
     let mut runs = 7;
     let mut updated_percent = 25.0;
+    let mut threads = default_render_threads();
     let args: Vec<String> = std::env::args().skip(1).collect();
     for (flag, text) in flags::pairs(&args, USAGE)? {
         match flag {
@@ -36,6 +46,7 @@ fn main() -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?;
             }
             "--runs" => runs = flags::count(flag, text)?,
+            "--threads" => threads = flags::count(flag, text)?,
             "--updated" => {
                 updated_percent = flags::number(flag, text)?;
                 if updated_percent > 100.0 {
@@ -47,28 +58,29 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "estate-bench-metrics: hosts {host_counts:?}, {runs} runs each, warm render after \
-         {updated_percent}% of the hosts reported"
+         {updated_percent}% of the hosts reported, {threads} render threads"
     );
     println!(
-        "{:>8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
+        "{:>8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
         "hosts",
         "series",
         "MiB",
         "render",
         "ours ms",
         "ours min",
+        "ours cpu",
         "ceiling ms",
         "ceil. min",
         "ratio"
     );
     for hosts in host_counts {
-        compare(hosts, runs, updated_percent)?;
+        compare(hosts, runs, updated_percent, threads)?;
     }
     Ok(())
 }
 
 /// Times our renderer (cold and warm) and the ceiling for `hosts` hosts and prints them.
-fn compare(hosts: usize, runs: usize, updated_percent: f64) -> anyhow::Result<()> {
+fn compare(hosts: usize, runs: usize, updated_percent: f64, threads: usize) -> anyhow::Result<()> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
@@ -85,7 +97,8 @@ fn compare(hosts: usize, runs: usize, updated_percent: f64) -> anyhow::Result<()
         stale_after: Duration::from_secs(300),
         expire_after: Duration::from_secs(7 * 24 * 3600),
     };
-    let page = render(&states, &ingest, liveness, now_ms);
+    let render = || render_with_threads(&states, &ingest, liveness, now_ms, threads);
+    let page = render().text();
     // The hosts that report before a scrape: all of them (cold), or the next share (warm).
     let report = |from: usize, count: usize| {
         for index in from..from + count {
@@ -93,11 +106,25 @@ fn compare(hosts: usize, runs: usize, updated_percent: f64) -> anyhow::Result<()
             states.update(record.clone(), Some(checks.clone()));
         }
     };
-    let cold = time_renders(
+    // Every host's lines written from nothing, as after a start or when every host's
+    // inventory changed: a fresh state before each render.
+    let load = || {
+        HostStates::load(
+            reports.iter().map(|(record, _)| record.clone()).collect(),
+            reports
+                .iter()
+                .flat_map(|(_, checks)| checks.clone())
+                .collect(),
+        )
+    };
+    let fresh = std::cell::RefCell::new(load());
+    let full = time_renders(
         runs,
-        || report(0, hosts),
-        || render(&states, &ingest, liveness, now_ms),
+        || *fresh.borrow_mut() = load(),
+        || render_with_threads(&fresh.borrow(), &ingest, liveness, now_ms, threads),
     );
+    drop(fresh);
+    let cold = time_renders(runs, || report(0, hosts), render);
     let updated = (hosts as f64 * updated_percent / 100.0).round() as usize;
     let mut next = 0;
     let warm = time_renders(
@@ -106,10 +133,10 @@ fn compare(hosts: usize, runs: usize, updated_percent: f64) -> anyhow::Result<()
             report(next, updated);
             next += updated;
         },
-        || render(&states, &ingest, liveness, now_ms),
+        render,
     );
-    if *cold.page != *page || *warm.page != *page {
-        bail!("a cold or warm render differs from the first render of the same hosts");
+    if full.page.text() != page || cold.page.text() != page || warm.page.text() != page {
+        bail!("a full, cold or warm render differs from the first render of the same hosts");
     }
     let cached_bytes: usize =
         states.with_hosts(|entries| entries.values().map(|entry| entry.series.bytes()).sum());
@@ -135,14 +162,17 @@ fn compare(hosts: usize, runs: usize, updated_percent: f64) -> anyhow::Result<()
     let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
     let mib = |bytes: usize| bytes as f64 / 1_048_576.0;
     for (render, ours) in [
+        ("full".to_owned(), &full),
         ("cold".to_owned(), &cold),
         (format!("warm {updated_percent}%"), &warm),
     ] {
         println!(
-            "{hosts:>8} {series:>9} {:>7.1} {render:>9} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>7.3}",
+            "{hosts:>8} {series:>9} {:>7.1} {render:>9} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1} \
+             {:>7.3}",
             mib(page.len()),
             ms(ours.median),
             ms(ours.min),
+            ms(ours.cpu),
             ms(ceiling.median),
             ms(ceiling.min),
             ours.median.as_secs_f64() / ceiling.median.as_secs_f64()
@@ -161,7 +191,21 @@ fn compare(hosts: usize, runs: usize, updated_percent: f64) -> anyhow::Result<()
 struct Timings<T> {
     median: Duration,
     min: Duration,
+    /// Median CPU time of the process (every thread) during a render: on a shared machine,
+    /// the work done, whatever the waits for a core.
+    cpu: Duration,
     page: T,
+}
+
+/// CPU time this process has used so far, every thread (`getrusage`).
+fn process_cpu_time() -> Duration {
+    let Ok(usage) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) else {
+        return Duration::ZERO;
+    };
+    let time = |value: nix::sys::time::TimeVal| {
+        Duration::new(value.tv_sec() as u64, value.tv_usec() as u32 * 1000)
+    };
+    time(usage.user_time()) + time(usage.system_time())
 }
 
 /// Runs `prepare` (untimed) then `body` (timed) `runs` times after one warm-up round.
@@ -173,16 +217,21 @@ fn time_renders<T>(
     prepare();
     let mut page = body();
     let mut times = Vec::with_capacity(runs);
+    let mut cpu_times = Vec::with_capacity(runs);
     for _ in 0..runs {
         prepare();
+        let cpu_before = process_cpu_time();
         let started = Instant::now();
         page = std::hint::black_box(body());
         times.push(started.elapsed());
+        cpu_times.push(process_cpu_time().saturating_sub(cpu_before));
     }
     times.sort();
+    cpu_times.sort();
     Timings {
         median: times[times.len() / 2],
         min: times[0],
+        cpu: cpu_times[cpu_times.len() / 2],
         page,
     }
 }
