@@ -860,6 +860,10 @@ struct BatchPlan {
     changes: Vec<(String, i64, String, &'static str, String, String)>,
     events: Vec<CheckEvent>,
     checks: BTreeMap<String, HostChecks>,
+    /// (host, check, target) of results handed back whole but read only in part (the columns
+    /// that decide their history): a report that did not renew them. Read in full once the
+    /// batch is planned (rare: an agent reports every check it runs).
+    partial: BTreeSet<(String, String, String)>,
 }
 
 /// A host's check results during a batch: as read, as they now are, and which keys changed.
@@ -1092,6 +1096,14 @@ impl BatchPlan {
         for key in &removed {
             entry.current.remove(key);
             entry.dirty.remove(key);
+        }
+        for (check, target) in entry
+            .current
+            .keys()
+            .filter(|key| !entry.dirty.contains(*key))
+        {
+            self.partial
+                .insert((host_id.to_owned(), check.clone(), target.clone()));
         }
         Some(entry.current.values().cloned().collect())
     }
@@ -1435,13 +1447,24 @@ fn read_batch_input(
             );
         }
     }
+    // Only what decides a new result's history; `complete_checks` reads the rest of the few
+    // rows handed back without being renewed.
     let mut checks: HashMap<String, Vec<CheckState>> = HashMap::new();
     for row in prepared.query(
         tx,
-        &format!("SELECT {CHECK_COLUMNS} FROM check_results WHERE host_id = ANY($1)"),
+        "SELECT host_id, check_name, target, outcome, since_ms, started_ms \
+         FROM check_results WHERE host_id = ANY($1)",
         &[&ids],
     )? {
-        let state = check_from_row(&row);
+        let state = CheckState {
+            host_id: row.get(0),
+            check: row.get(1),
+            target: row.get(2),
+            outcome: row.get(3),
+            since_ms: row.get(4),
+            started_ms: row.get(5),
+            ..Default::default()
+        };
         checks.entry(state.host_id.clone()).or_default().push(state);
     }
     Ok(BatchInput {
@@ -1449,6 +1472,63 @@ fn read_batch_input(
         documents,
         checks,
     })
+}
+
+/// Replaces, in the outcomes, the results listed in `partial` (read only in part) by their
+/// whole stored rows, which the batch does not change.
+fn complete_checks(
+    tx: &mut Transaction<'_>,
+    prepared: &mut Prepared<'_>,
+    partial: &BTreeSet<(String, String, String)>,
+    outcomes: &mut [WriteOutcome],
+) -> Result<(), postgres::Error> {
+    let mut keys: [Vec<&str>; 3] = Default::default();
+    for (host, check, target) in partial {
+        keys[0].push(host);
+        keys[1].push(check);
+        keys[2].push(target);
+    }
+    let mut whole = HashMap::new();
+    for row in prepared.query(
+        tx,
+        &format!(
+            "SELECT {CHECK_COLUMNS} FROM check_results \
+             JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(h, n, t) \
+             ON host_id = k.h AND check_name = k.n AND target = k.t"
+        ),
+        &[&keys[0], &keys[1], &keys[2]],
+    )? {
+        let state = check_from_row(&row);
+        whole.insert(
+            (
+                state.host_id.clone(),
+                state.check.clone(),
+                state.target.clone(),
+            ),
+            state,
+        );
+    }
+    for outcome in outcomes {
+        if let WriteOutcome::Stored {
+            checks: Some(checks),
+            ..
+        } = outcome
+        {
+            for state in checks {
+                let key = (
+                    state.host_id.clone(),
+                    state.check.clone(),
+                    state.target.clone(),
+                );
+                if partial.contains(&key)
+                    && let Some(stored) = whole.get(&key)
+                {
+                    state.clone_from(stored);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn load_host(
@@ -1487,10 +1567,13 @@ impl Store for PostgresStore {
                 let mut tx = client.transaction()?;
                 let mut input = read_batch_input(&mut tx, prepared, reports)?;
                 let mut plan = BatchPlan::default();
-                let outcomes: Vec<WriteOutcome> = reports
+                let mut outcomes: Vec<WriteOutcome> = reports
                     .iter()
                     .map(|report| plan.plan_one(&mut input, report, policy, &self.collector_id))
                     .collect();
+                if !plan.partial.is_empty() {
+                    complete_checks(&mut tx, prepared, &plan.partial, &mut outcomes)?;
+                }
                 plan.execute(&mut tx, prepared)?;
                 tx.commit()?;
                 Ok(outcomes)
