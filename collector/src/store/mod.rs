@@ -14,13 +14,15 @@ use estate_proto::v1::{HostVitals, Measurement};
 use serde::Serialize;
 use serde_json::Value;
 
-/// A database failure. The message names the database and what was being done.
+/// A database failure. The message names the database and what was being done, and ends with
+/// every cause in the chain: the PostgreSQL driver's own text is only "db error", and the
+/// server's message (what a sysadmin needs) is its cause.
 #[derive(Debug, thiserror::Error)]
-#[error("{context}: {source}")]
+#[error("{context}: {detail}")]
 pub struct StoreError {
     pub context: String,
-    #[source]
-    pub source: Box<dyn std::error::Error + Send + Sync>,
+    /// The cause and its causes, joined with `: `.
+    pub detail: String,
 }
 
 impl StoreError {
@@ -28,11 +30,27 @@ impl StoreError {
         context: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
+        let source = source.into();
         StoreError {
             context: context.into(),
-            source: source.into(),
+            detail: error_chain(source.as_ref()),
         }
     }
+}
+
+/// `error` and its causes as one line; a cause whose text its parent already holds is skipped.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 /// A validated report with the collector's clock at receipt.
@@ -463,5 +481,41 @@ pub trait Store: Send + Sync + 'static {
         let mut checks = self.load_checks()?;
         checks.retain(|check| wanted.contains(check.host_id.as_str()));
         Ok((hosts, checks))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    /// Shaped like the PostgreSQL driver's error: a bare text, the server's message as cause.
+    #[derive(Debug, thiserror::Error)]
+    #[error("db error")]
+    struct DriverError(#[source] std::io::Error);
+
+    #[test]
+    fn a_store_error_names_every_cause() {
+        let cause = std::io::Error::other("ERROR: relation \"hosts\" does not exist");
+        let error = StoreError::new("failed to list hosts in `db`", DriverError(cause));
+        assert_eq!(
+            error.to_string(),
+            "failed to list hosts in `db`: db error: ERROR: relation \"hosts\" does not exist"
+        );
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open file: {0}")]
+    struct Repeating(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_already_in_its_parents_text_is_not_repeated() {
+        let error = StoreError::new(
+            "failed to open database `x.db`",
+            Repeating(std::io::Error::other("permission denied")),
+        );
+        assert_eq!(
+            error.to_string(),
+            "failed to open database `x.db`: cannot open file: permission denied"
+        );
     }
 }
