@@ -198,6 +198,7 @@ struct Timings<T> {
 }
 
 /// CPU time this process has used so far, every thread (`getrusage`).
+#[cfg(unix)]
 fn process_cpu_time() -> Duration {
     let Ok(usage) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) else {
         return Duration::ZERO;
@@ -206,6 +207,12 @@ fn process_cpu_time() -> Duration {
         Duration::new(value.tv_sec() as u64, value.tv_usec() as u32 * 1000)
     };
     time(usage.user_time()) + time(usage.system_time())
+}
+
+/// Without Unix process accounting the CPU column reads zero; the wall times still hold.
+#[cfg(not(unix))]
+fn process_cpu_time() -> Duration {
+    Duration::ZERO
 }
 
 /// Runs `prepare` (untimed) then `body` (timed) `runs` times after one warm-up round.
