@@ -632,6 +632,67 @@ pub fn host_pages_are_alike_whatever_the_filters_match(store: &dyn Store) {
 /// which a backend may test before probing the inventory: the copy must never make a host
 /// match that its current inventory does not. It can differ from the inventory: an inventory
 /// without `bios` leaves the previous manufacturer in the row, and an empty value is no field.
+/// A glob's literal start is matched by a range of values on SQLite (`sqlite_glob_match`): it
+/// must match what `LIKE` does, no more and no less, next to the values that sort around it.
+pub fn a_prefix_glob_matches_its_prefix_without_regard_to_ascii_case(store: &dyn Store) {
+    let now = 1_000_000;
+    let manufacturers = [
+        ("dell", "Dell"),
+        ("dell-inc", "DELL Inc."),
+        ("dellz", "dellz"),
+        ("dell-max", "Dell\u{10FFFF}"),
+        ("dell-accent", "Dellé"),
+        ("delm", "Delm"),
+        ("del", "Del"),
+        ("del-bracket", "Del["),
+        ("del-at", "Del@"),
+        ("d-percent", "D%ll"),
+        ("accent-upper", "ÉCOLE"),
+        ("accent-lower", "école"),
+    ];
+    let reports = manufacturers
+        .iter()
+        .map(|(id, manufacturer)| {
+            let inv = inventory("Debian GNU/Linux", "12", manufacturer, &[]);
+            report(id, 1, Some(("sha256:1", inv)))
+        })
+        .collect();
+    write(store, now, reports);
+    let matching = |pattern: &str| -> Vec<String> {
+        let mut found = ids(
+            store,
+            &HostQuery {
+                fields: vec![FieldFilter {
+                    field: "bios.smanufacturer".into(),
+                    pattern: ValuePattern::parse(pattern),
+                }],
+                ..query(now)
+            },
+        );
+        found.sort();
+        found
+    };
+    let sorted = |ids: &[&str]| -> Vec<String> {
+        let mut ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+        ids.sort();
+        ids
+    };
+    let dell = ["dell", "dell-inc", "dellz", "dell-max", "dell-accent"];
+    assert_eq!(matching("Dell*"), sorted(&dell));
+    assert_eq!(matching("dELL*"), sorted(&dell));
+    let mut del = dell.to_vec();
+    del.extend(["delm", "del", "del-bracket", "del-at"]);
+    assert_eq!(matching("del*"), sorted(&del));
+    assert_eq!(matching("Del@*"), sorted(&["del-at"]));
+    assert_eq!(matching("Dell*c*"), sorted(&["dell-inc"]));
+    assert_eq!(matching("D%*"), sorted(&["d-percent"]));
+    // ASCII case is always folded; other letters' case only by PostgreSQL's `lower()`, as
+    // its locale says (SQLite's `LIKE` and `NOCASE` fold ASCII alone).
+    assert!(matching("éc*").contains(&"accent-lower".to_owned()));
+    assert!(matching("ÉC*").contains(&"accent-upper".to_owned()));
+    assert!(matching("Éc*").iter().all(|id| id.starts_with("accent")));
+}
+
 pub fn a_host_rows_copy_of_a_field_never_widens_a_filter(store: &dyn Store) {
     let now = 1_000_000;
     // 40 plain Debian hosts, Dell on the even ones, so both filters below match many.
@@ -1379,6 +1440,11 @@ macro_rules! store_conformance_suite {
             $(#[$attribute])*
             fn a_host_rows_copy_of_a_field_never_widens_a_filter() {
                 check(super::a_host_rows_copy_of_a_field_never_widens_a_filter);
+            }
+            #[test]
+            $(#[$attribute])*
+            fn a_prefix_glob_matches_its_prefix_without_regard_to_ascii_case() {
+                check(super::a_prefix_glob_matches_its_prefix_without_regard_to_ascii_case);
             }
             #[test]
             $(#[$attribute])*

@@ -130,7 +130,7 @@ pub struct HostRecord {
 }
 
 /// How a filter value is matched: exactly (case-insensitive) or as a `*` glob.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ValuePattern {
     Exact(String),
     Glob(String),
@@ -147,7 +147,7 @@ impl ValuePattern {
 }
 
 /// `field=value` on any inventory field, e.g. `bios.smanufacturer=Dell*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FieldFilter {
     pub field: String,
     pub pattern: ValuePattern,

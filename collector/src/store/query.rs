@@ -156,6 +156,49 @@ impl SqlBuilder {
     /// `column` compared with `pattern` as a filter compares an inventory value: exact or
     /// glob, without regard to (ASCII) case.
     fn value_match(&mut self, column: &str, pattern: &ValuePattern) -> String {
+        if self.dialect == Dialect::Sqlite
+            && let ValuePattern::Glob(glob) = pattern
+        {
+            return self.sqlite_glob_match(column, glob);
+        }
+        self.plain_value_match(column, pattern)
+    }
+
+    /// SQLite: `glob` as the range of `column` (under `NOCASE`, the collation of the value
+    /// indexes) that holds every value it can match, from the text before its first `*`, and
+    /// a `LIKE` for the rest. SQLite derives such a range from a `LIKE` itself only by looking
+    /// at the bound pattern, and then prepares the statement again whenever it is bound anew;
+    /// the readers turn that off (`SQLITE_DBCONFIG_ENABLE_QPSG`) and get the range from here.
+    /// A glob that is a prefix and one final `*` is usually exactly its range (a text starts
+    /// with the prefix if and only if it sorts between the prefix and [`prefix_upper_bound`]),
+    /// so it needs no `LIKE`; a glob starting with `*` has no range, only the `LIKE`.
+    fn sqlite_glob_match(&mut self, column: &str, glob: &str) -> String {
+        let literal = glob.split('*').next().unwrap_or_default();
+        let mut conditions = Vec::new();
+        let mut exact = false;
+        if !literal.is_empty() {
+            let folded = literal.to_ascii_lowercase();
+            let upper = prefix_upper_bound(&folded);
+            let lower = self.bind(folded);
+            conditions.push(format!("{column} COLLATE NOCASE >= {lower}"));
+            if let Some(upper) = upper {
+                // Exact only when the raised character is the last one and is not a capital
+                // (`@` raised is `A`, which NOCASE reads as `a`: the range then also holds `[`).
+                exact = glob.len() == literal.len() + 1
+                    && upper.chars().count() == literal.chars().count()
+                    && !upper.ends_with(|c: char| c.is_ascii_uppercase());
+                let upper = self.bind(upper);
+                conditions.push(format!("{column} COLLATE NOCASE < {upper}"));
+            }
+        }
+        if !exact {
+            conditions.push(self.plain_value_match(column, &ValuePattern::Glob(glob.to_owned())));
+        }
+        conditions.join(" AND ")
+    }
+
+    /// `column` compared with `pattern` by `=` or `LIKE`, as each backend spells it.
+    fn plain_value_match(&mut self, column: &str, pattern: &ValuePattern) -> String {
         let (operator, pattern) = match pattern {
             ValuePattern::Exact(value) => ("=", value.clone()),
             // Both sides are folded already, so PostgreSQL's plain `LIKE` (which can read the
@@ -416,6 +459,24 @@ pub(super) fn split_page<T, C>(
     rows.last().map(cursor)
 }
 
+/// A text above every text that starts with `prefix` (ASCII-lowercase) in `NOCASE` order: the
+/// prefix with its last character raised by one. Folding can only raise a character (`A` to
+/// `a`), so the bound holds in that order too. `None` when no character can be raised.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            _ => char::from_u32(last as u32 + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// `LIKE` pattern for a case-insensitive substring match.
 pub(super) fn like_substring(text: &str) -> String {
     format!("%{}%", escape_like(text))
@@ -464,9 +525,8 @@ mod tests {
     fn each_dialect_numbers_its_placeholders_in_binding_order() {
         let sqlite = hosts(Dialect::Sqlite, "id", &host_query(), &HostPlan::Planner);
         let postgres = hosts(Dialect::Postgres, "id", &host_query(), &HostPlan::Planner);
-        assert_eq!(sqlite.args, postgres.args);
         assert_eq!(
-            sqlite.args,
+            postgres.args,
             [
                 SqlArg::Text("web1".into()),
                 SqlArg::Text("h1".into()),
@@ -476,8 +536,17 @@ mod tests {
                 SqlArg::Text("Debian%".into()),
             ]
         );
-        for n in 1..=6 {
+        // SQLite matches the prefix glob as its range (`sqlite_glob_match`).
+        let mut with_range = postgres.args.clone();
+        with_range.splice(
+            5..6,
+            [SqlArg::Text("debian".into()), SqlArg::Text("debiao".into())],
+        );
+        assert_eq!(sqlite.args, with_range);
+        for n in 1..=7 {
             assert!(sqlite.text.contains(&format!("?{n}")), "{}", sqlite.text);
+        }
+        for n in 1..=6 {
             assert!(
                 postgres.text.contains(&format!("${n}")),
                 "{}",
@@ -505,6 +574,53 @@ mod tests {
         let mut rows = vec![1, 2];
         assert_eq!(split_page(&mut rows, 2, |row| *row), None);
         assert_eq!(rows, [1, 2]);
+    }
+
+    #[test]
+    fn a_prefix_bound_sits_above_every_text_with_that_prefix() {
+        assert_eq!(prefix_upper_bound("dell").as_deref(), Some("delm"));
+        assert_eq!(prefix_upper_bound("hp ").as_deref(), Some("hp!"));
+        assert_eq!(
+            prefix_upper_bound("z\u{D7FF}").as_deref(),
+            Some("z\u{E000}")
+        );
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+        // In byte order (which NOCASE keeps, after folding ASCII), the bound is above the
+        // longest text with the prefix and not above the prefix itself.
+        let bound = prefix_upper_bound("dell").unwrap();
+        assert!("dell\u{10FFFF}\u{10FFFF}".as_bytes() < bound.as_bytes());
+        assert!("dell".as_bytes() < bound.as_bytes());
+    }
+
+    #[test]
+    fn a_glob_with_a_literal_start_reads_only_its_range_in_sqlite() {
+        let filter = |pattern: &str| FieldFilter {
+            field: "bios.smanufacturer".to_owned(),
+            pattern: ValuePattern::Glob(pattern.to_owned()),
+        };
+        let mut sql = SqlBuilder::new(Dialect::Sqlite, String::new());
+        let condition = sql.field_match(&filter("Dell*Inc*"), "f.");
+        assert_eq!(
+            condition,
+            "f.field = ?1 AND f.value COLLATE NOCASE >= ?2 AND f.value COLLATE NOCASE < ?3 \
+             AND f.value COLLATE NOCASE LIKE ?4 ESCAPE '\\'"
+        );
+        assert_eq!(
+            sql.args[1..3],
+            [SqlArg::Text("dell".into()), SqlArg::Text("delm".into())]
+        );
+        // A prefix alone is its range.
+        let mut sql = SqlBuilder::new(Dialect::Sqlite, String::new());
+        assert_eq!(
+            sql.field_match(&filter("Dell*"), ""),
+            "field = ?1 AND value COLLATE NOCASE >= ?2 AND value COLLATE NOCASE < ?3"
+        );
+        // No literal start, no range; PostgreSQL reads its own range from the pattern.
+        let mut sql = SqlBuilder::new(Dialect::Sqlite, String::new());
+        assert!(!sql.field_match(&filter("*dell*"), "").contains(">="));
+        let mut sql = SqlBuilder::new(Dialect::Postgres, String::new());
+        assert!(!sql.field_match(&filter("Dell*"), "").contains(">="));
     }
 
     #[test]

@@ -7,8 +7,8 @@ use super::query::{
 };
 use super::{
     ChangePage, ChangeQuery, ChangeRecord, CheckEvent, CheckPage, CheckQuery, CheckState,
-    EventPage, EventQuery, ExchangeOutcome, HostCursor, HostDetail, HostPage, HostQuery,
-    HostRecord, IncomingReport, NewToken, Store, StoreError, TokenRecord, TokenRefusal,
+    EventPage, EventQuery, ExchangeOutcome, FieldFilter, HostCursor, HostDetail, HostPage,
+    HostQuery, HostRecord, IncomingReport, NewToken, Store, StoreError, TokenRecord, TokenRefusal,
     WriteOutcome, WritePolicy,
 };
 use crate::document::{self, ChangeKind};
@@ -17,8 +17,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, param
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Condvar, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -139,6 +139,18 @@ CREATE INDEX inventory_fields_by_host_field
     ON inventory_fields (host_id, field, value COLLATE NOCASE);
 DROP INDEX inventory_fields_by_host;
 "#,
+    // The host order carries the columns that copy inventory fields (`query::host_column_of`),
+    // so a walk in hostname order tests a filter on them from the index and reads the table
+    // row only of the hosts that pass (SQLite defers the row's seek until a column outside
+    // the index is needed). Heartbeats leave these columns alone, so they never update it.
+    r#"
+DROP INDEX hosts_by_hostname;
+CREATE INDEX hosts_by_hostname ON hosts (
+    hostname COLLATE NOCASE, id,
+    manufacturer, model, serial_number, vmsystem, chassis_type,
+    os_name, os_version, os_full_name, kernel_version, arch, fqdn
+);
+"#,
 ];
 
 const READER_CONNECTIONS: usize = 4;
@@ -152,8 +164,150 @@ const READER_CACHE_KIB: i64 = 16 * 1024;
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
-    readers: Vec<Mutex<Connection>>,
-    next_reader: AtomicUsize,
+    readers: ReaderPool,
+    filter_counts: FilterCounts,
+}
+
+/// How long a filter's count of matches is reused.
+const FILTER_COUNT_KEPT_FOR: Duration = Duration::from_secs(10);
+/// Filters whose counts are kept at most; beyond, the oldest go.
+const FILTER_COUNTS_KEPT: usize = 1024;
+
+/// The recent counts of inventory filters' matches ([`read_host_page`] counts each filter up
+/// to a cap to choose how to read a page), so that paging through a list, or a dashboard
+/// asking the same list again, counts its filters once every few seconds instead of for every
+/// page: the count was a quarter of a broad filter's page. A count only chooses between ways
+/// of reading that return the same rows, so one a few seconds old can make a page slower,
+/// never different.
+#[derive(Debug, Default)]
+struct FilterCounts {
+    /// Per filter: the count, the cap it was counted up to, and when.
+    recent: Mutex<HashMap<FieldFilter, (i64, i64, Instant)>>,
+}
+
+impl FilterCounts {
+    /// The matches of `filter` up to `cap`: a recent count when one answers that, otherwise
+    /// `count(cap)`, kept for the next pages.
+    fn matches(
+        &self,
+        filter: &FieldFilter,
+        cap: i64,
+        now: Instant,
+        count: impl FnOnce(i64) -> rusqlite::Result<i64>,
+    ) -> rusqlite::Result<i64> {
+        let recent = |recent: &HashMap<FieldFilter, (i64, i64, Instant)>| {
+            let &(matches, counted_to, at) = recent.get(filter)?;
+            if now.saturating_duration_since(at) > FILTER_COUNT_KEPT_FOR {
+                return None;
+            }
+            // Below its cap a count is exact; at its cap it says "at least that many".
+            (matches < counted_to || cap <= counted_to).then(|| matches.min(cap))
+        };
+        if let Some(matches) = recent(&self.lock()) {
+            return Ok(matches);
+        }
+        let matches = count(cap)?;
+        let mut recent = self.lock();
+        if recent.len() >= FILTER_COUNTS_KEPT {
+            recent
+                .retain(|_, (.., at)| now.saturating_duration_since(*at) <= FILTER_COUNT_KEPT_FOR);
+            if recent.len() >= FILTER_COUNTS_KEPT {
+                recent.clear();
+            }
+        }
+        recent.insert(filter.clone(), (matches, cap, now));
+        Ok(matches)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FieldFilter, (i64, i64, Instant)>> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Settings of a connection that answers the API's queries.
+fn configure_reader(reader: &Connection) -> rusqlite::Result<()> {
+    reader.busy_timeout(Duration::from_secs(5))?;
+    reader.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
+    // One plan per statement text whatever its parameters: otherwise a `LIKE` on a bound
+    // pattern makes SQLite prepare the statement again each time it is bound (a tenth of a
+    // filtered page's CPU). The index ranges it would have read from the pattern are written
+    // out by `query::SqlBuilder::prefix_range`.
+    reader.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
+/// The read-only connections, lent to one query at a time. A query takes whichever connection
+/// is idle and waits only when all are busy: handing them out in turn made a query wait
+/// behind a slow one on its own connection while others sat idle, the tail of the API's
+/// latency under concurrent load.
+#[derive(Debug)]
+struct ReaderPool {
+    idle: Mutex<Vec<Connection>>,
+    returned: Condvar,
+}
+
+impl ReaderPool {
+    fn new(connections: Vec<Connection>) -> Self {
+        ReaderPool {
+            idle: Mutex::new(connections),
+            returned: Condvar::new(),
+        }
+    }
+
+    /// An idle connection, waiting for one to come back when every one is lent.
+    fn take(&self) -> LentReader<'_> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        loop {
+            if let Some(connection) = idle.pop() {
+                return LentReader {
+                    pool: self,
+                    connection: Some(connection),
+                };
+            }
+            idle = self
+                .returned
+                .wait(idle)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+/// A connection lent by [`ReaderPool::take`]; it goes back to the pool when dropped, also
+/// when the query panicked.
+struct LentReader<'pool> {
+    pool: &'pool ReaderPool,
+    connection: Option<Connection>,
+}
+
+impl std::ops::Deref for LentReader<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.connection
+            .as_ref()
+            .expect("a lent connection is held until dropped")
+    }
+}
+
+impl Drop for LentReader<'_> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(connection);
+            self.pool.returned.notify_one();
+        }
+    }
 }
 
 impl SqliteStore {
@@ -187,17 +341,15 @@ impl SqliteStore {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(|e| StoreError::new(format!("failed to open database `{shown}`"), e))?;
-            reader
-                .busy_timeout(std::time::Duration::from_secs(5))
-                .and_then(|()| reader.pragma_update(None, "cache_size", -READER_CACHE_KIB))
+            configure_reader(&reader)
                 .map_err(|e| StoreError::new(format!("failed to configure `{shown}`"), e))?;
-            readers.push(Mutex::new(reader));
+            readers.push(reader);
         }
         Ok(SqliteStore {
             path: path.to_owned(),
             writer: Mutex::new(writer),
-            readers,
-            next_reader: AtomicUsize::new(0),
+            readers: ReaderPool::new(readers),
+            filter_counts: FilterCounts::default(),
         })
     }
 
@@ -206,10 +358,7 @@ impl SqliteStore {
         what: &str,
         body: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
-        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        let connection = self.readers[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let connection = self.readers.take();
         body(&connection).map_err(|e| {
             StoreError::new(format!("failed to {what} in `{}`", self.path.display()), e)
         })
@@ -347,7 +496,7 @@ pub fn check_database(path: &Path) -> Result<Vec<String>, StoreError> {
 }
 
 fn configure(connection: &Connection) -> rusqlite::Result<()> {
-    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    connection.busy_timeout(Duration::from_secs(5))?;
     let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(mode, "sqlite refused WAL mode; writes will be slower");
@@ -1153,7 +1302,7 @@ impl Store for SqliteStore {
         let (mut hosts, path) = self.read("list hosts", |connection| {
             // One snapshot for the counts and the queries they choose.
             let snapshot = connection.unchecked_transaction()?;
-            read_host_page(&snapshot, query)
+            read_host_page(&snapshot, query, &self.filter_counts)
         })?;
         tracing::debug!(?path, rows = hosts.len(), "host list");
         let next = split_page(&mut hosts, limit, |host| HostCursor {
@@ -1284,6 +1433,7 @@ enum HostPath {
 fn read_host_page(
     connection: &Connection,
     query: &HostQuery,
+    filter_counts: &FilterCounts,
 ) -> rusqlite::Result<(Vec<HostRecord>, HostPath)> {
     if query.fields.is_empty() {
         let rows = run_host_query(connection, query, &HostPlan::Planner)?;
@@ -1298,16 +1448,20 @@ fn read_host_page(
 
     // The filter with the fewest matches (counted up to the crossover) drives a collect.
     let mut fewest: Option<(usize, i64)> = None;
+    let now = Instant::now();
     for (index, filter) in query.fields.iter().enumerate() {
-        let Some((text, args)) = query::count_field_matches(Dialect::Sqlite, filter, crossover)
-        else {
+        if query::count_field_matches(Dialect::Sqlite, filter, crossover).is_none() {
             continue;
-        };
-        let matches: i64 = connection
-            .prepare_cached(&text)?
-            .query_row(rusqlite::params_from_iter(sqlite_args(args)), |row| {
-                row.get(0)
-            })?;
+        }
+        let matches = filter_counts.matches(filter, crossover, now, |cap| {
+            let (text, args) = query::count_field_matches(Dialect::Sqlite, filter, cap)
+                .expect("a filter with a range to count");
+            connection
+                .prepare_cached(&text)?
+                .query_row(rusqlite::params_from_iter(sqlite_args(args)), |row| {
+                    row.get(0)
+                })
+        })?;
         if fewest.is_none_or(|(_, least)| matches < least) {
             fewest = Some((index, matches));
         }
@@ -1391,7 +1545,99 @@ fn sqlite_args(args: Vec<SqlArg>) -> Vec<rusqlite::types::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{FieldFilter, ValuePattern};
+    use crate::store::ValuePattern;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_filter_is_counted_again_only_when_its_count_cannot_answer() {
+        let counts = FilterCounts::default();
+        let dell = FieldFilter {
+            field: "bios.smanufacturer".into(),
+            pattern: ValuePattern::Glob("Dell*".into()),
+        };
+        let hpe = FieldFilter {
+            pattern: ValuePattern::Glob("HP*".into()),
+            ..dell.clone()
+        };
+        let start = Instant::now();
+        let counted = std::cell::Cell::new(0);
+        let count = |matches: i64| {
+            let counted = &counted;
+            move |cap: i64| {
+                counted.set(counted.get() + 1);
+                Ok(matches.min(cap))
+            }
+        };
+        // Capped at 100: at least 100.
+        assert_eq!(
+            counts.matches(&dell, 100, start, count(5_000)).unwrap(),
+            100
+        );
+        assert_eq!(
+            counts.matches(&dell, 100, start, count(5_000)).unwrap(),
+            100
+        );
+        assert_eq!(counts.matches(&dell, 90, start, count(5_000)).unwrap(), 90);
+        assert_eq!(counted.get(), 1);
+        // A higher cap than the count reached: counted again.
+        assert_eq!(
+            counts.matches(&dell, 200, start, count(5_000)).unwrap(),
+            200
+        );
+        assert_eq!(counted.get(), 2);
+        // Below its cap a count is exact for any cap.
+        assert_eq!(counts.matches(&hpe, 100, start, count(7)).unwrap(), 7);
+        assert_eq!(counts.matches(&hpe, 1_000, start, count(7)).unwrap(), 7);
+        assert_eq!(counts.matches(&hpe, 3, start, count(7)).unwrap(), 3);
+        assert_eq!(counted.get(), 3);
+        // Too old: counted again.
+        let later = start + FILTER_COUNT_KEPT_FOR + Duration::from_millis(1);
+        assert_eq!(counts.matches(&hpe, 100, later, count(9)).unwrap(), 9);
+        assert_eq!(counted.get(), 4);
+        // A failed count is not kept.
+        let failed = counts.matches(&dell, 500, start, |_| Err(rusqlite::Error::InvalidQuery));
+        assert!(failed.is_err());
+        // The number of filters kept is bounded.
+        for n in 0..3 * FILTER_COUNTS_KEPT {
+            let filter = FieldFilter {
+                pattern: ValuePattern::Exact(format!("serial-{n}")),
+                ..dell.clone()
+            };
+            counts.matches(&filter, 10, later, |_| Ok(1)).unwrap();
+        }
+        assert!(counts.lock().len() <= FILTER_COUNTS_KEPT);
+    }
+
+    #[test]
+    fn the_reader_pool_lends_every_connection_and_takes_each_back() {
+        let pool = ReaderPool::new(vec![
+            Connection::open_in_memory().unwrap(),
+            Connection::open_in_memory().unwrap(),
+        ]);
+        // More queries at once than connections: the extra ones wait, none is refused.
+        let answered = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..50 {
+                        let connection = pool.take();
+                        let one: i64 = connection
+                            .query_row("SELECT 1", [], |row| row.get(0))
+                            .unwrap();
+                        answered.fetch_add(one as usize, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(answered.load(Ordering::Relaxed), 400);
+        // A query that panics still gives its connection back.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _connection = pool.take();
+            panic!("the query failed");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(pool.idle.lock().unwrap().len(), 2);
+    }
 
     /// A database of `hosts` hosts `h000…` (hostnames `host-000…`), each with the fields
     /// `fields(n)` gives, written straight into the tables (with the host row's copies of
@@ -1401,6 +1647,7 @@ mod tests {
         let path = dir.path().join("estate.db");
         drop(SqliteStore::open(&path).unwrap());
         let mut connection = Connection::open(&path).unwrap();
+        configure_reader(&connection).unwrap();
         // The directory may go: the open connection keeps the file.
         std::mem::forget(dir);
         let tx = connection.transaction().unwrap();
@@ -1457,7 +1704,7 @@ mod tests {
             limit,
             ..HostQuery::default()
         };
-        let (hosts, path) = read_host_page(connection, &query).unwrap();
+        let (hosts, path) = read_host_page(connection, &query, &FilterCounts::default()).unwrap();
         (hosts.into_iter().map(|host| host.id).collect(), path)
     }
 
@@ -1562,6 +1809,42 @@ mod tests {
             "{walk}"
         );
         assert!(!walk.contains("TEMP B-TREE"), "{walk}");
+        // The vendor's column is read from the index alone (the hosts that fail it cost no
+        // table seek: SQLite defers it until a column outside the index is needed).
+        let ListQuery { text, args, .. } = query::hosts(
+            Dialect::Sqlite,
+            HOST_COLUMNS,
+            &query,
+            &HostPlan::Walk { until: None },
+        );
+        // (opcode, p1, p2, p3) of each instruction.
+        let program: Vec<(String, i64, i64, i64)> = connection
+            .prepare(&format!("EXPLAIN {text}"))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(sqlite_args(args)), |row| {
+                Ok((row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let table = program
+            .iter()
+            .find(|(op, ..)| op == "DeferredSeek")
+            .unwrap_or_else(|| panic!("no deferred seek: {program:?}"))
+            .3;
+        let manufacturer: i64 = connection
+            .query_row(
+                "SELECT cid FROM pragma_table_info('hosts') WHERE name = 'manufacturer'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert!(
+            !program.iter().any(|(op, cursor, column, _)| op == "Column"
+                && *cursor == table
+                && *column == manufacturer),
+            "the vendor is read from the table row: {program:?}"
+        );
         assert!(
             walk.contains(
                 "USING COVERING INDEX inventory_fields_by_host_field \
@@ -1578,11 +1861,56 @@ mod tests {
             ),
             "{count}"
         );
+        let ListQuery { text, args, .. } = query::hosts(
+            Dialect::Sqlite,
+            HOST_COLUMNS,
+            &query,
+            &HostPlan::Collect { driver: 0 },
+        );
+        let collect = plan(&connection, &text, args);
+        assert!(
+            collect.contains(
+                "USING COVERING INDEX inventory_fields_by_value (field=? AND value>? AND value<?)"
+            ),
+            "{collect}"
+        );
         let (text, args) = query::host_window_end(Dialect::Sqlite, query.after.as_ref(), 5);
         let window = plan(&connection, &text, args);
         assert!(
             window.contains("SEARCH hosts USING COVERING INDEX hosts_by_hostname (hostname>?)"),
             "{window}"
+        );
+    }
+
+    #[test]
+    fn a_filtered_page_is_not_prepared_again_for_each_pattern() {
+        let connection = database(10, vendor);
+        let query = |vendor: &str| HostQuery {
+            os: Some("linux".into()),
+            fields: vec![FieldFilter {
+                field: "bios.smanufacturer".into(),
+                pattern: ValuePattern::Glob(format!("{vendor}*")),
+            }],
+            limit: 100,
+            ..HostQuery::default()
+        };
+        let walk = HostPlan::Walk { until: None };
+        let text = query::hosts(Dialect::Sqlite, HOST_COLUMNS, &query("Dell"), &walk).text;
+        let mut statement = connection.prepare_cached(&text).unwrap();
+        for vendor in ["Dell", "HP", "Acme", "Dell"] {
+            let ListQuery {
+                text: again, args, ..
+            } = query::hosts(Dialect::Sqlite, HOST_COLUMNS, &query(vendor), &walk);
+            assert_eq!(again, text);
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(sqlite_args(args)), host_from_row)
+                .unwrap()
+                .count();
+            assert!(rows <= 10);
+        }
+        assert_eq!(
+            statement.get_status(rusqlite::StatementStatus::RePrepare),
+            0
         );
     }
 
@@ -1634,6 +1962,17 @@ mod tests {
             })
             .unwrap();
         assert_eq!(page.hosts.len(), 1);
+        let host_order: Vec<String> = store
+            .read("list the host order's columns", |connection| {
+                connection
+                    .prepare(
+                        "SELECT name FROM pragma_index_info('hosts_by_hostname') ORDER BY seqno",
+                    )?
+                    .query_map([], |row| row.get(0))?
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(host_order[..3], ["hostname", "id", "manufacturer"]);
         // The migration's pages were folded into the database file at open.
         let wal = std::fs::metadata(dir.path().join("estate.db-wal")).map_or(0, |m| m.len());
         assert_eq!(wal, 0, "the WAL still holds the migration ({wal} bytes)");
