@@ -106,6 +106,28 @@ fn query(now_ms: i64) -> HostQuery {
     }
 }
 
+/// The ids of every host `query` lists, page after page from its start, checking that no
+/// page holds more than the limit. Panics after `max_pages` pages: a cursor that never ends.
+fn every_page(store: &dyn Store, query: &HostQuery, max_pages: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut after: Option<HostCursor> = None;
+    for _ in 0..max_pages {
+        let page = store
+            .list_hosts(&HostQuery {
+                after: after.clone(),
+                ..query.clone()
+            })
+            .unwrap();
+        assert!(page.hosts.len() <= query.limit, "query {query:?}");
+        seen.extend(page.hosts.into_iter().map(|host| host.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return seen,
+        }
+    }
+    panic!("query {query:?} still had pages after {max_pages}");
+}
+
 fn ids(store: &dyn Store, query: &HostQuery) -> Vec<String> {
     store
         .list_hosts(query)
@@ -457,22 +479,14 @@ pub fn hosts_are_filtered_and_paged(store: &dyn Store) {
     }
 
     // Paging visits every host once, in hostname order.
-    let mut seen = Vec::new();
-    let mut after: Option<HostCursor> = None;
-    loop {
-        let page = store
-            .list_hosts(&HostQuery {
-                limit: 3,
-                after: after.clone(),
-                ..query(now)
-            })
-            .unwrap();
-        seen.extend(page.hosts.into_iter().map(|host| host.id));
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
-        }
-    }
+    let seen = every_page(
+        store,
+        &HostQuery {
+            limit: 3,
+            ..query(now)
+        },
+        10,
+    );
     assert_eq!(seen, vec!["a", "b", "c", "d"]);
 }
 
@@ -601,25 +615,13 @@ pub fn host_pages_are_alike_whatever_the_filters_match(store: &dyn Store) {
         // Hostnames are `host-<id>`, so hostname order is id order.
         expected.sort();
         for limit in [1, 7, 100] {
-            let mut seen: Vec<String> = Vec::new();
-            let mut after: Option<HostCursor> = None;
-            for _ in 0..=HOSTS {
-                let page = store
-                    .list_hosts(&HostQuery {
-                        fields: fields.clone(),
-                        os: os.map(str::to_owned),
-                        limit,
-                        after: after.clone(),
-                        ..query(now)
-                    })
-                    .unwrap();
-                assert!(page.hosts.len() <= limit);
-                seen.extend(page.hosts.into_iter().map(|host| host.id));
-                match page.next {
-                    Some(next) => after = Some(next),
-                    None => break,
-                }
-            }
+            let listed = HostQuery {
+                fields: fields.clone(),
+                os: os.map(str::to_owned),
+                limit,
+                ..query(now)
+            };
+            let seen = every_page(store, &listed, HOSTS + 1);
             assert_eq!(
                 seen, expected,
                 "filters {fields:?}, os {os:?}, limit {limit}"
@@ -778,23 +780,12 @@ pub fn a_host_rows_copy_of_a_field_never_widens_a_filter(store: &dyn Store) {
     ];
     for (fields, expected) in cases {
         for limit in [1, 3, 100] {
-            let mut seen: Vec<String> = Vec::new();
-            let mut after: Option<HostCursor> = None;
-            for _ in 0..=expected.len() {
-                let page = store
-                    .list_hosts(&HostQuery {
-                        fields: fields.clone(),
-                        limit,
-                        after: after.clone(),
-                        ..query(now)
-                    })
-                    .unwrap();
-                seen.extend(page.hosts.into_iter().map(|host| host.id));
-                match page.next {
-                    Some(next) => after = Some(next),
-                    None => break,
-                }
-            }
+            let listed = HostQuery {
+                fields: fields.clone(),
+                limit,
+                ..query(now)
+            };
+            let seen = every_page(store, &listed, expected.len() + 1);
             assert_eq!(seen, expected, "filters {fields:?}, limit {limit}");
         }
     }

@@ -187,13 +187,13 @@ struct FilterCounts {
 
 impl FilterCounts {
     /// The matches of `filter` up to `cap`: a recent count when one answers that, otherwise
-    /// `count(cap)`, kept for the next pages.
+    /// `count()` (which counts up to `cap`), kept for the next pages.
     fn matches(
         &self,
         filter: &FieldFilter,
         cap: i64,
         now: Instant,
-        count: impl FnOnce(i64) -> rusqlite::Result<i64>,
+        count: impl FnOnce() -> rusqlite::Result<i64>,
     ) -> rusqlite::Result<i64> {
         let recent = |recent: &HashMap<FieldFilter, (i64, i64, Instant)>| {
             let &(matches, counted_to, at) = recent.get(filter)?;
@@ -206,7 +206,7 @@ impl FilterCounts {
         if let Some(matches) = recent(&self.lock()) {
             return Ok(matches);
         }
-        let matches = count(cap)?;
+        let matches = count()?;
         let mut recent = self.lock();
         if recent.len() >= FILTER_COUNTS_KEPT {
             recent
@@ -1450,12 +1450,11 @@ fn read_host_page(
     let mut fewest: Option<(usize, i64)> = None;
     let now = Instant::now();
     for (index, filter) in query.fields.iter().enumerate() {
-        if query::count_field_matches(Dialect::Sqlite, filter, crossover).is_none() {
+        let Some((text, args)) = query::count_field_matches(Dialect::Sqlite, filter, crossover)
+        else {
             continue;
-        }
-        let matches = filter_counts.matches(filter, crossover, now, |cap| {
-            let (text, args) = query::count_field_matches(Dialect::Sqlite, filter, cap)
-                .expect("a filter with a range to count");
+        };
+        let matches = filter_counts.matches(filter, crossover, now, || {
             connection
                 .prepare_cached(&text)?
                 .query_row(rusqlite::params_from_iter(sqlite_args(args)), |row| {
@@ -1561,41 +1560,54 @@ mod tests {
         };
         let start = Instant::now();
         let counted = std::cell::Cell::new(0);
-        let count = |matches: i64| {
+        // A count of `matches` rows up to `cap`, as the database would answer it.
+        let count = |matches: i64, cap: i64| {
             let counted = &counted;
-            move |cap: i64| {
+            move || {
                 counted.set(counted.get() + 1);
                 Ok(matches.min(cap))
             }
         };
         // Capped at 100: at least 100.
         assert_eq!(
-            counts.matches(&dell, 100, start, count(5_000)).unwrap(),
+            counts
+                .matches(&dell, 100, start, count(5_000, 100))
+                .unwrap(),
             100
         );
         assert_eq!(
-            counts.matches(&dell, 100, start, count(5_000)).unwrap(),
+            counts
+                .matches(&dell, 100, start, count(5_000, 100))
+                .unwrap(),
             100
         );
-        assert_eq!(counts.matches(&dell, 90, start, count(5_000)).unwrap(), 90);
+        assert_eq!(
+            counts.matches(&dell, 90, start, count(5_000, 90)).unwrap(),
+            90
+        );
         assert_eq!(counted.get(), 1);
         // A higher cap than the count reached: counted again.
         assert_eq!(
-            counts.matches(&dell, 200, start, count(5_000)).unwrap(),
+            counts
+                .matches(&dell, 200, start, count(5_000, 200))
+                .unwrap(),
             200
         );
         assert_eq!(counted.get(), 2);
         // Below its cap a count is exact for any cap.
-        assert_eq!(counts.matches(&hpe, 100, start, count(7)).unwrap(), 7);
-        assert_eq!(counts.matches(&hpe, 1_000, start, count(7)).unwrap(), 7);
-        assert_eq!(counts.matches(&hpe, 3, start, count(7)).unwrap(), 3);
+        assert_eq!(counts.matches(&hpe, 100, start, count(7, 100)).unwrap(), 7);
+        assert_eq!(
+            counts.matches(&hpe, 1_000, start, count(7, 1_000)).unwrap(),
+            7
+        );
+        assert_eq!(counts.matches(&hpe, 3, start, count(7, 3)).unwrap(), 3);
         assert_eq!(counted.get(), 3);
         // Too old: counted again.
         let later = start + FILTER_COUNT_KEPT_FOR + Duration::from_millis(1);
-        assert_eq!(counts.matches(&hpe, 100, later, count(9)).unwrap(), 9);
+        assert_eq!(counts.matches(&hpe, 100, later, count(9, 100)).unwrap(), 9);
         assert_eq!(counted.get(), 4);
         // A failed count is not kept.
-        let failed = counts.matches(&dell, 500, start, |_| Err(rusqlite::Error::InvalidQuery));
+        let failed = counts.matches(&dell, 500, start, || Err(rusqlite::Error::InvalidQuery));
         assert!(failed.is_err());
         // The number of filters kept is bounded.
         for n in 0..3 * FILTER_COUNTS_KEPT {
@@ -1603,7 +1615,7 @@ mod tests {
                 pattern: ValuePattern::Exact(format!("serial-{n}")),
                 ..dell.clone()
             };
-            counts.matches(&filter, 10, later, |_| Ok(1)).unwrap();
+            counts.matches(&filter, 10, later, || Ok(1)).unwrap();
         }
         assert!(counts.lock().len() <= FILTER_COUNTS_KEPT);
     }
