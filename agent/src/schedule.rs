@@ -200,6 +200,8 @@ struct Delivered {
     sequence: u64,
     full_inventory: Option<String>,
     result: Result<ReportResponse, SendError>,
+    /// Attempts that ended without an answer: the report may be stored whatever `result`.
+    unanswered_attempts: u32,
 }
 
 type Delivery = Pin<Box<dyn Future<Output = Delivered> + Send>>;
@@ -370,10 +372,12 @@ impl Agent {
             .then(|| report.inventory_hash.clone());
         let mut sender = self.sender.clone();
         Ok(Some(Box::pin(async move {
+            let outcome = sender.deliver(report).await;
             Delivered {
                 sequence,
                 full_inventory,
-                result: sender.send(report).await,
+                result: outcome.result,
+                unanswered_attempts: outcome.unanswered_attempts,
             }
         })))
     }
@@ -385,7 +389,14 @@ impl Agent {
             sequence,
             full_inventory,
             result,
+            unanswered_attempts,
         } = delivered;
+        if let Err(error) = self
+            .spool
+            .record_ambiguous_delivery(sequence, unanswered_attempts)
+        {
+            warn!(error = %error_chain(&error), sequence, "cannot save the delivery counts");
+        }
         match result {
             Ok(response) => {
                 self.backoff.reset();
@@ -469,6 +480,7 @@ impl Agent {
                     error = %error_chain(&error),
                     url = %self.sender.url(),
                     sequence,
+                    maybe_stored = unanswered_attempts > 0,
                     spooled_reports = self.spool.len(),
                     retry_in = %humantime::format_duration(delay),
                     "report not delivered, it stays in the spool"

@@ -69,6 +69,8 @@ pub enum SendError {
         url: String,
         code: Code,
         message: String,
+        /// Whether the report may have been stored all the same ([`Reached`]).
+        reached: Reached,
     },
     /// The collector refused this report; sending it again would be refused again.
     #[error("collector `{url}` rejected the report ({code:?}): {message}")]
@@ -88,10 +90,59 @@ pub enum SendError {
     IdentityConflict { url: String, message: String },
 }
 
+/// Whether a delivery that failed may have reached the collector's store: the accounting of
+/// reports the agent later drops depends on it (a report stored without an answer, then
+/// dropped from the spool, is both stored and counted as dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reached {
+    /// No connection was made (refused, connect timeout, TLS handshake failed), or the
+    /// collector answered that it did not write the report: certainly not stored.
+    No,
+    /// The request may have been sent and no answer says what became of it (the connection
+    /// broke, the request timed out, the store failed in an unknown state): perhaps stored.
+    Maybe,
+}
+
+impl Reached {
+    /// Sorts a failed call: a status the collector sent names its own outcome; one made up by
+    /// the client (it carries the transport error as its source) is a non-answer unless the
+    /// connection was never made.
+    fn of(status: &tonic::Status) -> Reached {
+        let Some(source) = std::error::Error::source(status) else {
+            // The collector's own answer: these codes say the report was not written, the
+            // others (Internal, Unknown, DataLoss, …) may come from a store that failed
+            // half way, such as a commit whose acknowledgement the database lost.
+            return match status.code() {
+                Code::Unavailable | Code::ResourceExhausted => Reached::No,
+                _ => Reached::Maybe,
+            };
+        };
+        let mut cause = Some(source);
+        while let Some(error) = cause {
+            if error.is::<tonic::ConnectError>() {
+                return Reached::No;
+            }
+            // The connect timeout (`collector.connect_timeout`): an `io::Error` of kind
+            // `TimedOut` wrapping tokio's `Elapsed`, unlike a timeout on an open connection.
+            if let Some(io) = error.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::TimedOut
+                && io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<tokio::time::error::Elapsed>())
+            {
+                return Reached::No;
+            }
+            cause = error.source();
+        }
+        Reached::Maybe
+    }
+}
+
 impl SendError {
     fn from_status(url: &str, status: tonic::Status) -> SendError {
         let url = url.to_owned();
         let code = status.code();
+        let reached = Reached::of(&status);
         // The status message alone is often just "transport error"; the cause says which.
         let mut message = status.message().to_owned();
         let mut source = std::error::Error::source(&status);
@@ -127,9 +178,25 @@ impl SendError {
             | Code::Aborted
             | Code::Internal
             | Code::Unavailable
-            | Code::DataLoss => SendError::Unreachable { url, code, message },
+            | Code::DataLoss => SendError::Unreachable {
+                url,
+                code,
+                message,
+                reached,
+            },
         }
     }
+}
+
+/// What [`ReportSender::deliver`] did with one report.
+#[derive(Debug)]
+pub struct DeliveryOutcome {
+    /// The collector's answer, or why there is none (the last collector's failure).
+    pub result: Result<ReportResponse, SendError>,
+    /// Attempts (one per collector tried) that may have reached the collector's store without
+    /// an answer ([`Reached::Maybe`]): when not zero, the report may be stored whatever the
+    /// result says.
+    pub unanswered_attempts: u32,
 }
 
 /// How long an unreachable collector is skipped after its first failure; doubled at each
@@ -264,6 +331,25 @@ impl ReportSender {
     /// while one is unreachable. Any other answer (a refusal, a request to slow down) is
     /// final: the collectors share one database and would answer the same.
     pub async fn send(&mut self, report: ReportRequest) -> Result<ReportResponse, SendError> {
+        self.deliver(report).await.result
+    }
+
+    /// [`ReportSender::send`], also telling how many attempts ended without an answer (the
+    /// spool's accounting of reports dropped later needs it).
+    pub async fn deliver(&mut self, report: ReportRequest) -> DeliveryOutcome {
+        let mut unanswered_attempts = 0;
+        let result = self.try_collectors(report, &mut unanswered_attempts).await;
+        DeliveryOutcome {
+            result,
+            unanswered_attempts,
+        }
+    }
+
+    async fn try_collectors(
+        &mut self,
+        report: ReportRequest,
+        unanswered_attempts: &mut u32,
+    ) -> Result<ReportResponse, SendError> {
         if self.use_tokens && self.bearer.is_none() {
             self.bearer = self.obtain_token(&report).await?;
         }
@@ -299,8 +385,11 @@ impl ReportSender {
                     return Ok(response.into_inner());
                 }
                 Err(status) => match SendError::from_status(&collector.url, status) {
-                    error @ SendError::Unreachable { .. } => {
+                    error @ SendError::Unreachable { reached, .. } => {
                         collector.failed(Instant::now());
+                        if reached == Reached::Maybe {
+                            *unanswered_attempts += 1;
+                        }
                         if order.len() > 1 {
                             tracing::warn!(%error, "collector unreachable; trying the next");
                         }
@@ -583,17 +672,106 @@ mod tests {
             timeout: Duration::from_secs(5),
         };
         let mut sender = ReportSender::new(&config).unwrap();
-        let error = sender.send(ReportRequest::default()).await.unwrap_err();
+        let outcome = sender.deliver(ReportRequest::default()).await;
+        let error = outcome.result.unwrap_err();
         assert!(
             matches!(
                 error,
                 SendError::Unreachable {
                     code: Code::Unavailable,
+                    reached: Reached::No,
                     ..
                 }
             ),
             "{error:?}"
         );
+        assert_eq!(
+            outcome.unanswered_attempts, 0,
+            "never sent, certainly not stored"
+        );
+    }
+
+    #[test]
+    fn the_collectors_own_failures_say_whether_the_report_may_be_stored() {
+        let reached = |code| Reached::of(&tonic::Status::new(code, "from the collector"));
+        // Refused before the write: the write queue is full, the collector is stopping.
+        assert_eq!(reached(Code::Unavailable), Reached::No);
+        assert_eq!(reached(Code::ResourceExhausted), Reached::No);
+        // A store that failed may have failed after its commit.
+        assert_eq!(reached(Code::Internal), Reached::Maybe);
+        assert_eq!(reached(Code::DeadlineExceeded), Reached::Maybe);
+    }
+
+    /// A loopback listener that accepts connections and hands each to `handle`.
+    async fn raw_listener<F, Fut>(handle: F) -> String
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(handle(stream));
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_request_that_times_out_may_have_been_stored() {
+        use tokio::io::AsyncReadExt;
+        // Reads the request and never answers.
+        let url = raw_listener(|mut stream| async move {
+            let mut buffer = [0; 4096];
+            while stream.read(&mut buffer).await.is_ok_and(|read| read > 0) {}
+        })
+        .await;
+        let mut sender = sender(&[&url]);
+        // The request timeout, shortened: `collector.timeout` is at least a second.
+        let channel = Endpoint::from_shared(url.clone())
+            .unwrap()
+            .timeout(Duration::from_millis(300))
+            .connect_lazy();
+        sender.collectors[0].client = IngestClient::new(channel);
+        let outcome = sender.deliver(ReportRequest::default()).await;
+        assert!(
+            matches!(
+                outcome.result,
+                Err(SendError::Unreachable {
+                    reached: Reached::Maybe,
+                    ..
+                })
+            ),
+            "{:?}",
+            outcome.result
+        );
+        assert_eq!(outcome.unanswered_attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_breaks_mid_request_may_have_delivered_it() {
+        use tokio::io::AsyncReadExt;
+        // Reads the start of the request, then closes the connection (a killed collector).
+        let url = raw_listener(|mut stream| async move {
+            let mut buffer = [0; 64];
+            let _ = stream.read(&mut buffer).await;
+        })
+        .await;
+        let mut sender = sender(&[&url]);
+        let outcome = sender.deliver(ReportRequest::default()).await;
+        assert!(
+            matches!(
+                outcome.result,
+                Err(SendError::Unreachable {
+                    reached: Reached::Maybe,
+                    ..
+                })
+            ),
+            "{:?}",
+            outcome.result
+        );
+        assert_eq!(outcome.unanswered_attempts, 1);
     }
 
     /// A collector that answers every report with `answer` and counts what it received.

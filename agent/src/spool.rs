@@ -20,6 +20,18 @@
 //! carries the count to the collector (`dropped_reports`). A file that fails its checks
 //! (truncated, wrong magic, bad checksum, undecodable) is moved to `spool/corrupt/`, logged and
 //! counted as dropped: never a reason to stop the agent.
+//!
+//! A delivery can end without an answer (the collector killed mid-request, a timeout): the
+//! report may then be stored although it stays queued. Sent again, the collector acknowledges
+//! it as a duplicate; but if the bounds drop it first, it is counted as dropped and may be
+//! stored all the same. The spool therefore remembers which report had such an ambiguous
+//! delivery, in `spool/attempt` (`<sequence> in_flight` while a delivery is under way,
+//! `<sequence> ambiguous` after one ended without an answer; written without fsync, as it must
+//! survive a killed agent, not a power cut), and keeps cumulative counts in
+//! `spool/deliveries.prom`, in the Prometheus text format ([`DeliveryCounts`]): ambiguous
+//! deliveries, and dropped reports split by whether one of their deliveries was ambiguous.
+//! Reports are delivered one at a time in sequence order, so only the oldest queued report can
+//! have had a delivery at all.
 
 use crate::identity::write_file_atomically;
 use estate_proto::v1::ReportRequest;
@@ -36,6 +48,16 @@ pub const SPOOL_DIR: &str = "spool";
 pub const CORRUPT_DIR: &str = "corrupt";
 /// The file holding the count of dropped reports not yet reported, inside the spool directory.
 pub const DROPPED_FILE: &str = "dropped";
+/// The file naming the report whose delivery is under way or ended without an answer, inside
+/// the spool directory.
+pub const ATTEMPT_FILE: &str = "attempt";
+/// The cumulative delivery counts ([`DeliveryCounts`]), inside the spool directory.
+pub const COUNTS_FILE: &str = "deliveries.prom";
+/// Counter of report deliveries that ended without an answer (in [`COUNTS_FILE`]).
+pub const AMBIGUOUS_DELIVERIES_METRIC: &str = "estate_agent_report_deliveries_ambiguous_total";
+/// Counter of reports dropped unacknowledged, labelled `after_ambiguous_delivery` (in
+/// [`COUNTS_FILE`]).
+pub const DROPPED_REPORTS_METRIC: &str = "estate_agent_reports_dropped_total";
 /// Most files kept in `spool/corrupt/`; beyond that, unreadable files are deleted, so a disk
 /// that keeps corrupting files cannot fill up with them.
 pub const MAX_CORRUPT_FILES: usize = 100;
@@ -169,6 +191,89 @@ struct Entry {
     spooled_ms: u64,
     /// The report's own `dropped_reports`: if this report is dropped, that count must not be.
     carried_dropped: u64,
+    /// A delivery of this report ended without an answer: the collector may have stored it.
+    ambiguous_delivery: bool,
+}
+
+/// Cumulative counts of what became of reports that left the spool without an
+/// acknowledgement, and of deliveries that ended without an answer; kept across restarts in
+/// [`COUNTS_FILE`]. `dropped_not_stored + dropped_maybe_stored` is every report ever counted
+/// in `dropped_reports` (which the collector sums per host).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    /// Delivery attempts that may have reached the collector's store and got no answer (the
+    /// connection broke, the request timed out, the agent stopped meanwhile).
+    pub ambiguous_deliveries: u64,
+    /// Reports dropped that the collector certainly did not store: never sent, refused, or
+    /// every delivery failed before reaching it.
+    pub dropped_not_stored: u64,
+    /// Reports dropped after a delivery that ended without an answer: the collector may have
+    /// stored them, so they may be counted both as stored and as dropped.
+    pub dropped_maybe_stored: u64,
+}
+
+impl DeliveryCounts {
+    /// The counts in the Prometheus text format, as written to [`COUNTS_FILE`] (a
+    /// node_exporter textfile collector can read a copy of it).
+    pub fn to_prometheus_text(&self) -> String {
+        format!(
+            "# HELP {AMBIGUOUS_DELIVERIES_METRIC} Report deliveries that ended without an answer \
+             from the collector (the report may or may not be stored).\n\
+             # TYPE {AMBIGUOUS_DELIVERIES_METRIC} counter\n\
+             {AMBIGUOUS_DELIVERIES_METRIC} {}\n\
+             # HELP {DROPPED_REPORTS_METRIC} Reports dropped from the spool without an \
+             acknowledgement; after_ambiguous_delivery=\"true\": the collector may have stored \
+             it.\n\
+             # TYPE {DROPPED_REPORTS_METRIC} counter\n\
+             {DROPPED_REPORTS_METRIC}{{after_ambiguous_delivery=\"false\"}} {}\n\
+             {DROPPED_REPORTS_METRIC}{{after_ambiguous_delivery=\"true\"}} {}\n",
+            self.ambiguous_deliveries, self.dropped_not_stored, self.dropped_maybe_stored
+        )
+    }
+
+    /// Reads [`DeliveryCounts::to_prometheus_text`] back. Comments are skipped; an unknown
+    /// series or a value that is not a count is an error naming the line.
+    pub fn parse(text: &str) -> Result<DeliveryCounts, String> {
+        let mut counts = DeliveryCounts::default();
+        let not_stored = format!("{DROPPED_REPORTS_METRIC}{{after_ambiguous_delivery=\"false\"}}");
+        let maybe_stored = format!("{DROPPED_REPORTS_METRIC}{{after_ambiguous_delivery=\"true\"}}");
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let parsed = line
+                .rsplit_once(' ')
+                .and_then(|(series, value)| Some((series.trim(), value.parse::<u64>().ok()?)));
+            let slot = match parsed {
+                Some((series, _)) if series == AMBIGUOUS_DELIVERIES_METRIC => {
+                    &mut counts.ambiguous_deliveries
+                }
+                Some((series, _)) if series == not_stored => &mut counts.dropped_not_stored,
+                Some((series, _)) if series == maybe_stored => &mut counts.dropped_maybe_stored,
+                _ => return Err(format!("unexpected line `{line}`")),
+            };
+            *slot = parsed.map_or(0, |(_, value)| value);
+        }
+        Ok(counts)
+    }
+}
+
+/// What `spool/attempt` says of the report it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttemptState {
+    /// A delivery was under way: if the agent stopped meanwhile, it ended without an answer.
+    InFlight,
+    /// A delivery ended without an answer, already counted.
+    Ambiguous,
+}
+
+impl AttemptState {
+    fn as_str(self) -> &'static str {
+        match self {
+            AttemptState::InFlight => "in_flight",
+            AttemptState::Ambiguous => "ambiguous",
+        }
+    }
 }
 
 /// The queue of reports on disk, oldest (lowest sequence) first. Owned by the agent's main loop.
@@ -186,6 +291,8 @@ pub struct Spool {
     /// released: the bounds never drop it, or a report the collector then stores would be
     /// counted both as stored and as dropped.
     in_flight: Option<u64>,
+    /// Cumulative counts, persisted in [`COUNTS_FILE`].
+    counts: DeliveryCounts,
 }
 
 impl Spool {
@@ -208,6 +315,7 @@ impl Spool {
         };
         let mut spool = Spool {
             dropped_unreported: read_dropped(&dir.join(DROPPED_FILE)),
+            counts: read_counts(&dir.join(COUNTS_FILE)),
             dir: dir.clone(),
             limits,
             entries: BTreeMap::new(),
@@ -215,6 +323,7 @@ impl Spool {
             corrupt_files: 0,
             in_flight: None,
         };
+        let attempt = read_attempt(&dir.join(ATTEMPT_FILE));
         let mut found = Vec::new();
         for item in std::fs::read_dir(&dir).map_err(list_error)? {
             let path = item.map_err(list_error)?.path();
@@ -234,20 +343,43 @@ impl Spool {
         found.sort();
         let mut restored = 0;
         for (sequence, path) in found {
+            let attempted = attempt.map(|(attempted, _)| attempted) == Some(sequence);
             match std::fs::read(&path) {
                 Ok(bytes) => match decode_file(&bytes) {
                     Ok((spooled_ms, report)) => {
                         spool.insert(sequence, bytes.len() as u64, spooled_ms, &report);
+                        if let (true, Some(entry)) = (attempted, spool.entries.get_mut(&sequence)) {
+                            entry.ambiguous_delivery = true;
+                        }
                         restored += 1;
                     }
-                    Err(reason) => spool.quarantine(&path, &reason)?,
+                    Err(reason) => spool.quarantine(&path, &reason, attempted)?,
                 },
                 Err(error) => {
                     warn!(file = %path.display(), %error, "cannot read a spooled report, dropping it");
-                    spool.count_dropped(1)?;
+                    spool.count_dropped(1, u64::from(attempted), 0)?;
                 }
             }
         }
+        match attempt {
+            Some((sequence, AttemptState::InFlight)) if spool.entries.contains_key(&sequence) => {
+                // The agent stopped while this report was being delivered: that delivery ended
+                // without an answer. Recorded as such, so a second restart does not count it
+                // again.
+                info!(
+                    sequence,
+                    "the agent stopped while delivering this report: the collector may have \
+                     stored it, it is sent again"
+                );
+                spool.write_attempt(sequence, AttemptState::Ambiguous);
+                spool.counts.ambiguous_deliveries += 1;
+            }
+            Some((sequence, _)) if spool.entries.contains_key(&sequence) => {}
+            // Acknowledged, or dropped and counted, before the agent stopped.
+            Some(_) => spool.clear_attempt(),
+            None => {}
+        }
+        spool.persist_counts()?;
         if restored > 0 {
             info!(
                 reports = restored,
@@ -284,6 +416,11 @@ impl Spool {
         self.dropped_unreported
     }
 
+    /// The cumulative delivery counts.
+    pub fn counts(&self) -> DeliveryCounts {
+        self.counts
+    }
+
     /// The lowest queued sequence.
     pub fn first_sequence(&self) -> Option<u64> {
         self.entries.keys().next().copied()
@@ -301,8 +438,7 @@ impl Spool {
         let path = self.path_of(report.sequence);
         if let Err(source) = write_file_atomically(&path, &bytes) {
             // The report is lost: count it, so the collector still learns of it.
-            self.dropped_unreported = self.dropped_unreported.saturating_add(1);
-            let _ = self.persist_dropped();
+            let _ = self.count_dropped(1, 0, 0);
             return Err(SpoolError::Write { path, source });
         }
         if let Some(previous) = self.entries.remove(&report.sequence) {
@@ -316,26 +452,29 @@ impl Spool {
         self.enforce_limits(now)
     }
 
-    /// The oldest queued report, read from disk. A file found corrupt is moved aside (counted
-    /// as dropped) and the next one is tried.
+    /// The oldest queued report, read from disk, to be delivered: `spool/attempt` names it as
+    /// in flight until it is acknowledged, discarded or released. A file found corrupt is moved
+    /// aside (counted as dropped) and the next one is tried.
     pub fn front(&mut self) -> Result<Option<ReportRequest>, SpoolError> {
         while let Some(sequence) = self.first_sequence() {
             let path = self.path_of(sequence);
+            let ambiguous = self.had_ambiguous_delivery(sequence);
             match std::fs::read(&path) {
                 Ok(bytes) => match decode_file(&bytes) {
                     Ok((_, report)) => {
                         self.in_flight = Some(sequence);
+                        self.write_attempt(sequence, AttemptState::InFlight);
                         return Ok(Some(report));
                     }
                     Err(reason) => {
                         self.forget(sequence);
-                        self.quarantine(&path, &reason)?;
+                        self.quarantine(&path, &reason, ambiguous)?;
                     }
                 },
                 Err(error) => {
                     warn!(file = %path.display(), %error, "cannot read a spooled report, dropping it");
                     self.forget(sequence);
-                    self.count_dropped(1)?;
+                    self.count_dropped(1, u64::from(ambiguous), 0)?;
                 }
             }
         }
@@ -345,29 +484,66 @@ impl Spool {
     /// Removes an acknowledged report. The directory is not synced: a removal lost in a crash
     /// only makes the report be sent again, which the collector acknowledges as a duplicate.
     /// A file that cannot be removed is still forgotten: sent again after a restart, the
-    /// collector acknowledges it as a duplicate.
+    /// collector acknowledges it as a duplicate. (`spool/attempt` may still name it: a
+    /// sequence no longer queued means nothing.)
     pub fn acknowledge(&mut self, sequence: u64) -> Result<(), SpoolError> {
-        self.release();
+        self.in_flight = None;
         self.forget(sequence);
         self.remove_file(sequence)
+    }
+
+    /// Records that `attempts` deliveries of report `sequence` ended without an answer: it may
+    /// be stored, and if it is dropped later, it is counted among the reports dropped after an
+    /// ambiguous delivery. Call it before acknowledging, discarding or releasing the report.
+    pub fn record_ambiguous_delivery(
+        &mut self,
+        sequence: u64,
+        attempts: u32,
+    ) -> Result<(), SpoolError> {
+        if attempts == 0 {
+            return Ok(());
+        }
+        if let Some(entry) = self.entries.get_mut(&sequence) {
+            entry.ambiguous_delivery = true;
+            // The mark first: a crash before the count is saved undercounts a delivery, never
+            // loses which report may be stored.
+            self.write_attempt(sequence, AttemptState::Ambiguous);
+        }
+        self.counts.ambiguous_deliveries += u64::from(attempts);
+        self.persist_counts()
     }
 
     /// The report from [`Spool::front`] was not delivered (it stays queued): from now on the
     /// bounds may drop it like any other until it is handed out again.
     pub fn release(&mut self) {
-        self.in_flight = None;
+        if let Some(sequence) = self.in_flight.take() {
+            if self.had_ambiguous_delivery(sequence) {
+                self.write_attempt(sequence, AttemptState::Ambiguous);
+            } else {
+                // Not delivered and never ambiguously: nothing of it can be stored.
+                self.clear_attempt();
+            }
+        }
     }
 
     /// Removes a report the collector refused for good, counting it as dropped.
     pub fn discard(&mut self, sequence: u64) -> Result<(), SpoolError> {
-        self.release();
-        let carried = self
-            .entries
-            .get(&sequence)
-            .map(|entry| entry.carried_dropped);
+        self.in_flight = None;
+        let entry = self.entries.get(&sequence).copied();
         self.forget(sequence);
-        self.count_dropped(1 + carried.unwrap_or(0))?;
+        self.count_dropped(
+            1,
+            u64::from(entry.is_some_and(|entry| entry.ambiguous_delivery)),
+            entry.map_or(0, |entry| entry.carried_dropped),
+        )?;
         self.remove_file(sequence)
+    }
+
+    /// Whether a delivery of queued report `sequence` ended without an answer.
+    pub fn had_ambiguous_delivery(&self, sequence: u64) -> bool {
+        self.entries
+            .get(&sequence)
+            .is_some_and(|entry| entry.ambiguous_delivery)
     }
 
     /// Re-stamps every queued report, oldest first, after the collector said this agent id
@@ -381,16 +557,20 @@ impl Spool {
         &mut self,
         mut restamp: impl FnMut(&mut ReportRequest) -> Result<(), E>,
     ) -> Result<(), RenumberError<E>> {
-        self.release();
+        // The collector answered (with the conflict), and sequence numbers restart: the mark
+        // would name a report that is not the one it was about.
+        self.in_flight = None;
+        self.clear_attempt();
         let sequences: Vec<u64> = self.entries.keys().copied().collect();
         for old in sequences {
             let path = self.path_of(old);
+            let ambiguous = self.had_ambiguous_delivery(old);
             let bytes = match std::fs::read(&path) {
                 Ok(bytes) => bytes,
                 Err(error) => {
                     warn!(file = %path.display(), %error, "cannot read a spooled report, dropping it");
                     self.forget(old);
-                    self.count_dropped(1)?;
+                    self.count_dropped(1, u64::from(ambiguous), 0)?;
                     continue;
                 }
             };
@@ -398,7 +578,7 @@ impl Spool {
                 Ok(decoded) => decoded,
                 Err(reason) => {
                     self.forget(old);
-                    self.quarantine(&path, &reason)?;
+                    self.quarantine(&path, &reason, ambiguous)?;
                     continue;
                 }
             };
@@ -439,6 +619,7 @@ impl Spool {
                 bytes,
                 spooled_ms,
                 carried_dropped: report.dropped_reports,
+                ambiguous_delivery: false,
             },
         );
     }
@@ -455,6 +636,7 @@ impl Spool {
         let now_ms = unix_ms(now);
         let max_age_ms = u64::try_from(self.limits.max_age.as_millis()).unwrap_or(u64::MAX);
         let mut dropped = 0;
+        let mut maybe_stored = 0;
         let mut carried = 0;
         while self.entries.len() > 1 {
             let in_flight = self.in_flight;
@@ -478,22 +660,36 @@ impl Spool {
             self.forget(sequence);
             dropped += 1;
             carried += entry.carried_dropped;
+            if entry.ambiguous_delivery {
+                maybe_stored += 1;
+                warn!(
+                    sequence,
+                    "dropping a report whose delivery ended without an answer: the collector \
+                     may have stored it, it is counted as dropped all the same"
+                );
+            }
         }
         if dropped > 0 {
             warn!(
                 dropped,
+                maybe_stored,
                 max_bytes = self.limits.max_bytes,
                 max_age = %humantime::format_duration(self.limits.max_age),
                 "the spool is full or holds reports that are too old: dropped the oldest"
             );
-            self.count_dropped(dropped + carried)?;
+            self.count_dropped(dropped, maybe_stored, carried)?;
         }
         Ok(())
     }
 
     /// Moves a corrupt file to `spool/corrupt/` (or deletes it when that holds enough) and
-    /// counts it as a dropped report.
-    fn quarantine(&mut self, path: &Path, reason: &CorruptReason) -> Result<(), SpoolError> {
+    /// counts it as a dropped report (`maybe_stored` after an ambiguous delivery).
+    fn quarantine(
+        &mut self,
+        path: &Path,
+        reason: &CorruptReason,
+        maybe_stored: bool,
+    ) -> Result<(), SpoolError> {
         self.corrupt_files += 1;
         let corrupt_dir = self.dir.join(CORRUPT_DIR);
         let kept = std::fs::read_dir(&corrupt_dir).map_or(0, Iterator::count);
@@ -523,12 +719,53 @@ impl Spool {
                 );
             }
         }
-        self.count_dropped(1)
+        self.count_dropped(1, u64::from(maybe_stored), 0)
     }
 
-    fn count_dropped(&mut self, count: u64) -> Result<(), SpoolError> {
-        self.dropped_unreported = self.dropped_unreported.saturating_add(count);
-        self.persist_dropped()
+    /// Counts `reports` that left the spool unacknowledged, `maybe_stored` of them after an
+    /// ambiguous delivery; `carried` are drop counts that rode in them, owed to the collector
+    /// again (not new drops).
+    fn count_dropped(
+        &mut self,
+        reports: u64,
+        maybe_stored: u64,
+        carried: u64,
+    ) -> Result<(), SpoolError> {
+        self.dropped_unreported = self
+            .dropped_unreported
+            .saturating_add(reports)
+            .saturating_add(carried);
+        self.counts.dropped_maybe_stored += maybe_stored;
+        self.counts.dropped_not_stored += reports - maybe_stored;
+        self.persist_dropped()?;
+        self.persist_counts()
+    }
+
+    fn persist_counts(&self) -> Result<(), SpoolError> {
+        let path = self.dir.join(COUNTS_FILE);
+        write_file_atomically(&path, self.counts.to_prometheus_text().as_bytes())
+            .map_err(|source| SpoolError::Write { path, source })
+    }
+
+    /// Names report `sequence` in `spool/attempt`. Renamed into place (a killed agent leaves
+    /// the old or the new content) but not synced: it is written for every delivery, and a
+    /// power cut losing it only makes one dropped report count as certainly not stored.
+    /// A failure is logged, never a reason not to deliver.
+    fn write_attempt(&self, sequence: u64, state: AttemptState) {
+        let path = self.dir.join(ATTEMPT_FILE);
+        let temporary = self.dir.join(format!("{ATTEMPT_FILE}.tmp"));
+        let written = std::fs::write(&temporary, format!("{sequence} {}\n", state.as_str()))
+            .and_then(|()| std::fs::rename(&temporary, &path));
+        if let Err(error) = written {
+            warn!(file = %path.display(), %error, "cannot record the report being delivered");
+        }
+    }
+
+    fn clear_attempt(&self) {
+        let path = self.dir.join(ATTEMPT_FILE);
+        if let Err(error) = remove_if_present(&path) {
+            warn!(error = %crate::identity::error_chain(&error), "cannot clear the report being delivered");
+        }
     }
 
     fn persist_dropped(&self) -> Result<(), SpoolError> {
@@ -578,6 +815,35 @@ fn parse_file_name(name: &str) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
+}
+
+/// The persisted delivery counts; an unreadable file counts as none (and says so).
+fn read_counts(path: &Path) -> DeliveryCounts {
+    match std::fs::read_to_string(path) {
+        Ok(text) => DeliveryCounts::parse(&text).unwrap_or_else(|error| {
+            warn!(file = %path.display(), %error, "unreadable delivery counts, starting from 0");
+            DeliveryCounts::default()
+        }),
+        Err(_) => DeliveryCounts::default(),
+    }
+}
+
+/// What `spool/attempt` says: `<sequence> in_flight` or `<sequence> ambiguous`. Anything
+/// else is logged and ignored (the report it may have named counts as never delivered).
+fn read_attempt(path: &Path) -> Option<(u64, AttemptState)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let parsed = text.trim().split_once(' ').and_then(|(sequence, state)| {
+        let state = match state {
+            "in_flight" => AttemptState::InFlight,
+            "ambiguous" => AttemptState::Ambiguous,
+            _ => return None,
+        };
+        Some((sequence.parse().ok()?, state))
+    });
+    if parsed.is_none() {
+        warn!(file = %path.display(), content = %text.trim(), "unreadable delivery attempt record, ignored");
+    }
+    parsed
 }
 
 /// The persisted count of dropped reports; an unreadable file counts as none (and says so).
@@ -793,6 +1059,136 @@ mod tests {
         spool.push(report(5), at(300)).unwrap();
         assert_eq!(spool.first_sequence(), Some(5));
         assert_eq!(spool.dropped_unreported(), 3);
+    }
+
+    fn counts(ambiguous_deliveries: u64, not_stored: u64, maybe_stored: u64) -> DeliveryCounts {
+        DeliveryCounts {
+            ambiguous_deliveries,
+            dropped_not_stored: not_stored,
+            dropped_maybe_stored: maybe_stored,
+        }
+    }
+
+    #[test]
+    fn a_report_dropped_after_an_ambiguous_delivery_is_counted_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits {
+            max_age: Duration::from_secs(60),
+            ..LARGE
+        };
+        let mut spool = Spool::open(dir.path(), limits, at(0)).unwrap();
+        spool.push(report(1), at(0)).unwrap();
+        spool.push(report(2), at(1)).unwrap();
+        // Report 1: one delivery refused at connect, then one that got no answer.
+        assert_eq!(spool.front().unwrap().unwrap().sequence, 1);
+        spool.release();
+        assert!(!spool.had_ambiguous_delivery(1));
+        assert_eq!(spool.front().unwrap().unwrap().sequence, 1);
+        spool.record_ambiguous_delivery(1, 1).unwrap();
+        spool.release();
+        assert!(spool.had_ambiguous_delivery(1));
+        assert_eq!(spool.counts(), counts(1, 0, 0));
+        // Both age out: 1 may be stored, 2 was never sent.
+        spool.push(report(3), at(100)).unwrap();
+        assert_eq!(spool.first_sequence(), Some(3));
+        assert_eq!(spool.counts(), counts(1, 1, 1));
+        assert_eq!(spool.dropped_unreported(), 2, "the collector hears of both");
+        // The counts survive a restart, in the Prometheus text format.
+        let text = std::fs::read_to_string(dir.path().join("spool").join(COUNTS_FILE)).unwrap();
+        assert!(
+            text.contains(
+                "estate_agent_reports_dropped_total{after_ambiguous_delivery=\"true\"} 1\n"
+            ),
+            "{text}"
+        );
+        drop(spool);
+        let spool = Spool::open(dir.path(), limits, at(101)).unwrap();
+        assert_eq!(spool.counts(), counts(1, 1, 1));
+    }
+
+    #[test]
+    fn a_delivery_under_way_when_the_agent_stops_is_ambiguous_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits {
+            max_age: Duration::from_secs(60),
+            ..LARGE
+        };
+        let mut spool = Spool::open(dir.path(), limits, at(0)).unwrap();
+        spool.push(report(1), at(0)).unwrap();
+        spool.push(report(2), at(1)).unwrap();
+        assert_eq!(spool.front().unwrap().unwrap().sequence, 1);
+        // The agent stops (or is killed) before the collector answers.
+        drop(spool);
+        let spool = Spool::open(dir.path(), limits, at(10)).unwrap();
+        assert!(spool.had_ambiguous_delivery(1));
+        assert!(!spool.had_ambiguous_delivery(2));
+        assert_eq!(spool.counts(), counts(1, 0, 0));
+        drop(spool);
+        // A second restart does not count that delivery again; the age bound drops it as
+        // perhaps stored.
+        let spool = Spool::open(dir.path(), limits, at(1000)).unwrap();
+        assert_eq!(spool.first_sequence(), Some(2));
+        assert_eq!(spool.counts(), counts(1, 0, 1));
+    }
+
+    #[test]
+    fn an_acknowledged_or_released_report_leaves_no_ambiguity_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), LARGE, at(0)).unwrap();
+        for sequence in 1..=3 {
+            spool.push(report(sequence), at(sequence)).unwrap();
+        }
+        // 1 is acknowledged after a delivery without an answer (a duplicate the second time).
+        assert_eq!(spool.front().unwrap().unwrap().sequence, 1);
+        spool.record_ambiguous_delivery(1, 2).unwrap();
+        spool.acknowledge(1).unwrap();
+        // 2 was refused at connect: certainly not stored.
+        assert_eq!(spool.front().unwrap().unwrap().sequence, 2);
+        spool.release();
+        assert!(!dir.path().join("spool").join(ATTEMPT_FILE).exists());
+        drop(spool);
+        let mut spool = Spool::open(dir.path(), LARGE, at(10)).unwrap();
+        assert!(!spool.had_ambiguous_delivery(2));
+        assert_eq!(spool.counts(), counts(2, 0, 0));
+        // Refused for good after an ambiguous delivery: counted as perhaps stored.
+        assert_eq!(spool.front().unwrap().unwrap().sequence, 2);
+        spool.record_ambiguous_delivery(2, 1).unwrap();
+        spool.release();
+        assert_eq!(spool.front().unwrap().unwrap().sequence, 2);
+        spool.discard(2).unwrap();
+        assert_eq!(spool.counts(), counts(3, 0, 1));
+        // Renumbering forgets the mark: sequence numbers restart and would name another report.
+        assert_eq!(spool.front().unwrap().unwrap().sequence, 3);
+        spool.record_ambiguous_delivery(3, 1).unwrap();
+        spool
+            .renumber(|report| {
+                report.sequence = 1;
+                Ok::<_, std::io::Error>(())
+            })
+            .unwrap();
+        assert!(!spool.had_ambiguous_delivery(1));
+        assert!(!dir.path().join("spool").join(ATTEMPT_FILE).exists());
+    }
+
+    #[test]
+    fn delivery_counts_round_trip_and_bad_lines_are_named() {
+        let sample = counts(7, 5, 2);
+        assert_eq!(
+            DeliveryCounts::parse(&sample.to_prometheus_text()).unwrap(),
+            sample
+        );
+        assert_eq!(
+            DeliveryCounts::parse("estate_agent_report_deliveries_ambiguous_total x\n")
+                .unwrap_err(),
+            "unexpected line `estate_agent_report_deliveries_ambiguous_total x`"
+        );
+        // Unreadable files (counts, attempt record) are ignored, never fatal.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+        std::fs::write(dir.path().join("spool").join(COUNTS_FILE), "garbage").unwrap();
+        std::fs::write(dir.path().join("spool").join(ATTEMPT_FILE), "1 maybe").unwrap();
+        let spool = Spool::open(dir.path(), LARGE, at(0)).unwrap();
+        assert_eq!(spool.counts(), DeliveryCounts::default());
     }
 
     #[test]

@@ -423,3 +423,96 @@ async fn a_refused_report_is_dropped_and_counted_and_a_throttled_one_is_sent_aga
     );
     assert_eq!(reports.last().unwrap().dropped_reports, 1);
 }
+
+/// Answers the first report with a store failure that leaves it unknown whether the report was
+/// written (`INTERNAL`), then refuses every report before writing it (`UNAVAILABLE`) until
+/// `outage_until`, then acknowledges.
+struct FailingCollector {
+    reports: mpsc::UnboundedSender<ReportRequest>,
+    answered: std::sync::atomic::AtomicUsize,
+    outage_until: tokio::time::Instant,
+}
+
+#[tonic::async_trait]
+impl Ingest for FailingCollector {
+    async fn report(
+        &self,
+        request: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let _ = self.reports.send(request.into_inner());
+        if self
+            .answered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            == 0
+        {
+            return Err(Status::internal("the store failed while committing"));
+        }
+        if tokio::time::Instant::now() < self.outage_until {
+            return Err(Status::unavailable("the collector's write queue is full"));
+        }
+        Ok(Response::new(ReportResponse::default()))
+    }
+}
+
+#[tokio::test]
+async fn a_report_aged_out_after_an_ambiguous_delivery_is_counted_as_maybe_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (reports_sender, mut reports) = mpsc::unbounded_channel();
+    let outage_until = tokio::time::Instant::now() + Duration::from_secs(1);
+    let service = FailingCollector {
+        reports: reports_sender,
+        answered: Default::default(),
+        outage_until,
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IngestServer::new(service))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    let mut config = config(dir.path(), root.path(), address);
+    // Report 1 ages out during the one-second outage, long after its ambiguous delivery.
+    config.spool.limits.max_age = Duration::from_millis(200);
+    let (shutdown, agent) = start_agent(config);
+
+    // Until, after the outage, a report arrives that carries drop counts: by then report 1 and
+    // the reports refused after it have aged out.
+    let mut received = Vec::new();
+    loop {
+        let report = tokio::time::timeout(Duration::from_secs(60), reports.recv())
+            .await
+            .expect("no report within 60s")
+            .unwrap();
+        let carries_drops =
+            report.dropped_reports > 0 && tokio::time::Instant::now() >= outage_until;
+        received.push(report.sequence);
+        if carries_drops {
+            break;
+        }
+    }
+    shutdown.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+
+    assert_eq!(received[0], 1);
+    let text = std::fs::read_to_string(dir.path().join("spool/deliveries.prom")).unwrap();
+    let counts = estate_agent::spool::DeliveryCounts::parse(&text).unwrap();
+    assert_eq!(
+        (counts.ambiguous_deliveries, counts.dropped_maybe_stored),
+        (1, 1),
+        "report 1 had one delivery without a known outcome, then aged out: {counts:?}"
+    );
+    assert!(
+        counts.dropped_not_stored >= 1,
+        "later reports were refused before the write, then aged out: {counts:?}"
+    );
+}
