@@ -2,15 +2,18 @@
 //! concurrent load, next to a minimal handler (same HTTP server library, same client, same
 //! database file) that does one indexed lookup and returns the host ids as JSON: the floor.
 //!
-//! The database is filled through the collector's own store (`SqliteStore::write_batch`, each
-//! simulated host's first report with its inventory), then a real collector serves it on
-//! loopback. Figures are printed, never asserted. Bounded in count and time.
+//! The database is filled through the collector's own store (`write_batch`, each simulated
+//! host's first report with its inventory), then a real collector serves it on loopback. The
+//! database is a SQLite file, or a PostgreSQL database with `--database postgres://…` (then
+//! the floor's lookup runs on PostgreSQL too). Figures are printed, never asserted. Bounded in
+//! count and time.
 
 use anyhow::{Context as _, bail};
 use axum::extract::{Query, State};
 use axum::routing::get;
+use estate_collector::store::postgres::{self, PostgresStore};
 use estate_collector::store::sqlite::SqliteStore;
-use estate_collector::store::{IncomingReport, Store as _, WritePolicy};
+use estate_collector::store::{IncomingReport, Store, WritePolicy};
 use estate_collector::validate::{Limits, validate_report};
 use estate_tests::{flags, simulation};
 use std::collections::HashMap;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 const USAGE: &str = "usage: estate-bench-api [--hosts N] [--concurrency N] [--seconds S] \
-     [--database FILE] [--queries NAME,...]\n\
+     [--database FILE|postgres://...] [--queries NAME,...]\n\
      queries (all by default): floor, address, vendor, vendor-exact, substring, substring-rare, \
      deep, deep-vendor, checks-pass, checks-failing";
 
@@ -44,7 +47,8 @@ struct Settings {
     concurrency: usize,
     /// Length of each measured load, per query.
     seconds: f64,
-    /// Keep (and reuse) the filled database here instead of a temporary directory.
+    /// Keep (and reuse) the filled database here instead of a temporary directory: a SQLite
+    /// file, or a PostgreSQL URL (`postgres://…`).
     database: Option<std::path::PathBuf>,
     /// The query shapes to measure (names from `QUERY_NAMES`), in that order.
     queries: Vec<String>,
@@ -78,24 +82,49 @@ fn main() -> anyhow::Result<()> {
             other => bail!("unknown argument `{other}`\n{USAGE}"),
         }
     }
-    println!("estate-bench-api: {settings:?}");
+    // A PostgreSQL URL's password is not printed.
+    let shown = Settings {
+        database: settings
+            .database
+            .as_ref()
+            .map(|database| match postgres_url(database) {
+                Some(url) => postgres::redact_url(url).into(),
+                None => database.clone(),
+            }),
+        ..settings.clone()
+    };
+    println!("estate-bench-api: {shown:?}");
     tokio::runtime::Runtime::new()?.block_on(run(settings))
 }
 
-/// Fills `path` with `hosts` simulated hosts through the collector's store, unless it already
-/// holds that many (a database kept from an earlier run with `--database`).
-fn fill(path: &Path, hosts: usize) -> anyhow::Result<()> {
-    let store = SqliteStore::open(path)?;
+/// The PostgreSQL URL when `database` is one, `None` for a SQLite file.
+fn postgres_url(database: &Path) -> Option<&str> {
+    database
+        .to_str()
+        .filter(|text| postgres::is_postgres_url(text))
+}
+
+/// Fills `database` with `hosts` simulated hosts through the collector's store, unless it
+/// already holds that many (a database kept from an earlier run with `--database`).
+fn fill(database: &Path, hosts: usize) -> anyhow::Result<()> {
+    let (store, shown): (Box<dyn Store>, String) = match postgres_url(database) {
+        Some(url) => {
+            let store = PostgresStore::open(url, "estate-bench-api")?;
+            let shown = store.shown_url().to_owned();
+            (Box::new(store), shown)
+        }
+        None => (
+            Box::new(SqliteStore::open(database)?),
+            database.display().to_string(),
+        ),
+    };
     let present = store.load_hosts()?.len();
     if present == hosts {
-        println!("database `{}` already holds {hosts} hosts", path.display());
+        println!("database `{shown}` already holds {hosts} hosts");
         return Ok(());
     }
     if present != 0 {
-        bail!(
-            "database `{}` holds {present} hosts, not {hosts}: remove it or choose another",
-            path.display()
-        );
+        bail!("database `{shown}` holds {present} hosts, not {hosts}: remove it or choose another");
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -118,17 +147,96 @@ fn fill(path: &Path, hosts: usize) -> anyhow::Result<()> {
         store.write_batch(&batch, policy)?;
     }
     println!(
-        "filled `{}` with {hosts} hosts through the store in {:.1} s",
-        path.display(),
+        "filled `{shown}` with {hosts} hosts through the store in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    if let Some(url) = postgres_url(database) {
+        // The statistics and visibility map a running database would have by now through
+        // autovacuum, so the planner sees the data it plans for.
+        let started = Instant::now();
+        postgres::connect(url)?
+            .batch_execute("VACUUM ANALYZE")
+            .with_context(|| format!("failed to vacuum `{shown}`"))?;
+        println!(
+            "vacuumed and analysed in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }
 
 /// The floor: one indexed lookup of the address, answered as JSON.
 #[derive(Clone)]
 struct Minimal {
-    connections: Arc<Vec<Mutex<rusqlite::Connection>>>,
+    connections: Arc<FloorConnections>,
+}
+
+/// The floor's own connections to the benchmark's database, one per request slot, as the
+/// store has its readers.
+enum FloorConnections {
+    Sqlite(Vec<Mutex<rusqlite::Connection>>),
+    /// Each with the lookup prepared on it.
+    Postgres(Vec<Mutex<(::postgres::Client, ::postgres::Statement)>>),
+}
+
+/// The floor's lookup on PostgreSQL, through `inventory_fields_by_value` as the store's is.
+const POSTGRES_LOOKUP: &str = "SELECT host_id FROM inventory_fields \
+     WHERE field = 'networks.addresses.address' AND lower(value) = lower($1)";
+
+impl FloorConnections {
+    fn open(database: &Path) -> anyhow::Result<Self> {
+        if let Some(url) = postgres_url(database) {
+            let connections = (0..4)
+                .map(|_| {
+                    let mut client = postgres::connect(url)?;
+                    let lookup = client.prepare(POSTGRES_LOOKUP)?;
+                    anyhow::Ok(Mutex::new((client, lookup)))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            return Ok(FloorConnections::Postgres(connections));
+        }
+        let connections = (0..4)
+            .map(|_| {
+                rusqlite::Connection::open_with_flags(
+                    database,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map(Mutex::new)
+            })
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .with_context(|| format!("failed to open `{}`", database.display()))?;
+        Ok(FloorConnections::Sqlite(connections))
+    }
+
+    /// The ids of the hosts with `address`, on the connection of slot `slot`.
+    fn lookup(&self, slot: usize, address: String) -> anyhow::Result<Vec<String>> {
+        match self {
+            FloorConnections::Sqlite(connections) => {
+                let connection = connections[slot % connections.len()]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let mut statement = connection.prepare_cached(
+                    "SELECT host_id FROM inventory_fields \
+                     WHERE field = 'networks.addresses.address' AND value = ?1 COLLATE NOCASE",
+                )?;
+                Ok(statement
+                    .query_map([address], |row| row.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?)
+            }
+            FloorConnections::Postgres(connections) => {
+                let mut guard = connections[slot % connections.len()]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let (client, lookup) = &mut *guard;
+                Ok(client
+                    .query(&*lookup, &[&address])?
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect())
+            }
+        }
+    }
 }
 
 async fn minimal_lookup(
@@ -137,18 +245,8 @@ async fn minimal_lookup(
 ) -> Result<axum::Json<serde_json::Value>, (axum::http::StatusCode, String)> {
     let address = query.get("address").cloned().unwrap_or_default();
     let ids = tokio::task::spawn_blocking(move || {
-        // One connection per request slot, as the store does with its readers.
-        let slot = address.len() % minimal.connections.len();
-        let connection = minimal.connections[slot]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut statement = connection.prepare_cached(
-            "SELECT host_id FROM inventory_fields \
-             WHERE field = 'networks.addresses.address' AND value = ?1 COLLATE NOCASE",
-        )?;
-        statement
-            .query_map([address], |row| row.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()
+        let slot = address.len();
+        minimal.connections.lookup(slot, address)
     })
     .await
     .map_err(|error| {
@@ -271,21 +369,14 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         let _ = collector_stopped.await;
     }));
 
-    let connections = (0..4)
-        .map(|_| {
-            rusqlite::Connection::open_with_flags(
-                &database,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .map(Mutex::new)
-        })
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .with_context(|| format!("failed to open `{}`", database.display()))?;
+    let floor_database = database.clone();
+    let connections = Arc::new(
+        tokio::task::spawn_blocking(move || FloorConnections::open(&floor_database)).await??,
+    );
     let minimal = axum::Router::new()
         .route("/lookup", get(minimal_lookup))
         .with_state(Minimal {
-            connections: Arc::new(connections),
+            connections: Arc::clone(&connections),
         });
     let minimal_listener = TcpListener::bind("127.0.0.1:0").await?;
     let minimal_address = minimal_listener.local_addr()?;
@@ -426,6 +517,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let _ = stop_minimal.send(());
     minimal_server.await??;
+    // A PostgreSQL client closes its connection by blocking, which it cannot do on a thread
+    // that drives the runtime: the last reference goes on a blocking thread.
+    tokio::task::spawn_blocking(move || drop(connections)).await?;
     let _ = stop_collector.send(());
     collector.await??;
 
