@@ -4,6 +4,7 @@
 //! Writes arrive in batches from the [`crate::writer`] (group commit: many reports, one
 //! transaction, one sync); reads serve the API and the start-up load of the host state.
 
+mod host_page;
 pub mod postgres;
 mod query;
 pub mod sqlite;

@@ -9,6 +9,7 @@
 //! (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`, with `sslrootcert`), since the
 //! client library knows only the first three and never verifies a certificate itself.
 
+use super::host_page::{FilterCounts, HostPageReader, read_host_page};
 use super::query::{
     self, CHECK_COLUMNS, Dialect, HostPlan, ListQuery, SqlArg, TOKEN_COLUMNS, split_page,
 };
@@ -22,7 +23,7 @@ use super::{
 use crate::document::{self, ChangeKind};
 use estate_proto::v1::CheckResult;
 use postgres::types::ToSql;
-use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction};
+use postgres::{Client, GenericClient, IsolationLevel, NoTls, Row, Statement, Transaction};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -651,6 +652,7 @@ pub struct PostgresStore {
     /// reads from ever queueing behind a commit.
     writer: Pool,
     readers: Pool,
+    filter_counts: FilterCounts,
 }
 
 impl PostgresStore {
@@ -678,6 +680,7 @@ impl PostgresStore {
             collector_id: collector_id.to_owned(),
             writer,
             readers: Pool::new(READER_CONNECTIONS),
+            filter_counts: FilterCounts::default(),
         })
     }
 
@@ -1543,6 +1546,105 @@ fn load_host(
         .map(|row| host_from_row(&row)))
 }
 
+/// A read-only transaction running the statements of a host page.
+struct PostgresHostReader<'a, 'client> {
+    tx: &'a mut Transaction<'client>,
+    /// Whether `enable_sort` is on in this transaction (it is when the transaction starts).
+    sorts_allowed: bool,
+}
+
+impl PostgresHostReader<'_, '_> {
+    /// Turns the planner's sorts off for a walk and on again for a collect. A walk must read
+    /// `hosts_by_hostname` in order and stop at the page; from its statistics the planner may
+    /// judge the filters too selective for that and read the whole window, then sort it.
+    /// Without sorts the index is its only way to the order. A collect sorts what it found.
+    fn allow_sorts(&mut self, allowed: bool) -> Result<(), postgres::Error> {
+        if self.sorts_allowed != allowed {
+            self.tx.batch_execute(if allowed {
+                "SET LOCAL enable_sort = on"
+            } else {
+                "SET LOCAL enable_sort = off"
+            })?;
+            self.sorts_allowed = allowed;
+        }
+        Ok(())
+    }
+}
+
+impl PostgresHostReader<'_, '_> {
+    /// The statement of `query` with `plan`, with the planner set up to run it.
+    fn host_statement(
+        &mut self,
+        query: &HostQuery,
+        plan: &HostPlan,
+    ) -> Result<(String, Params), postgres::Error> {
+        self.allow_sorts(!matches!(plan, HostPlan::Walk { .. }))?;
+        let ListQuery { text, args, .. } =
+            query::hosts(Dialect::Postgres, HOST_COLUMNS, query, plan);
+        Ok((text, postgres_args(args)))
+    }
+}
+
+impl HostPageReader for PostgresHostReader<'_, '_> {
+    type Error = postgres::Error;
+    const DIALECT: Dialect = Dialect::Postgres;
+
+    /// The planner's own estimate: the rows per page of the last `ANALYZE` (or vacuum) times
+    /// the table's pages now; a count when the table was never analysed.
+    fn estimated_hosts(&mut self) -> Result<i64, postgres::Error> {
+        let estimate: Option<i64> = self
+            .tx
+            .query_one(
+                "SELECT CASE WHEN relpages > 0 AND reltuples >= 0 THEN \
+                 (reltuples / relpages \
+                  * (pg_relation_size(oid) / current_setting('block_size')::bigint))::bigint \
+                 END FROM pg_class WHERE oid = 'hosts'::regclass",
+                &[],
+            )?
+            .get(0);
+        match estimate {
+            Some(hosts) => Ok(hosts),
+            None => Ok(self.tx.query_one("SELECT count(*) FROM hosts", &[])?.get(0)),
+        }
+    }
+
+    fn count(&mut self, text: &str, args: Vec<SqlArg>) -> Result<i64, postgres::Error> {
+        let args = postgres_args(args);
+        Ok(self.tx.query_one(text, &param_refs(&args))?.get(0))
+    }
+
+    fn window_end(
+        &mut self,
+        text: &str,
+        args: Vec<SqlArg>,
+    ) -> Result<Option<HostCursor>, postgres::Error> {
+        // The window's end is found by walking the host order too.
+        self.allow_sorts(false)?;
+        let args = postgres_args(args);
+        Ok(self
+            .tx
+            .query_opt(text, &param_refs(&args))?
+            .map(|row| HostCursor {
+                hostname: row.get(0),
+                id: row.get(1),
+            }))
+    }
+
+    fn hosts(
+        &mut self,
+        query: &HostQuery,
+        plan: &HostPlan,
+    ) -> Result<Vec<HostRecord>, postgres::Error> {
+        let (text, args) = self.host_statement(query, plan)?;
+        Ok(self
+            .tx
+            .query(&text, &param_refs(&args))?
+            .iter()
+            .map(host_from_row)
+            .collect())
+    }
+}
+
 /// The shared list queries' parameters as PostgreSQL values.
 fn postgres_args(args: Vec<SqlArg>) -> Params {
     args.into_iter()
@@ -1689,18 +1791,23 @@ impl Store for PostgresStore {
     }
 
     fn list_hosts(&self, query: &HostQuery) -> Result<HostPage, StoreError> {
-        // PostgreSQL's planner weighs collecting the matches against walking `hosts_by_hostname`
-        // from its own statistics, so it gets the one text.
-        let ListQuery { text, args, limit } =
-            query::hosts(Dialect::Postgres, HOST_COLUMNS, query, &HostPlan::Planner);
-        let args = postgres_args(args);
-        let mut hosts = self.read("list hosts", |client| {
-            Ok(client
-                .query(&text, &param_refs(&args))?
-                .iter()
-                .map(host_from_row)
-                .collect::<Vec<_>>())
+        let limit = query.limit.max(1);
+        let (mut hosts, path) = self.read("list hosts", |client| {
+            // One snapshot for the counts and the queries they choose.
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let mut reader = PostgresHostReader {
+                tx: &mut tx,
+                sorts_allowed: true,
+            };
+            let page = read_host_page(&mut reader, query, &self.filter_counts)?;
+            tx.commit()?;
+            Ok(page)
         })?;
+        tracing::debug!(?path, rows = hosts.len(), "host list");
         let next = split_page(&mut hosts, limit, |host| HostCursor {
             hostname: host.hostname.clone(),
             id: host.id.clone(),
@@ -2009,4 +2116,171 @@ fn with_admin_connection(
 
 fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::host_page::HostPath;
+    use crate::store::{FieldFilter, ValuePattern};
+
+    /// A database of its own on the server of `ESTATE_TEST_POSTGRES_URL`, dropped at the end.
+    struct ScratchDatabase {
+        server: String,
+        name: String,
+        url: String,
+    }
+
+    impl ScratchDatabase {
+        fn create(purpose: &str) -> Self {
+            let server = std::env::var("ESTATE_TEST_POSTGRES_URL").expect(
+                "ESTATE_TEST_POSTGRES_URL is not set: start a server with \
+                 `.ci/postgres-cluster start DIR` and export the line it prints",
+            );
+            let name = format!("estate_{purpose}_{}", std::process::id());
+            let url = create_database(&server, &name).unwrap();
+            ScratchDatabase { server, name, url }
+        }
+    }
+
+    impl Drop for ScratchDatabase {
+        fn drop(&mut self) {
+            if let Err(error) = drop_database(&self.server, &self.name) {
+                eprintln!("could not drop test database `{}`: {error}", self.name);
+            }
+        }
+    }
+
+    /// 2 000 hosts `h0000…` (hostnames `host-0000…`): even ones by Dell, odd ones by HPE,
+    /// but for two by Acme; each with its serial. Written straight into the tables, with the
+    /// host row's copy of the vendor as the write path keeps it, then analysed.
+    fn fill(client: &mut Client) {
+        client
+            .batch_execute(
+                "INSERT INTO hosts (id, hostname, manufacturer, serial_number, \
+                     first_seen_ms, last_seen_ms, last_sequence) \
+                 SELECT 'h' || lpad(n::text, 4, '0'), 'host-' || lpad(n::text, 4, '0'), \
+                     CASE WHEN n IN (7, 1500) THEN 'Acme' \
+                          WHEN n % 2 = 0 THEN 'Dell Inc.' ELSE 'HPE' END, \
+                     'SN' || lpad(n::text, 5, '0'), 0, 0, 1 \
+                 FROM generate_series(0, 1999) AS n; \
+                 INSERT INTO inventory_fields (host_id, field, value) \
+                 SELECT id, 'bios.smanufacturer', manufacturer FROM hosts \
+                 UNION ALL SELECT id, 'bios.ssn', serial_number FROM hosts; \
+                 ANALYZE",
+            )
+            .unwrap();
+    }
+
+    fn query(fields: &[(&str, &str)], limit: usize) -> HostQuery {
+        HostQuery {
+            fields: fields
+                .iter()
+                .map(|(field, pattern)| FieldFilter {
+                    field: (*field).into(),
+                    pattern: ValuePattern::parse(pattern),
+                })
+                .collect(),
+            limit,
+            ..HostQuery::default()
+        }
+    }
+
+    /// The plan PostgreSQL runs `query` with `plan` by, in the reader's settings for it.
+    fn explain(
+        reader: &mut PostgresHostReader<'_, '_>,
+        query: &HostQuery,
+        plan: &HostPlan,
+    ) -> String {
+        let (text, args) = reader.host_statement(query, plan).unwrap();
+        reader
+            .tx
+            .query(&format!("EXPLAIN (COSTS OFF) {text}"), &param_refs(&args))
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    #[ignore = "needs PostgreSQL: .ci/run starts one (ESTATE_TEST_POSTGRES_URL)"]
+    fn postgres_walks_broad_filters_and_collects_selective_ones() {
+        let database = ScratchDatabase::create("host_plans");
+        // Opening the store migrates the database; dropped before it (declared after it).
+        let _store = PostgresStore::open(&database.url, "plans").unwrap();
+        let mut client = connect(&database.url).unwrap();
+        fill(&mut client);
+        let mut tx = client.transaction().unwrap();
+        let mut reader = PostgresHostReader {
+            tx: &mut tx,
+            sorts_allowed: true,
+        };
+        let counts = FilterCounts::default();
+        let mut page = |fields: &[(&str, &str)], limit: usize| {
+            let (hosts, path) =
+                read_host_page(&mut reader, &query(fields, limit), &counts).unwrap();
+            (
+                hosts.into_iter().map(|host| host.id).collect::<Vec<_>>(),
+                path,
+            )
+        };
+
+        // Pages of 10 among 2 000 hosts: the crossover is sqrt(11 * 2 000) = 149 matches.
+        let (ids, path) = page(&[("bios.smanufacturer", "dell*")], 10);
+        assert_eq!(path, HostPath::Walk);
+        let expected: Vec<String> = (0..22).step_by(2).map(|n| format!("h{n:04}")).collect();
+        assert_eq!(ids, expected);
+        let (ids, path) = page(&[("bios.smanufacturer", "ACME")], 10);
+        assert_eq!(
+            (ids, path),
+            (vec!["h0007".into(), "h1500".into()], HostPath::Collect)
+        );
+        // The selective filter drives; the broad one is probed.
+        let (ids, path) = page(&[("bios.smanufacturer", "*"), ("bios.ssn", "SN001*")], 10);
+        assert_eq!(path, HostPath::Collect);
+        assert_eq!(ids.len(), 11, "{ids:?}");
+        // Broad alone, empty together: the walk gives up after its window.
+        let (ids, path) = page(&[("bios.smanufacturer", "Dell*"), ("bios.ssn", "*1")], 10);
+        assert_eq!((ids.len(), path), (0, HostPath::WalkThenCollect));
+        let (ids, path) = page(&[], 10);
+        assert_eq!((ids.len(), path), (11, HostPath::Unfiltered));
+
+        // The walk reads the host order and stops at the page, probing each host by index,
+        // even where the planner would rather read the window and sort it.
+        let dell = query(&[("bios.smanufacturer", "Dell*")], 10);
+        let until = Some(HostCursor {
+            hostname: "host-0148".into(),
+            id: "h0148".into(),
+        });
+        let walk = explain(&mut reader, &dell, &HostPlan::Walk { until });
+        assert!(
+            walk.contains("Index Scan using hosts_by_hostname"),
+            "{walk}"
+        );
+        assert!(walk.contains("inventory_fields_by_host_field"), "{walk}");
+        assert!(!walk.contains("Sort"), "{walk}");
+        assert!(!walk.contains("Join"), "{walk}");
+        let (text, args) = query::host_window_end(Dialect::Postgres, None, 149);
+        let args = postgres_args(args);
+        let window = reader
+            .tx
+            .query(&format!("EXPLAIN (COSTS OFF) {text}"), &param_refs(&args))
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(window.contains("using hosts_by_hostname"), "{window}");
+        assert!(!window.contains("Sort"), "{window}");
+        // The collect looks its few matches up by key and sorts them, even where the planner
+        // would rather walk (the same statement with the other filter broad).
+        let acme = query(&[("bios.smanufacturer", "Acme"), ("bios.ssn", "SN*")], 10);
+        let collect = explain(&mut reader, &acme, &HostPlan::Collect { driver: 0 });
+        assert!(collect.contains("inventory_fields_by_value"), "{collect}");
+        assert!(collect.contains("hosts_pkey"), "{collect}");
+        assert!(collect.contains("Sort"), "{collect}");
+        assert!(!collect.contains("hosts_by_hostname"), "{collect}");
+        tx.commit().unwrap();
+    }
 }

@@ -254,8 +254,8 @@ pub(super) fn host_column_of(field: &str) -> Option<&'static str> {
 /// what the database reads, so the caller picks one from what it knows of the data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum HostPlan {
-    /// Every inventory filter as `id IN (the hosts it matches)`, left to the planner: PostgreSQL
-    /// weighs collecting against walking from its statistics.
+    /// Every inventory filter as `id IN (the hosts it matches)`, left to the database's planner.
+    /// [`super::host_page::read_host_page`] uses it only for queries without inventory filters.
     Planner,
     /// Filter `driver` collects the hosts it matches (`IN`), every other filter is probed per
     /// candidate (`EXISTS`), and the candidates are sorted: cheap when the driver matches few.
@@ -263,6 +263,7 @@ pub(super) enum HostPlan {
     /// Hosts are walked in hostname order from the cursor, each filter probed per host
     /// (`EXISTS` on `inventory_fields_by_host_field`), until the page is full or the walk passes
     /// `until` (inclusive): cheap when the filters match many hosts, since it stops early.
+    /// PostgreSQL runs it with sorts turned off, so that it reads `hosts_by_hostname`.
     Walk { until: Option<HostCursor> },
 }
 
@@ -319,9 +320,17 @@ pub(super) fn hosts(
         };
         if collected {
             let matches = sql.field_match(filter, "");
-            sql.push(&format!(
-                " AND id IN (SELECT host_id FROM inventory_fields WHERE {matches})"
-            ));
+            let membership = match (dialect, plan) {
+                // PostgreSQL estimates a prefix's matches from its statistics and, when they
+                // say few, prefers collecting them even where walking would stop much sooner.
+                // An array built from the matches is a list it cannot see into (it assumes a
+                // handful of entries), so it collects: looks each host up by its key, sorts.
+                (Dialect::Postgres, HostPlan::Collect { .. }) => format!(
+                    "id = ANY (ARRAY(SELECT host_id FROM inventory_fields WHERE {matches}))"
+                ),
+                _ => format!("id IN (SELECT host_id FROM inventory_fields WHERE {matches})"),
+            };
+            sql.push(&format!(" AND {membership}"));
         } else {
             // The host row's copy first: a host whose column does not match cannot have the
             // field, so only the hosts that pass are probed in `inventory_fields`.
@@ -330,9 +339,16 @@ pub(super) fn hosts(
                 sql.push(&format!(" AND {matches}"));
             }
             let matches = sql.field_match(filter, "f.");
+            // `OFFSET 0` keeps PostgreSQL from turning the probe into a join, which it may
+            // answer by reading every match of the filter first (the misjudged collect again):
+            // it stays a search of `inventory_fields_by_host_field` per host.
+            let fence = match dialect {
+                Dialect::Sqlite => "",
+                Dialect::Postgres => " OFFSET 0",
+            };
             sql.push(&format!(
                 " AND EXISTS (SELECT 1 FROM inventory_fields f \
-                 WHERE f.host_id = hosts.id AND {matches})"
+                 WHERE f.host_id = hosts.id AND {matches}{fence})"
             ));
         }
     }

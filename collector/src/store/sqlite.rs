@@ -2,13 +2,14 @@
 //! batches (`synchronous = FULL`, so a commit is on disk before any report of it is
 //! acknowledged), and a few reader connections for the API.
 
+use super::host_page::{FilterCounts, HostPageReader, read_host_page};
 use super::query::{
     self, CHECK_COLUMNS, Dialect, HostPlan, ListQuery, SqlArg, TOKEN_COLUMNS, split_page,
 };
 use super::{
     ChangePage, ChangeQuery, ChangeRecord, CheckEvent, CheckPage, CheckQuery, CheckState,
-    EventPage, EventQuery, ExchangeOutcome, FieldFilter, HostCursor, HostDetail, HostPage,
-    HostQuery, HostRecord, IncomingReport, NewToken, Store, StoreError, TokenRecord, TokenRefusal,
+    EventPage, EventQuery, ExchangeOutcome, HostCursor, HostDetail, HostPage, HostQuery,
+    HostRecord, IncomingReport, NewToken, Store, StoreError, TokenRecord, TokenRefusal,
     WriteOutcome, WritePolicy,
 };
 use crate::document::{self, ChangeKind};
@@ -18,7 +19,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -166,64 +167,6 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: ReaderPool,
     filter_counts: FilterCounts,
-}
-
-/// How long a filter's count of matches is reused.
-const FILTER_COUNT_KEPT_FOR: Duration = Duration::from_secs(10);
-/// Filters whose counts are kept at most; beyond, the oldest go.
-const FILTER_COUNTS_KEPT: usize = 1024;
-
-/// The recent counts of inventory filters' matches ([`read_host_page`] counts each filter up
-/// to a cap to choose how to read a page), so that paging through a list, or a dashboard
-/// asking the same list again, counts its filters once every few seconds instead of for every
-/// page: the count was a quarter of a broad filter's page. A count only chooses between ways
-/// of reading that return the same rows, so one a few seconds old can make a page slower,
-/// never different.
-#[derive(Debug, Default)]
-struct FilterCounts {
-    /// Per filter: the count, the cap it was counted up to, and when.
-    recent: Mutex<HashMap<FieldFilter, (i64, i64, Instant)>>,
-}
-
-impl FilterCounts {
-    /// The matches of `filter` up to `cap`: a recent count when one answers that, otherwise
-    /// `count()` (which counts up to `cap`), kept for the next pages.
-    fn matches(
-        &self,
-        filter: &FieldFilter,
-        cap: i64,
-        now: Instant,
-        count: impl FnOnce() -> rusqlite::Result<i64>,
-    ) -> rusqlite::Result<i64> {
-        let recent = |recent: &HashMap<FieldFilter, (i64, i64, Instant)>| {
-            let &(matches, counted_to, at) = recent.get(filter)?;
-            if now.saturating_duration_since(at) > FILTER_COUNT_KEPT_FOR {
-                return None;
-            }
-            // Below its cap a count is exact; at its cap it says "at least that many".
-            (matches < counted_to || cap <= counted_to).then(|| matches.min(cap))
-        };
-        if let Some(matches) = recent(&self.lock()) {
-            return Ok(matches);
-        }
-        let matches = count()?;
-        let mut recent = self.lock();
-        if recent.len() >= FILTER_COUNTS_KEPT {
-            recent
-                .retain(|_, (.., at)| now.saturating_duration_since(*at) <= FILTER_COUNT_KEPT_FOR);
-            if recent.len() >= FILTER_COUNTS_KEPT {
-                recent.clear();
-            }
-        }
-        recent.insert(filter.clone(), (matches, cap, now));
-        Ok(matches)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FieldFilter, (i64, i64, Instant)>> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 /// Settings of a connection that answers the API's queries.
@@ -1302,7 +1245,7 @@ impl Store for SqliteStore {
         let (mut hosts, path) = self.read("list hosts", |connection| {
             // One snapshot for the counts and the queries they choose.
             let snapshot = connection.unchecked_transaction()?;
-            read_host_page(&snapshot, query, &self.filter_counts)
+            read_host_page(&mut SqliteHostReader(&snapshot), query, &self.filter_counts)
         })?;
         tracing::debug!(?path, rows = hosts.len(), "host list");
         let next = split_page(&mut hosts, limit, |host| HostCursor {
@@ -1403,122 +1346,50 @@ impl Store for SqliteStore {
     }
 }
 
-/// The shared list queries' parameters as SQLite values (a flag is an integer).
-/// How [`read_host_page`] answered a host query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HostPath {
-    /// No inventory filter: one walk of `hosts_by_hostname`, as the planner chooses.
-    Unfiltered,
-    /// The most selective inventory filter collected its few matches (`HostPlan::Collect`).
-    Collect,
-    /// A walk in hostname order filled the page or reached the last host (`HostPlan::Walk`).
-    Walk,
-    /// A bounded walk did not fill the page; the rest came from collecting the matches after it.
-    WalkThenCollect,
-}
+/// A reader connection inside its snapshot, running the statements of a host page.
+struct SqliteHostReader<'a>(&'a Connection);
 
-/// Reads one page of `query` (up to `limit + 1` rows, as [`query::hosts`] asks), choosing per
-/// query how to apply its inventory filters.
-///
-/// Collecting a filter's matches then sorting them costs about one row lookup per match;
-/// walking hosts in hostname order and probing each host stops after the page, so it costs
-/// about `limit / selectivity` probes. With `c` matches among `n` hosts the two are even at
-/// `c = sqrt((limit + 1) * n)` (the crossover): each filter with an index range (an exact value
-/// or a pattern not starting with `*`) is counted up to the crossover, which reads at most that
-/// many index entries, and one counted below it collects. Otherwise the walk runs over a
-/// window of crossover hosts; if that does not fill the page (filters broad alone but
-/// selective together, or a `*substring*` that matches few), the rest of the page is collected
-/// after the window, so no query reads much more than the cheaper plan would. With only
-/// `*substring*` filters the window is a quarter of the crossover.
-fn read_host_page(
-    connection: &Connection,
-    query: &HostQuery,
-    filter_counts: &FilterCounts,
-) -> rusqlite::Result<(Vec<HostRecord>, HostPath)> {
-    if query.fields.is_empty() {
-        let rows = run_host_query(connection, query, &HostPlan::Planner)?;
-        return Ok((rows, HostPath::Unfiltered));
-    }
-    let limit = query.limit.max(1);
-    // The largest rowid: the number of hosts, or a little more after deletions (estimate only).
-    let hosts: i64 = connection
-        .prepare_cached("SELECT coalesce(max(rowid), 0) FROM hosts")?
-        .query_row([], |row| row.get(0))?;
-    let crossover = (((limit as f64 + 1.0) * hosts as f64).sqrt().ceil() as i64).max(1);
+impl HostPageReader for SqliteHostReader<'_> {
+    type Error = rusqlite::Error;
+    const DIALECT: Dialect = Dialect::Sqlite;
 
-    // The filter with the fewest matches (counted up to the crossover) drives a collect.
-    let mut fewest: Option<(usize, i64)> = None;
-    let now = Instant::now();
-    for (index, filter) in query.fields.iter().enumerate() {
-        let Some((text, args)) = query::count_field_matches(Dialect::Sqlite, filter, crossover)
-        else {
-            continue;
-        };
-        let matches = filter_counts.matches(filter, crossover, now, || {
-            connection
-                .prepare_cached(&text)?
-                .query_row(rusqlite::params_from_iter(sqlite_args(args)), |row| {
-                    row.get(0)
-                })
-        })?;
-        if fewest.is_none_or(|(_, least)| matches < least) {
-            fewest = Some((index, matches));
-        }
-    }
-    let driver = fewest.map_or(0, |(index, _)| index);
-    if let Some((_, matches)) = fewest
-        && matches < crossover
-    {
-        let rows = run_host_query(connection, query, &HostPlan::Collect { driver })?;
-        return Ok((rows, HostPath::Collect));
+    /// The largest rowid: the number of hosts, or a little more after deletions.
+    fn estimated_hosts(&mut self) -> rusqlite::Result<i64> {
+        self.0
+            .prepare_cached("SELECT coalesce(max(rowid), 0) FROM hosts")?
+            .query_row([], |row| row.get(0))
     }
 
-    // Without a counted filter (only `*substring*` patterns) the selectivity is unknown and
-    // the fallback is cheap (one pass over the field's values, a fraction of a probe each), so
-    // the walk gets a quarter of the window before handing over.
-    let window = if fewest.is_some() {
-        crossover
-    } else {
-        (crossover / 4).max(1)
-    };
-    let (text, args) = query::host_window_end(Dialect::Sqlite, query.after.as_ref(), window);
-    let window_end = connection
-        .prepare_cached(&text)?
-        .query_row(rusqlite::params_from_iter(sqlite_args(args)), |row| {
-            Ok(HostCursor {
-                hostname: row.get(0)?,
-                id: row.get(1)?,
+    fn count(&mut self, text: &str, args: Vec<SqlArg>) -> rusqlite::Result<i64> {
+        self.0
+            .prepare_cached(text)?
+            .query_row(rusqlite::params_from_iter(sqlite_args(args)), |row| {
+                row.get(0)
             })
-        })
-        .optional()?;
-    let mut rows = run_host_query(
-        connection,
-        query,
-        &HostPlan::Walk {
-            until: window_end.clone(),
-        },
-    )?;
-    let Some(window_end) = window_end else {
-        // The walk reached the last host: the page is complete.
-        return Ok((rows, HostPath::Walk));
-    };
-    if rows.len() > limit {
-        return Ok((rows, HostPath::Walk));
     }
-    // The window held fewer matches than a page: the rest follow the window, in order.
-    let rest = HostQuery {
-        after: Some(window_end),
-        limit: limit - rows.len(),
-        ..query.clone()
-    };
-    rows.extend(run_host_query(
-        connection,
-        &rest,
-        &HostPlan::Collect { driver },
-    )?);
-    Ok((rows, HostPath::WalkThenCollect))
+
+    fn window_end(
+        &mut self,
+        text: &str,
+        args: Vec<SqlArg>,
+    ) -> rusqlite::Result<Option<HostCursor>> {
+        self.0
+            .prepare_cached(text)?
+            .query_row(rusqlite::params_from_iter(sqlite_args(args)), |row| {
+                Ok(HostCursor {
+                    hostname: row.get(0)?,
+                    id: row.get(1)?,
+                })
+            })
+            .optional()
+    }
+
+    fn hosts(&mut self, query: &HostQuery, plan: &HostPlan) -> rusqlite::Result<Vec<HostRecord>> {
+        run_host_query(self.0, query, plan)
+    }
 }
 
+/// The shared list queries' parameters as SQLite values (a flag is an integer).
 fn run_host_query(
     connection: &Connection,
     query: &HostQuery,
@@ -1544,81 +1415,9 @@ fn sqlite_args(args: Vec<SqlArg>) -> Vec<rusqlite::types::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ValuePattern;
+    use crate::store::host_page::HostPath;
+    use crate::store::{FieldFilter, ValuePattern};
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[test]
-    fn a_filter_is_counted_again_only_when_its_count_cannot_answer() {
-        let counts = FilterCounts::default();
-        let dell = FieldFilter {
-            field: "bios.smanufacturer".into(),
-            pattern: ValuePattern::Glob("Dell*".into()),
-        };
-        let hpe = FieldFilter {
-            pattern: ValuePattern::Glob("HP*".into()),
-            ..dell.clone()
-        };
-        let start = Instant::now();
-        let counted = std::cell::Cell::new(0);
-        // A count of `matches` rows up to `cap`, as the database would answer it.
-        let count = |matches: i64, cap: i64| {
-            let counted = &counted;
-            move || {
-                counted.set(counted.get() + 1);
-                Ok(matches.min(cap))
-            }
-        };
-        // Capped at 100: at least 100.
-        assert_eq!(
-            counts
-                .matches(&dell, 100, start, count(5_000, 100))
-                .unwrap(),
-            100
-        );
-        assert_eq!(
-            counts
-                .matches(&dell, 100, start, count(5_000, 100))
-                .unwrap(),
-            100
-        );
-        assert_eq!(
-            counts.matches(&dell, 90, start, count(5_000, 90)).unwrap(),
-            90
-        );
-        assert_eq!(counted.get(), 1);
-        // A higher cap than the count reached: counted again.
-        assert_eq!(
-            counts
-                .matches(&dell, 200, start, count(5_000, 200))
-                .unwrap(),
-            200
-        );
-        assert_eq!(counted.get(), 2);
-        // Below its cap a count is exact for any cap.
-        assert_eq!(counts.matches(&hpe, 100, start, count(7, 100)).unwrap(), 7);
-        assert_eq!(
-            counts.matches(&hpe, 1_000, start, count(7, 1_000)).unwrap(),
-            7
-        );
-        assert_eq!(counts.matches(&hpe, 3, start, count(7, 3)).unwrap(), 3);
-        assert_eq!(counted.get(), 3);
-        // Too old: counted again.
-        let later = start + FILTER_COUNT_KEPT_FOR + Duration::from_millis(1);
-        assert_eq!(counts.matches(&hpe, 100, later, count(9, 100)).unwrap(), 9);
-        assert_eq!(counted.get(), 4);
-        // A failed count is not kept.
-        let failed = counts.matches(&dell, 500, start, || Err(rusqlite::Error::InvalidQuery));
-        assert!(failed.is_err());
-        // The number of filters kept is bounded.
-        for n in 0..3 * FILTER_COUNTS_KEPT {
-            let filter = FieldFilter {
-                pattern: ValuePattern::Exact(format!("serial-{n}")),
-                ..dell.clone()
-            };
-            counts.matches(&filter, 10, later, || Ok(1)).unwrap();
-        }
-        assert!(counts.lock().len() <= FILTER_COUNTS_KEPT);
-    }
 
     #[test]
     fn the_reader_pool_lends_every_connection_and_takes_each_back() {
@@ -1716,7 +1515,12 @@ mod tests {
             limit,
             ..HostQuery::default()
         };
-        let (hosts, path) = read_host_page(connection, &query, &FilterCounts::default()).unwrap();
+        let (hosts, path) = read_host_page(
+            &mut SqliteHostReader(connection),
+            &query,
+            &FilterCounts::default(),
+        )
+        .unwrap();
         (hosts.into_iter().map(|host| host.id).collect(), path)
     }
 
