@@ -14,7 +14,7 @@ pub(super) const FILTER_COUNT_KEPT_FOR: Duration = Duration::from_secs(10);
 /// Filters whose counts are kept at most; beyond, the oldest go.
 pub(super) const FILTER_COUNTS_KEPT: usize = 1024;
 
-/// The recent counts of inventory filters' matches ([`read_host_page`] counts each filter up
+/// The recent counts of inventory filters' matches and of the hosts ([`read_host_page`] counts each filter up
 /// to a cap to choose how to read a page), so that paging through a list, or a dashboard
 /// asking the same list again, counts its filters once every few seconds instead of for every
 /// page: the count was a quarter of a broad filter's page. A count only chooses between ways
@@ -24,6 +24,8 @@ pub(super) const FILTER_COUNTS_KEPT: usize = 1024;
 pub(super) struct FilterCounts {
     /// Per filter: the count, the cap it was counted up to, and when.
     recent: Mutex<HashMap<FieldFilter, (i64, i64, Instant)>>,
+    /// The estimated number of hosts, and when it was estimated.
+    hosts: Mutex<Option<(i64, Instant)>>,
 }
 
 impl FilterCounts {
@@ -60,6 +62,23 @@ impl FilterCounts {
         Ok(matches)
     }
 
+    /// The number of hosts: a recent estimate, otherwise `estimate()`, kept for the next pages.
+    pub(super) fn hosts<E>(
+        &self,
+        now: Instant,
+        estimate: impl FnOnce() -> Result<i64, E>,
+    ) -> Result<i64, E> {
+        let lock = || self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((hosts, at)) = *lock()
+            && now.saturating_duration_since(at) <= FILTER_COUNT_KEPT_FOR
+        {
+            return Ok(hosts);
+        }
+        let hosts = estimate()?;
+        *lock() = Some((hosts, now));
+        Ok(hosts)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FieldFilter, (i64, i64, Instant)>> {
         self.recent
             .lock()
@@ -87,6 +106,11 @@ pub(super) trait HostPageReader {
 
     /// The spelling of the statements this reader runs.
     const DIALECT: Dialect;
+
+    /// Whether a walk takes its window by a count of hosts ([`HostPlan::WalkWindow`]) rather
+    /// than up to a window's end found first ([`HostPlan::Walk`]); the end is then looked up
+    /// only when the walk did not fill the page.
+    const WALKS_COUNTED_WINDOW: bool;
 
     /// About how many hosts the database holds. An estimate is enough: it only sets the
     /// crossover between the plans, never which rows a page holds.
@@ -130,12 +154,14 @@ pub(super) fn read_host_page<R: HostPageReader>(
         return Ok((rows, HostPath::Unfiltered));
     }
     let limit = query.limit.max(1);
-    let hosts = reader.estimated_hosts()?.max(0);
+    let now = Instant::now();
+    let hosts = filter_counts
+        .hosts(now, || reader.estimated_hosts())?
+        .max(0);
     let crossover = crossover(limit, hosts);
 
     // The filter with the fewest matches (counted up to the crossover) drives a collect.
     let mut fewest: Option<(usize, i64)> = None;
-    let now = Instant::now();
     for (index, filter) in query.fields.iter().enumerate() {
         let Some((text, args)) = query::count_field_matches(R::DIALECT, filter, crossover) else {
             continue;
@@ -163,13 +189,17 @@ pub(super) fn read_host_page<R: HostPageReader>(
         (crossover / 4).max(1)
     };
     let (text, args) = query::host_window_end(R::DIALECT, query.after.as_ref(), window);
-    let window_end = reader.window_end(&text, args)?;
-    let mut rows = reader.hosts(
-        query,
-        &HostPlan::Walk {
-            until: window_end.clone(),
-        },
-    )?;
+    let (mut rows, window_end) = if R::WALKS_COUNTED_WINDOW {
+        let rows = reader.hosts(query, &HostPlan::WalkWindow { hosts: window })?;
+        if rows.len() > limit {
+            return Ok((rows, HostPath::Walk));
+        }
+        (rows, reader.window_end(&text, args)?)
+    } else {
+        let window_end = reader.window_end(&text, args)?;
+        let until = window_end.clone();
+        (reader.hosts(query, &HostPlan::Walk { until })?, window_end)
+    };
     let Some(window_end) = window_end else {
         // The walk reached the last host: the page is complete.
         return Ok((rows, HostPath::Walk));
@@ -263,6 +293,21 @@ mod tests {
                 .unwrap();
         }
         assert!(counts.lock().len() <= FILTER_COUNTS_KEPT);
+    }
+
+    #[test]
+    fn the_number_of_hosts_is_estimated_again_after_a_while() {
+        let counts = FilterCounts::default();
+        let start = Instant::now();
+        assert_eq!(counts.hosts(start, || Ok::<_, ()>(100)), Ok(100));
+        assert_eq!(counts.hosts(start, || Ok::<_, ()>(200)), Ok(100));
+        assert_eq!(counts.hosts(start, || Err("unused")), Ok(100));
+        let later = start + FILTER_COUNT_KEPT_FOR + Duration::from_millis(1);
+        assert_eq!(
+            counts.hosts(later, || Err("the database went away")),
+            Err("the database went away")
+        );
+        assert_eq!(counts.hosts(later, || Ok::<_, ()>(300)), Ok(300));
     }
 
     #[test]

@@ -168,6 +168,9 @@ const MIGRATION_LOCK: i64 = 0x6573_7461_7465_0001;
 
 /// Reader connections kept open for the API and the ownership refresh.
 const READER_CONNECTIONS: usize = 4;
+/// Statements a reader connection keeps prepared at most: host pages have a text per shape of
+/// query (which filters, collected or probed), so that many shapes are never all prepared.
+const READER_STATEMENTS_KEPT: usize = 256;
 /// How long an API request waits for a free reader connection.
 const READER_WAIT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1547,13 +1550,38 @@ fn load_host(
 }
 
 /// A read-only transaction running the statements of a host page.
-struct PostgresHostReader<'a, 'client> {
+struct PostgresHostReader<'a, 'client, 'prepared> {
     tx: &'a mut Transaction<'client>,
+    /// The connection's prepared statements.
+    prepared: &'a mut Prepared<'prepared>,
     /// Whether `enable_sort` is on in this transaction (it is when the transaction starts).
     sorts_allowed: bool,
 }
 
-impl PostgresHostReader<'_, '_> {
+impl<'a, 'client, 'prepared> PostgresHostReader<'a, 'client, 'prepared> {
+    /// Sets the transaction `tx` (just begun) up for a host page.
+    fn start(
+        tx: &'a mut Transaction<'client>,
+        prepared: &'a mut Prepared<'prepared>,
+    ) -> Result<Self, postgres::Error> {
+        // A page reads a few hundred rows, but a walk's estimated cost is that of reading the
+        // whole window (the planner does not expect it to stop at the page), past
+        // `jit_above_cost`: compiling took 430 ms, running 2 ms. The statements are prepared
+        // once per connection, and planned for their values each time (a pattern's index
+        // range is read from its value).
+        tx.batch_execute("SET LOCAL jit = off; SET LOCAL plan_cache_mode = force_custom_plan")?;
+        if prepared.0.len() >= READER_STATEMENTS_KEPT {
+            prepared.0.clear();
+        }
+        Ok(PostgresHostReader {
+            tx,
+            prepared,
+            sorts_allowed: true,
+        })
+    }
+}
+
+impl PostgresHostReader<'_, '_, '_> {
     /// Turns the planner's sorts off for a walk and on again for a collect. A walk must read
     /// `hosts_by_hostname` in order and stop at the page; from its statistics the planner may
     /// judge the filters too selective for that and read the whole window, then sort it.
@@ -1571,46 +1599,55 @@ impl PostgresHostReader<'_, '_> {
     }
 }
 
-impl PostgresHostReader<'_, '_> {
+impl PostgresHostReader<'_, '_, '_> {
+    /// The one row of `text` (prepared on this connection) with `args`.
+    fn query_one(&mut self, text: &str, args: Vec<SqlArg>) -> Result<Row, postgres::Error> {
+        let args = postgres_args(args);
+        let statement = self.prepared.get(self.tx, text)?;
+        self.tx.query_one(&statement, &param_refs(&args))
+    }
+
     /// The statement of `query` with `plan`, with the planner set up to run it.
     fn host_statement(
         &mut self,
         query: &HostQuery,
         plan: &HostPlan,
     ) -> Result<(String, Params), postgres::Error> {
-        self.allow_sorts(!matches!(plan, HostPlan::Walk { .. }))?;
+        let walk = matches!(plan, HostPlan::Walk { .. } | HostPlan::WalkWindow { .. });
+        self.allow_sorts(!walk)?;
         let ListQuery { text, args, .. } =
             query::hosts(Dialect::Postgres, HOST_COLUMNS, query, plan);
         Ok((text, postgres_args(args)))
     }
 }
 
-impl HostPageReader for PostgresHostReader<'_, '_> {
+impl HostPageReader for PostgresHostReader<'_, '_, '_> {
     type Error = postgres::Error;
     const DIALECT: Dialect = Dialect::Postgres;
+    const WALKS_COUNTED_WINDOW: bool = true;
 
     /// The planner's own estimate: the rows per page of the last `ANALYZE` (or vacuum) times
     /// the table's pages now; a count when the table was never analysed.
     fn estimated_hosts(&mut self) -> Result<i64, postgres::Error> {
         let estimate: Option<i64> = self
-            .tx
             .query_one(
                 "SELECT CASE WHEN relpages > 0 AND reltuples >= 0 THEN \
                  (reltuples / relpages \
                   * (pg_relation_size(oid) / current_setting('block_size')::bigint))::bigint \
                  END FROM pg_class WHERE oid = 'hosts'::regclass",
-                &[],
+                Vec::new(),
             )?
             .get(0);
         match estimate {
             Some(hosts) => Ok(hosts),
-            None => Ok(self.tx.query_one("SELECT count(*) FROM hosts", &[])?.get(0)),
+            None => Ok(self
+                .query_one("SELECT count(*) FROM hosts", Vec::new())?
+                .get(0)),
         }
     }
 
     fn count(&mut self, text: &str, args: Vec<SqlArg>) -> Result<i64, postgres::Error> {
-        let args = postgres_args(args);
-        Ok(self.tx.query_one(text, &param_refs(&args))?.get(0))
+        Ok(self.query_one(text, args)?.get(0))
     }
 
     fn window_end(
@@ -1792,25 +1829,21 @@ impl Store for PostgresStore {
 
     fn list_hosts(&self, query: &HostQuery) -> Result<HostPage, StoreError> {
         let limit = query.limit.max(1);
-        let (mut hosts, path) = self.read("list hosts", |client| {
-            // One snapshot for the counts and the queries they choose.
-            let mut tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()?;
-            // A page reads a few hundred rows, but a walk's estimated cost is that of reading
-            // the whole window (the planner does not expect it to stop at the page), which is
-            // past `jit_above_cost`: compiling the statement took 430 ms, running it 2 ms.
-            tx.batch_execute("SET LOCAL jit = off")?;
-            let mut reader = PostgresHostReader {
-                tx: &mut tx,
-                sorts_allowed: true,
-            };
-            let page = read_host_page(&mut reader, query, &self.filter_counts)?;
-            tx.commit()?;
-            Ok(page)
-        })?;
+        let (mut hosts, path) = self
+            .readers
+            .run_prepared(&self.connector, |client, prepared| {
+                // One snapshot for the counts and the queries they choose.
+                let mut tx = client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()?;
+                let mut reader = PostgresHostReader::start(&mut tx, prepared)?;
+                let page = read_host_page(&mut reader, query, &self.filter_counts)?;
+                tx.commit()?;
+                Ok(page)
+            })
+            .map_err(|e| self.error("list hosts", e))?;
         tracing::debug!(?path, rows = hosts.len(), "host list");
         let next = split_page(&mut hosts, limit, |host| HostCursor {
             hostname: host.hostname.clone(),
@@ -2192,7 +2225,8 @@ mod tests {
 
     /// The plan PostgreSQL runs `query` with `plan` by, in the reader's settings for it.
     fn explain(
-        reader: &mut PostgresHostReader<'_, '_>,
+        reader: &mut PostgresHostReader<'_, '_, '_>,
+
         query: &HostQuery,
         plan: &HostPlan,
     ) -> String {
@@ -2216,10 +2250,9 @@ mod tests {
         let mut client = connect(&database.url).unwrap();
         fill(&mut client);
         let mut tx = client.transaction().unwrap();
-        let mut reader = PostgresHostReader {
-            tx: &mut tx,
-            sorts_allowed: true,
-        };
+        let mut statements = HashMap::new();
+        let mut prepared = Prepared(&mut statements);
+        let mut reader = PostgresHostReader::start(&mut tx, &mut prepared).unwrap();
         let counts = FilterCounts::default();
         let mut page = |fields: &[(&str, &str)], limit: usize| {
             let (hosts, path) =
@@ -2265,6 +2298,20 @@ mod tests {
         assert!(walk.contains("inventory_fields_by_host_field"), "{walk}");
         assert!(!walk.contains("Sort"), "{walk}");
         assert!(!walk.contains("Join"), "{walk}");
+        // The same over a counted window (PostgreSQL's walk): the window is read in order
+        // in its subquery, and the page in that order.
+        let counted = explain(&mut reader, &dell, &HostPlan::WalkWindow { hosts: 149 });
+        assert!(
+            counted.contains("Index Scan using hosts_by_hostname"),
+            "{counted}"
+        );
+        assert!(
+            counted.contains("inventory_fields_by_host_field"),
+            "{counted}"
+        );
+        assert!(!counted.contains("Sort"), "{counted}");
+        assert!(!counted.contains("Join"), "{counted}");
+
         let (text, args) = query::host_window_end(Dialect::Postgres, None, 149);
         let args = postgres_args(args);
         let window = reader

@@ -265,6 +265,11 @@ pub(super) enum HostPlan {
     /// `until` (inclusive): cheap when the filters match many hosts, since it stops early.
     /// PostgreSQL runs it with sorts turned off, so that it reads `hosts_by_hostname`.
     Walk { until: Option<HostCursor> },
+    /// [`HostPlan::Walk`] over the first `hosts` hosts after the cursor, taken in a subquery:
+    /// no statement has to find the window's end first. PostgreSQL's choice: finding the end
+    /// reads the table row of every host in the window (its host order is an index on an
+    /// expression, which it never reads alone), as much as the walk itself.
+    WalkWindow { hosts: i64 },
 }
 
 /// `GET /api/v1/hosts`: the hosts matching every filter, in case-insensitive hostname order.
@@ -275,13 +280,29 @@ pub(super) fn hosts(
     query: &HostQuery,
     plan: &HostPlan,
 ) -> ListQuery {
-    let mut sql = SqlBuilder::new(
-        dialect,
-        format!("SELECT {host_columns} FROM hosts WHERE TRUE"),
-    );
-    let hostname_order = dialect.folded("hostname");
-    if let Some(after) = &query.after {
-        sql.push_host_bound(after, ">");
+    let mut sql = SqlBuilder::new(dialect, format!("SELECT {host_columns} FROM "));
+    let mut order = format!("{}, id", dialect.folded("hostname"));
+    if let HostPlan::WalkWindow { hosts } = plan {
+        // The window in a subquery, which the planner must read first and in order (it cannot
+        // move the filters into it past its `LIMIT`); its sort key is kept as a column so the
+        // order carries through to the page.
+        sql.push(&format!(
+            "(SELECT *, {order_key} AS hostname_order FROM hosts WHERE TRUE",
+            order_key = dialect.folded("hostname")
+        ));
+        if let Some(after) = &query.after {
+            sql.push_host_bound(after, ">");
+        }
+        let window = sql.bind(*hosts);
+        sql.push(&format!(
+            " ORDER BY {order} LIMIT {window}) AS hosts WHERE TRUE"
+        ));
+        order = "hostname_order, id".to_owned();
+    } else {
+        sql.push("hosts WHERE TRUE");
+        if let Some(after) = &query.after {
+            sql.push_host_bound(after, ">");
+        }
     }
     if let HostPlan::Walk { until: Some(until) } = plan {
         sql.push_host_bound(until, "<=");
@@ -316,7 +337,7 @@ pub(super) fn hosts(
         let collected = match plan {
             HostPlan::Planner => true,
             HostPlan::Collect { driver } => *driver == index,
-            HostPlan::Walk { .. } => false,
+            HostPlan::Walk { .. } | HostPlan::WalkWindow { .. } => false,
         };
         if collected {
             let matches = sql.field_match(filter, "");
@@ -352,7 +373,7 @@ pub(super) fn hosts(
             ));
         }
     }
-    sql.finish(&format!("{hostname_order}, id"), query.limit)
+    sql.finish(&order, query.limit)
 }
 
 /// Counts the rows of `inventory_fields` matching `filter`, stopping at `cap`: one range of

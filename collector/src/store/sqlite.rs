@@ -1352,6 +1352,9 @@ struct SqliteHostReader<'a>(&'a Connection);
 impl HostPageReader for SqliteHostReader<'_> {
     type Error = rusqlite::Error;
     const DIALECT: Dialect = Dialect::Sqlite;
+    /// The window's end is read from the covering `hosts_by_hostname` alone, a fraction of the
+    /// walk's cost, and bounds the walk's range in the index.
+    const WALKS_COUNTED_WINDOW: bool = false;
 
     /// The largest rowid: the number of hosts, or a little more after deletions.
     fn estimated_hosts(&mut self) -> rusqlite::Result<i64> {
