@@ -179,6 +179,20 @@ enum FloorConnections {
     Postgres(Vec<Mutex<(::postgres::Client, ::postgres::Statement)>>),
 }
 
+/// A PostgreSQL client closes its connection by blocking, which panics on a thread that drives
+/// the runtime (and, while a failed run unwinds, aborts it): there the clients go on a thread
+/// of their own.
+impl Drop for FloorConnections {
+    fn drop(&mut self) {
+        if let FloorConnections::Postgres(connections) = self {
+            let connections = std::mem::take(connections);
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::spawn(move || drop(connections)).join();
+            }
+        }
+    }
+}
+
 /// The floor's lookup on PostgreSQL, through `inventory_fields_by_value` as the store's is.
 const POSTGRES_LOOKUP: &str = "SELECT host_id FROM inventory_fields \
      WHERE field = 'networks.addresses.address' AND lower(value) = lower($1)";
@@ -517,9 +531,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let _ = stop_minimal.send(());
     minimal_server.await??;
-    // A PostgreSQL client closes its connection by blocking, which it cannot do on a thread
-    // that drives the runtime: the last reference goes on a blocking thread.
-    tokio::task::spawn_blocking(move || drop(connections)).await?;
+    drop(connections);
+
     let _ = stop_collector.send(());
     collector.await??;
 
