@@ -6,7 +6,8 @@
 //! 2. the collector's ingest rate and acknowledgement latency for N simulated agents over real
 //!    gRPC on loopback, next to a no-op gRPC server driven by the same client (the transport
 //!    ceiling), with SQLite or (`--database postgres://…`, a fresh database created on that
-//!    server and dropped after) PostgreSQL;
+//!    server and dropped after) PostgreSQL, with the CPU time of the whole process per report
+//!    in each run;
 //! 3. the rows/s of that ingest next to raw batched upserts of the same rows into the same
 //!    database (the storage ceiling).
 //!
@@ -36,6 +37,7 @@ mod unix {
     use estate_tests::flags;
     use estate_tests::process::{self, ChildCost, median_cost};
     use estate_tests::simulation::CHECKS_PER_REPORT;
+    use nix::sys::resource::UsageWho;
     use std::path::Path;
     use std::time::{Duration, Instant};
     use tokio::net::TcpListener;
@@ -359,7 +361,9 @@ mod unix {
                     },
                 ),
         );
+        let before = cpu_time(UsageWho::RUSAGE_SELF)?;
         let ceiling = drive(noop_address, settings, &inventory).await?;
+        let ceiling_cpu = cpu_time(UsageWho::RUSAGE_SELF)? - before;
         let _ = stop_noop.send(());
         noop.await??;
 
@@ -400,7 +404,9 @@ mod unix {
         let collector = tokio::spawn(estate_collector::run(config, grpc, http, async {
             let _ = collector_stopped.await;
         }));
+        let before = cpu_time(UsageWho::RUSAGE_SELF)?;
         let ours = drive(collector_address, settings, &inventory).await?;
+        let ours_cpu = cpu_time(UsageWho::RUSAGE_SELF)? - before;
         let writer = writer_figures(http_address).await?;
         let _ = stop_collector.send(());
         collector.await??;
@@ -430,6 +436,15 @@ mod unix {
         println!(
             "ratio reports/s collector/ceiling: {:.2}",
             ours.per_second() / ceiling.per_second()
+        );
+        // On a machine whose cores are all busy, the rates follow the CPU each report costs;
+        // this ratio is what the rates' ratio would be, less moved by other processes.
+        let ours_cpu_per_report = ours_cpu.as_secs_f64() * 1e6 / ours.reports as f64;
+        let ceiling_cpu_per_report = ceiling_cpu.as_secs_f64() * 1e6 / ceiling.reports as f64;
+        println!(
+            "CPU per report, whole process (client and server): collector run {ours_cpu_per_report:.0} µs, \
+             ceiling run {ceiling_cpu_per_report:.0} µs; ratio ceiling/collector: {:.2}",
+            ceiling_cpu_per_report / ours_cpu_per_report
         );
         println!(
             "writer: {} batches of {:.1} reports on average, {:.2} ms each; busy {:.0} % of the run",
@@ -513,6 +528,17 @@ mod unix {
         Ok(())
     }
 
+    /// User and system CPU time used so far by `who`: this whole process (every thread) or
+    /// the calling thread.
+    fn cpu_time(who: UsageWho) -> anyhow::Result<Duration> {
+        let usage = nix::sys::resource::getrusage(who)?;
+        let time = |value: nix::sys::time::TimeVal| {
+            Duration::from_secs(value.tv_sec() as u64)
+                + Duration::from_micros(value.tv_usec() as u64)
+        };
+        Ok(time(usage.user_time()) + time(usage.system_time()))
+    }
+
     /// Where the store-alone hosts' numbers start, apart from the collector run's.
     const STORE_ALONE_AGENTS: usize = 1_000_000;
 
@@ -527,7 +553,6 @@ mod unix {
         batch: usize,
     ) -> anyhow::Result<(f64, f64)> {
         use estate_collector::store::{IncomingReport, WritePolicy};
-        use nix::sys::resource::{UsageWho, getrusage};
         let policy = WritePolicy {
             stale_after_ms: 300_000,
         };
@@ -549,13 +574,7 @@ mod unix {
         }
         let (first, heartbeats) = reports.split_at(agents);
         store.write_batch(first, policy)?;
-        let cpu = || -> anyhow::Result<Duration> {
-            let usage = getrusage(UsageWho::RUSAGE_THREAD)?;
-            let micros = |t: nix::sys::time::TimeVal| {
-                Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
-            };
-            Ok(micros(usage.user_time()) + micros(usage.system_time()))
-        };
+        let cpu = || cpu_time(UsageWho::RUSAGE_THREAD);
         let started = Instant::now();
         let cpu_before = cpu()?;
         for chunk in heartbeats.chunks(batch) {
