@@ -310,6 +310,99 @@ mod tests {
         assert_eq!(counts.hosts(later, || Ok::<_, ()>(300)), Ok(300));
     }
 
+    /// A reader that answers from fixed figures and records what it was asked.
+    struct FakeReader {
+        matches: i64,
+        /// Rows each walk returns, and whether hosts follow the window.
+        walked: usize,
+        hosts_after_window: bool,
+        asked: Vec<String>,
+    }
+
+    impl HostPageReader for FakeReader {
+        type Error = ();
+        const DIALECT: Dialect = Dialect::Postgres;
+        const WALKS_COUNTED_WINDOW: bool = true;
+
+        fn estimated_hosts(&mut self) -> Result<i64, ()> {
+            self.asked.push("estimate".into());
+            Ok(200)
+        }
+
+        fn count(&mut self, _text: &str, _args: Vec<SqlArg>) -> Result<i64, ()> {
+            self.asked.push("count".into());
+            Ok(self.matches)
+        }
+
+        fn window_end(
+            &mut self,
+            _text: &str,
+            _args: Vec<SqlArg>,
+        ) -> Result<Option<HostCursor>, ()> {
+            self.asked.push("window end".into());
+            Ok(self.hosts_after_window.then(|| HostCursor {
+                hostname: "host-031".into(),
+                id: "h031".into(),
+            }))
+        }
+
+        fn hosts(&mut self, query: &HostQuery, plan: &HostPlan) -> Result<Vec<HostRecord>, ()> {
+            self.asked.push(format!("{plan:?} limit {}", query.limit));
+            let rows = match plan {
+                HostPlan::WalkWindow { .. } => self.walked,
+                _ => 1,
+            };
+            Ok(vec![HostRecord::default(); rows])
+        }
+    }
+
+    #[test]
+    fn a_counted_window_looks_its_end_up_only_when_the_page_is_short() {
+        let query = HostQuery {
+            fields: vec![FieldFilter {
+                field: "bios.smanufacturer".into(),
+                pattern: ValuePattern::Glob("Dell*".into()),
+            }],
+            limit: 4,
+            ..HostQuery::default()
+        };
+        let run = |matches, walked, hosts_after_window| {
+            let mut reader = FakeReader {
+                matches,
+                walked,
+                hosts_after_window,
+                asked: Vec::new(),
+            };
+            let (rows, path) =
+                read_host_page(&mut reader, &query, &FilterCounts::default()).unwrap();
+            (rows.len(), path, reader.asked)
+        };
+        // Pages of 4 among 200 hosts: the crossover is sqrt(5 * 200) = 32 matches.
+        let (rows, path, asked) = run(32, 5, true);
+        assert_eq!((rows, path), (5, HostPath::Walk));
+        assert_eq!(
+            asked,
+            ["estimate", "count", "WalkWindow { hosts: 32 } limit 4"]
+        );
+        // A short page: the window's end, then the rest collected after it.
+        let (rows, path, asked) = run(32, 2, true);
+        assert_eq!((rows, path), (3, HostPath::WalkThenCollect));
+        assert_eq!(
+            asked[3..],
+            [
+                "window end".to_owned(),
+                "Collect { driver: 0 } limit 2".to_owned(),
+            ]
+        );
+        // A short page that reached the last host is complete.
+        let (rows, path, asked) = run(32, 2, false);
+        assert_eq!((rows, path, asked.len()), (2, HostPath::Walk, 4));
+        // Few matches: collected at once.
+        let (rows, path, asked) = run(31, 5, true);
+        assert_eq!((rows, path), (1, HostPath::Collect));
+        assert_eq!(asked[2], "Collect { driver: 0 } limit 4");
+    }
+
     #[test]
     fn the_crossover_is_where_both_plans_read_alike() {
         // About 3 179 for a page of 100 among 100 000 (ARCHITECTURE.md).

@@ -604,6 +604,44 @@ mod tests {
     }
 
     #[test]
+    fn a_counted_window_holds_the_cursor_and_the_page_keeps_its_order() {
+        let query = host_query();
+        let ListQuery { text, args, .. } = hosts(
+            Dialect::Postgres,
+            "id",
+            &query,
+            &HostPlan::WalkWindow { hosts: 300 },
+        );
+        // The cursor and the window's size bound the subquery; the filters apply outside it.
+        assert!(
+            text.starts_with(
+                "SELECT id FROM (SELECT *, lower(hostname) AS hostname_order FROM hosts \
+                 WHERE TRUE AND (lower(hostname), id) > (lower($1::text) COLLATE \"C\", $2::text) \
+                 ORDER BY lower(hostname), id LIMIT $3) AS hosts WHERE TRUE"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            args[..3],
+            [
+                SqlArg::Text("web1".into()),
+                SqlArg::Text("h1".into()),
+                SqlArg::Int(300),
+            ]
+        );
+        // Every inventory filter is probed, never collected.
+        assert!(
+            text.contains("EXISTS (SELECT 1 FROM inventory_fields f"),
+            "{text}"
+        );
+        assert!(!text.contains(" IN (SELECT"), "{text}");
+        assert!(
+            text.ends_with("ORDER BY hostname_order, id LIMIT 51"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_page_keeps_the_limit_and_points_at_its_last_row() {
         let mut rows = vec![1, 2, 3];
         assert_eq!(split_page(&mut rows, 2, |row| *row), Some(2));
