@@ -2280,6 +2280,13 @@ mod tests {
         // Broad alone, empty together: the walk gives up after its window.
         let (ids, path) = page(&[("bios.smanufacturer", "Dell*"), ("bios.ssn", "*1")], 10);
         assert_eq!((ids.len(), path), (0, HostPath::WalkThenCollect));
+        // A substring cannot be counted: a quarter window, then the rest collected from the
+        // host rows' copies of the serial, each candidate probed.
+        let (ids, path) = page(&[("bios.ssn", "*0019*")], 10);
+        assert_eq!(path, HostPath::WalkThenCollect);
+        let mut expected: Vec<String> = (190..200).map(|n| format!("h{n:04}")).collect();
+        expected.insert(0, "h0019".into());
+        assert_eq!(ids, expected);
         let (ids, path) = page(&[], 10);
         assert_eq!((ids.len(), path), (11, HostPath::Unfiltered));
 
@@ -2332,6 +2339,16 @@ mod tests {
         assert!(collect.contains("hosts_pkey"), "{collect}");
         assert!(collect.contains("Sort"), "{collect}");
         assert!(!collect.contains("hosts_by_hostname"), "{collect}");
+        let serial = query(&[("bios.ssn", "*0019*")], 10);
+        let collect = explain(&mut reader, &serial, &HostPlan::Collect { driver: 0 });
+        assert!(collect.contains("Seq Scan on hosts"), "{collect}");
+        assert!(collect.contains("hosts_pkey"), "{collect}");
+        assert!(
+            collect.contains("inventory_fields_by_host_field"),
+            "{collect}"
+        );
+        assert!(!collect.contains("inventory_fields_by_value"), "{collect}");
+
         tx.commit().unwrap();
     }
 }

@@ -339,7 +339,26 @@ pub(super) fn hosts(
             HostPlan::Collect { driver } => *driver == index,
             HostPlan::Walk { .. } | HostPlan::WalkWindow { .. } => false,
         };
-        if collected {
+        let substring_on_host_column = match (&filter.pattern, host_column_of(&filter.field)) {
+            (ValuePattern::Glob(glob), Some(column)) if glob.starts_with('*') => Some(column),
+            _ => None,
+        };
+        if collected
+            && dialect == Dialect::Postgres
+            && let Some(column) = substring_on_host_column
+        {
+            // A pattern starting with `*` has no index range, and PostgreSQL reads the value of
+            // each of the field's rows from the table (it never reads it from its expression
+            // index): a second per host for 100 000 serials. The host row's copy is a smaller
+            // table to read (the candidates), and each candidate is then probed.
+            let candidates = sql.value_match(column, &filter.pattern);
+            let matches = sql.field_match(filter, "f.");
+            sql.push(&format!(
+                " AND id = ANY (ARRAY(SELECT id FROM hosts WHERE {candidates})) \
+                 AND EXISTS (SELECT 1 FROM inventory_fields f \
+                 WHERE f.host_id = hosts.id AND {matches} OFFSET 0)"
+            ));
+        } else if collected {
             let matches = sql.field_match(filter, "");
             let membership = match (dialect, plan) {
                 // PostgreSQL estimates a prefix's matches from its statistics and, when they
