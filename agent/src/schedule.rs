@@ -202,6 +202,9 @@ struct Delivered {
     result: Result<ReportResponse, SendError>,
     /// Attempts that ended without an answer: the report may be stored whatever `result`.
     unanswered_attempts: u32,
+    /// The sender the delivery used, with what it learnt (which collector answered, which to
+    /// skip, the agent token): it replaces the agent's.
+    sender: ReportSender,
 }
 
 type Delivery = Pin<Box<dyn Future<Output = Delivered> + Send>>;
@@ -378,6 +381,7 @@ impl Agent {
                 full_inventory,
                 result: outcome.result,
                 unanswered_attempts: outcome.unanswered_attempts,
+                sender,
             }
         })))
     }
@@ -390,7 +394,9 @@ impl Agent {
             full_inventory,
             result,
             unanswered_attempts,
+            sender,
         } = delivered;
+        self.sender = sender;
         if let Err(error) = self
             .spool
             .record_ambiguous_delivery(sequence, unanswered_attempts)

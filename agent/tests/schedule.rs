@@ -516,3 +516,36 @@ async fn a_report_aged_out_after_an_ambiguous_delivery_is_counted_as_maybe_store
         "later reports were refused before the write, then aged out: {counts:?}"
     );
 }
+
+#[tokio::test]
+async fn after_a_failover_the_agent_stays_with_the_collector_that_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    // The first collector refuses the first report (as while restarting), then would accept.
+    let mut first =
+        RunningCollector::start(vec![Err(Status::unavailable("collector restarting"))]).await;
+    let mut second = RunningCollector::start(Vec::new()).await;
+    let mut config = config(dir.path(), root.path(), first.address);
+    config
+        .collector
+        .urls
+        .push(format!("http://{}", second.address));
+    let (shutdown, agent) = start_agent(config);
+
+    let mut sequences = Vec::new();
+    for _ in 0..5 {
+        sequences.push(second.next_report().await.sequence);
+    }
+    shutdown.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    assert_eq!(
+        sequences,
+        [1, 2, 3, 4, 5],
+        "every report went to the second"
+    );
+    // The first collector saw report 1 only: the failover is kept from one report to the next.
+    assert_eq!(first.next_report().await.sequence, 1);
+    assert!(first.reports.try_recv().is_err());
+    first.stop().await;
+    second.stop().await;
+}
