@@ -29,7 +29,7 @@ use crate::metrics::IngestMetrics;
 use crate::ownership::OwnershipRefresher;
 use crate::state::HostStates;
 use crate::store::postgres::PostgresStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{IntegrityCheck, SqliteStore};
 use crate::store::{Store, WritePolicy};
 use crate::tls::Transport;
 use crate::writer::BatchWriter;
@@ -87,15 +87,35 @@ pub async fn run(
         );
     }
     log_api_auth(&config, &http_listener);
-    let (store, shown_database) = open_store(&config).await?;
+    let (store, shown_database, integrity) = open_store(&config).await?;
     let loaded_at = clock::now_ms();
+    let loading_started = std::time::Instant::now();
     let loader = Arc::clone(&store);
-    let (records, checks) = tokio::task::spawn_blocking(move || {
-        anyhow::Ok((loader.load_hosts()?, loader.load_checks()?))
-    })
-    .await
-    .context("failed to load hosts")??;
-    tracing::info!(hosts = records.len(), database = %shown_database, "store opened");
+    // Hosts and check results load on two threads while the integrity check runs on a third:
+    // on a large database each takes seconds.
+    let loaded = tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            let checks = scope.spawn(|| loader.load_checks());
+            let hosts = loader.load_hosts();
+            let checks = checks
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            anyhow::Ok((hosts?, checks?))
+        })
+    });
+    // Nothing is written, and nothing served, before the check passed; its verdict comes first,
+    // as a damaged file may fail the loading with a less helpful error.
+    tokio::task::spawn_blocking(move || integrity.wait())
+        .await
+        .context("failed to check the database")??;
+    let (records, checks) = loaded.await.context("failed to load hosts")??;
+    tracing::info!(
+        hosts = records.len(),
+        check_results = checks.len(),
+        database = %shown_database,
+        seconds = loading_started.elapsed().as_secs_f64(),
+        "store opened, checked and loaded"
+    );
     let states = Arc::new(HostStates::load(records, checks));
     let refresher = if store.is_shared() {
         states.share(
@@ -239,23 +259,32 @@ fn log_api_auth(config: &CollectorConfig, http_listener: &TcpListener) {
 }
 
 /// Opens the store `config.database` names: a `postgres://` URL or a SQLite file. Returns it
-/// with a name for logs (a URL's password hidden).
-async fn open_store(config: &CollectorConfig) -> anyhow::Result<(Arc<dyn Store>, String)> {
-    let opened: (Arc<dyn Store>, String) = match config.postgres_url() {
+/// with a name for logs (a URL's password hidden) and its integrity check, which may still be
+/// running (SQLite): nothing may be written before it passed.
+async fn open_store(
+    config: &CollectorConfig,
+) -> anyhow::Result<(Arc<dyn Store>, String, IntegrityCheck)> {
+    let opened: (Arc<dyn Store>, String, IntegrityCheck) = match config.postgres_url() {
         Some(url) => {
             let (url, id) = (url.to_owned(), config.collector_id.clone());
             let store = tokio::task::spawn_blocking(move || PostgresStore::open(&url, &id))
                 .await
                 .context("failed to open the store")??;
             let shown = store.shown_url().to_owned();
-            (Arc::new(store), shown)
+            (Arc::new(store), shown, IntegrityCheck::passed())
         }
         None => {
             let database = config.database.clone();
-            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&database))
-                .await
-                .context("failed to open the store")??;
-            (Arc::new(store), config.database.display().to_string())
+            let (store, check) = tokio::task::spawn_blocking(move || {
+                SqliteStore::open_checking_in_background(&database)
+            })
+            .await
+            .context("failed to open the store")??;
+            (
+                Arc::new(store),
+                config.database.display().to_string(),
+                check,
+            )
         }
     };
     Ok(opened)

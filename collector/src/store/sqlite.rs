@@ -253,9 +253,50 @@ impl Drop for LentReader<'_> {
     }
 }
 
+/// The start-up `PRAGMA quick_check`, maybe still running on a connection of its own
+/// ([`SqliteStore::open_checking_in_background`]). Nothing may be written to the database
+/// before [`IntegrityCheck::wait`] said it is sound.
+#[must_use = "the database must not be written before its check passed"]
+#[derive(Debug)]
+pub struct IntegrityCheck {
+    running: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
+}
+
+impl IntegrityCheck {
+    /// A check that is over (it passed, or the backend has none).
+    pub fn passed() -> IntegrityCheck {
+        IntegrityCheck { running: None }
+    }
+
+    /// Waits for the verdict: the check's error names the file and the recovery steps.
+    pub fn wait(self) -> Result<(), StoreError> {
+        match self.running {
+            None => Ok(()),
+            Some(thread) => thread.join().unwrap_or_else(|_| {
+                Err(StoreError::new(
+                    "the database integrity check failed",
+                    "its thread panicked",
+                ))
+            }),
+        }
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    /// Opens (creating if needed) the database at `path`, checks it (`PRAGMA quick_check`) and
+    /// applies pending migrations.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let (store, check) = Self::open_checking_in_background(path)?;
+        check.wait()?;
+        Ok(store)
+    }
+
+    /// [`SqliteStore::open`], except that on a database already at the current schema the
+    /// integrity check runs on a thread of its own, so that the caller can load its state
+    /// meanwhile (on a large file each takes seconds). The caller must
+    /// [`IntegrityCheck::wait`] before writing anything. A database that needs a migration is
+    /// checked first, as a damaged file must never be migrated.
+    pub fn open_checking_in_background(path: &Path) -> Result<(Self, IntegrityCheck), StoreError> {
         let shown = path.display().to_string();
         let writer = Connection::open(path)
             .map_err(|e| StoreError::new(format!("failed to open database `{shown}`"), e))?;
@@ -274,7 +315,39 @@ impl SqliteStore {
         // The write path alone uses about 15 statements (heartbeat, inventory, events, tokens);
         // the default cache of 16 would evict and prepare them again.
         writer.set_prepared_statement_cache_capacity(64);
-        check_integrity(&writer, &shown)?;
+        let applied: usize = writer
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| {
+                StoreError::new(
+                    format!(
+                        "failed to read the schema version of `{shown}`{}",
+                        corruption_hint(&e, &shown)
+                    ),
+                    e,
+                )
+            })?;
+        let check = if applied < MIGRATIONS.len() {
+            check_integrity(&writer, &shown)?;
+            IntegrityCheck::passed()
+        } else {
+            let (path, shown) = (path.to_owned(), shown.clone());
+            let running = std::thread::Builder::new()
+                .name("sqlite-quick-check".to_owned())
+                .spawn(move || {
+                    let connection = Connection::open_with_flags(
+                        &path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                    .map_err(|e| {
+                        StoreError::new(format!("failed to open database `{shown}`"), e)
+                    })?;
+                    check_integrity(&connection, &shown)
+                })
+                .map_err(|e| StoreError::new("failed to start the database integrity check", e))?;
+            IntegrityCheck {
+                running: Some(running),
+            }
+        };
         migrate(&writer)
             .map_err(|e| StoreError::new(format!("failed to migrate database `{shown}`"), e))?;
         let mut readers = Vec::with_capacity(READER_CONNECTIONS);
@@ -288,12 +361,13 @@ impl SqliteStore {
                 .map_err(|e| StoreError::new(format!("failed to configure `{shown}`"), e))?;
             readers.push(reader);
         }
-        Ok(SqliteStore {
+        let store = SqliteStore {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: ReaderPool::new(readers),
             filter_counts: FilterCounts::default(),
-        })
+        };
+        Ok((store, check))
     }
 
     fn read<T>(
