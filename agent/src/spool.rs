@@ -58,6 +58,9 @@ pub const AMBIGUOUS_DELIVERIES_METRIC: &str = "estate_agent_report_deliveries_am
 /// Counter of reports dropped unacknowledged, labelled `after_ambiguous_delivery` (in
 /// [`COUNTS_FILE`]).
 pub const DROPPED_REPORTS_METRIC: &str = "estate_agent_reports_dropped_total";
+/// Counter of drop counts carried again because the report carrying them was dropped after an
+/// ambiguous delivery (in [`COUNTS_FILE`]).
+pub const RECOUNTED_DROPS_METRIC: &str = "estate_agent_dropped_reports_recounted_total";
 /// Most files kept in `spool/corrupt/`; beyond that, unreadable files are deleted, so a disk
 /// that keeps corrupting files cannot fill up with them.
 pub const MAX_CORRUPT_FILES: usize = 100;
@@ -210,6 +213,9 @@ pub struct DeliveryCounts {
     /// Reports dropped after a delivery that ended without an answer: the collector may have
     /// stored them, so they may be counted both as stored and as dropped.
     pub dropped_maybe_stored: u64,
+    /// Drop counts that rode in those reports (`dropped_reports`) and were counted again for
+    /// the next report: if the collector had stored the report, it has them twice.
+    pub recounted_after_ambiguous_delivery: u64,
 }
 
 impl DeliveryCounts {
@@ -226,8 +232,15 @@ impl DeliveryCounts {
              it.\n\
              # TYPE {DROPPED_REPORTS_METRIC} counter\n\
              {DROPPED_REPORTS_METRIC}{{after_ambiguous_delivery=\"false\"}} {}\n\
-             {DROPPED_REPORTS_METRIC}{{after_ambiguous_delivery=\"true\"}} {}\n",
-            self.ambiguous_deliveries, self.dropped_not_stored, self.dropped_maybe_stored
+             {DROPPED_REPORTS_METRIC}{{after_ambiguous_delivery=\"true\"}} {}\n\
+             # HELP {RECOUNTED_DROPS_METRIC} Drops carried again because the report carrying \
+             them was dropped after an ambiguous delivery (the collector may count them twice).\n\
+             # TYPE {RECOUNTED_DROPS_METRIC} counter\n\
+             {RECOUNTED_DROPS_METRIC} {}\n",
+            self.ambiguous_deliveries,
+            self.dropped_not_stored,
+            self.dropped_maybe_stored,
+            self.recounted_after_ambiguous_delivery
         )
     }
 
@@ -250,6 +263,9 @@ impl DeliveryCounts {
                 }
                 Some((series, _)) if series == not_stored => &mut counts.dropped_not_stored,
                 Some((series, _)) if series == maybe_stored => &mut counts.dropped_maybe_stored,
+                Some((series, _)) if series == RECOUNTED_DROPS_METRIC => {
+                    &mut counts.recounted_after_ambiguous_delivery
+                }
                 _ => return Err(format!("unexpected line `{line}`")),
             };
             *slot = parsed.map_or(0, |(_, value)| value);
@@ -357,7 +373,7 @@ impl Spool {
                 },
                 Err(error) => {
                     warn!(file = %path.display(), %error, "cannot read a spooled report, dropping it");
-                    spool.count_dropped(1, u64::from(attempted), 0)?;
+                    spool.count_dropped(1, u64::from(attempted), 0, 0)?;
                 }
             }
         }
@@ -438,7 +454,7 @@ impl Spool {
         let path = self.path_of(report.sequence);
         if let Err(source) = write_file_atomically(&path, &bytes) {
             // The report is lost: count it, so the collector still learns of it.
-            let _ = self.count_dropped(1, 0, 0);
+            let _ = self.count_dropped(1, 0, 0, 0);
             return Err(SpoolError::Write { path, source });
         }
         if let Some(previous) = self.entries.remove(&report.sequence) {
@@ -474,7 +490,7 @@ impl Spool {
                 Err(error) => {
                     warn!(file = %path.display(), %error, "cannot read a spooled report, dropping it");
                     self.forget(sequence);
-                    self.count_dropped(1, u64::from(ambiguous), 0)?;
+                    self.count_dropped(1, u64::from(ambiguous), 0, 0)?;
                 }
             }
         }
@@ -531,10 +547,13 @@ impl Spool {
         self.in_flight = None;
         let entry = self.entries.get(&sequence).copied();
         self.forget(sequence);
+        let ambiguous = entry.is_some_and(|entry| entry.ambiguous_delivery);
+        let carried = entry.map_or(0, |entry| entry.carried_dropped);
         self.count_dropped(
             1,
-            u64::from(entry.is_some_and(|entry| entry.ambiguous_delivery)),
-            entry.map_or(0, |entry| entry.carried_dropped),
+            u64::from(ambiguous),
+            carried,
+            if ambiguous { carried } else { 0 },
         )?;
         self.remove_file(sequence)
     }
@@ -570,7 +589,7 @@ impl Spool {
                 Err(error) => {
                     warn!(file = %path.display(), %error, "cannot read a spooled report, dropping it");
                     self.forget(old);
-                    self.count_dropped(1, u64::from(ambiguous), 0)?;
+                    self.count_dropped(1, u64::from(ambiguous), 0, 0)?;
                     continue;
                 }
             };
@@ -638,6 +657,7 @@ impl Spool {
         let mut dropped = 0;
         let mut maybe_stored = 0;
         let mut carried = 0;
+        let mut carried_maybe_stored = 0;
         while self.entries.len() > 1 {
             let in_flight = self.in_flight;
             let Some((&sequence, &entry)) = self
@@ -662,6 +682,7 @@ impl Spool {
             carried += entry.carried_dropped;
             if entry.ambiguous_delivery {
                 maybe_stored += 1;
+                carried_maybe_stored += entry.carried_dropped;
                 warn!(
                     sequence,
                     "dropping a report whose delivery ended without an answer: the collector \
@@ -677,7 +698,7 @@ impl Spool {
                 max_age = %humantime::format_duration(self.limits.max_age),
                 "the spool is full or holds reports that are too old: dropped the oldest"
             );
-            self.count_dropped(dropped, maybe_stored, carried)?;
+            self.count_dropped(dropped, maybe_stored, carried, carried_maybe_stored)?;
         }
         Ok(())
     }
@@ -719,23 +740,25 @@ impl Spool {
                 );
             }
         }
-        self.count_dropped(1, u64::from(maybe_stored), 0)
+        self.count_dropped(1, u64::from(maybe_stored), 0, 0)
     }
 
     /// Counts `reports` that left the spool unacknowledged, `maybe_stored` of them after an
     /// ambiguous delivery; `carried` are drop counts that rode in them, owed to the collector
-    /// again (not new drops).
+    /// again (not new drops), `carried_maybe_stored` of them in the `maybe_stored` reports.
     fn count_dropped(
         &mut self,
         reports: u64,
         maybe_stored: u64,
         carried: u64,
+        carried_maybe_stored: u64,
     ) -> Result<(), SpoolError> {
         self.dropped_unreported = self
             .dropped_unreported
             .saturating_add(reports)
             .saturating_add(carried);
         self.counts.dropped_maybe_stored += maybe_stored;
+        self.counts.recounted_after_ambiguous_delivery += carried_maybe_stored;
         self.counts.dropped_not_stored += reports - maybe_stored;
         self.persist_dropped()?;
         self.persist_counts()
@@ -1066,6 +1089,7 @@ mod tests {
             ambiguous_deliveries,
             dropped_not_stored: not_stored,
             dropped_maybe_stored: maybe_stored,
+            recounted_after_ambiguous_delivery: 0,
         }
     }
 
@@ -1104,6 +1128,36 @@ mod tests {
         drop(spool);
         let spool = Spool::open(dir.path(), limits, at(101)).unwrap();
         assert_eq!(spool.counts(), counts(1, 1, 1));
+    }
+
+    #[test]
+    fn drop_counts_carried_by_a_report_dropped_after_an_ambiguous_delivery_are_recounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits {
+            max_age: Duration::from_secs(60),
+            ..LARGE
+        };
+        let mut spool = Spool::open(dir.path(), limits, at(0)).unwrap();
+        spool.push(report(1), at(0)).unwrap();
+        spool.discard(1).unwrap();
+        // Report 2 carries the drop of report 1, is perhaps stored, then ages out.
+        spool.push(report(2), at(1)).unwrap();
+        assert_eq!(spool.front().unwrap().unwrap().dropped_reports, 1);
+        spool.record_ambiguous_delivery(2, 1).unwrap();
+        spool.release();
+        spool.push(report(3), at(100)).unwrap();
+        assert_eq!(
+            spool.counts(),
+            DeliveryCounts {
+                recounted_after_ambiguous_delivery: 1,
+                ..counts(1, 1, 1)
+            }
+        );
+        assert_eq!(
+            spool.dropped_unreported(),
+            2,
+            "report 2, and report 1 again: the collector may now count report 1 twice"
+        );
     }
 
     #[test]
@@ -1172,7 +1226,10 @@ mod tests {
 
     #[test]
     fn delivery_counts_round_trip_and_bad_lines_are_named() {
-        let sample = counts(7, 5, 2);
+        let sample = DeliveryCounts {
+            recounted_after_ambiguous_delivery: 3,
+            ..counts(7, 5, 2)
+        };
         assert_eq!(
             DeliveryCounts::parse(&sample.to_prometheus_text()).unwrap(),
             sample
