@@ -19,8 +19,13 @@ const QUEUE_CAPACITY: usize = 8192;
 
 struct WriteRequest {
     report: IncomingReport,
-    answer: oneshot::Sender<Result<WriteOutcome, ApiError>>,
+    answer: oneshot::Sender<WriteAnswer>,
 }
+
+/// The outcome, and the report given back to its sender: freeing a report is a good part of
+/// the cost of a heartbeat, and the writer's task is the one every report passes through, so
+/// each sender frees its own, in parallel with the next batch.
+type WriteAnswer = (Result<WriteOutcome, ApiError>, Option<IncomingReport>);
 
 /// The handle through which ingest submits reports. Cheap to clone.
 #[derive(Clone)]
@@ -61,12 +66,16 @@ impl BatchWriter {
                     ApiError::new(ErrorCode::Unavailable, "the collector is shutting down")
                 }
             })?;
-        outcome.await.unwrap_or_else(|_| {
-            Err(ApiError::new(
+        match outcome.await {
+            Ok((outcome, report)) => {
+                drop(report);
+                outcome
+            }
+            Err(_) => Err(ApiError::new(
                 ErrorCode::Unavailable,
                 "the collector stopped before the report was written",
-            ))
-        })
+            )),
+        }
     }
 }
 
@@ -85,25 +94,33 @@ async fn write_loop(
         let store = Arc::clone(&store);
         let started = Instant::now();
         let size = reports.len();
-        let result = tokio::task::spawn_blocking(move || store.write_batch(&reports, policy))
-            .await
-            .unwrap_or_else(|join_error| {
+        let written = tokio::task::spawn_blocking(move || {
+            let result = store.write_batch(&reports, policy);
+            (result, reports)
+        })
+        .await;
+        let (result, reports) = match written {
+            Ok((result, reports)) => (result, reports.into_iter().map(Some).collect()),
+            Err(join_error) => (
                 Err(crate::store::StoreError::new(
                     "the store panicked while writing a batch",
                     join_error.to_string(),
-                ))
-            });
+                )),
+                Vec::new(),
+            ),
+        };
         metrics.observe_batch(size, started.elapsed(), result.is_ok());
+        let reports = reports.into_iter().chain(std::iter::repeat_with(|| None));
         match result {
             Ok(outcomes) => {
-                for (answer, outcome) in answers.into_iter().zip(outcomes) {
-                    let _ = answer.send(Ok(outcome));
+                for ((answer, outcome), report) in answers.into_iter().zip(outcomes).zip(reports) {
+                    let _ = answer.send((Ok(outcome), report));
                 }
             }
             Err(error) => {
                 let error = ApiError::internal(&error);
-                for answer in answers {
-                    let _ = answer.send(Err(error.clone()));
+                for (answer, report) in answers.into_iter().zip(reports) {
+                    let _ = answer.send((Err(error.clone()), report));
                 }
             }
         }
