@@ -4,9 +4,9 @@
 use estate_collector::store::postgres::{PostgresStore, create_database, drop_database};
 use estate_collector::store::sqlite::SqliteStore;
 use estate_collector::store::{
-    ChangeQuery, CheckQuery, EventQuery, ExchangeOutcome, FieldFilter, HostCursor, HostOwner,
-    HostQuery, IncomingReport, Liveness, NewToken, Store, TokenRefusal, ValuePattern, WriteOutcome,
-    WritePolicy,
+    ChangeQuery, CheckQuery, CheckState, EventQuery, ExchangeOutcome, FieldFilter, HostCursor,
+    HostOwner, HostQuery, IncomingReport, Liveness, NewToken, Store, TokenRefusal, ValuePattern,
+    WriteOutcome, WritePolicy,
 };
 use estate_collector::tokens::{self, TokenKind};
 use estate_collector::validate::{Limits, validate_report};
@@ -1033,6 +1033,20 @@ pub fn a_heartbeat_answers_with_what_is_stored(store: &dyn Store) {
     let mut stored = store.load_checks().unwrap();
     stored.sort_by(|a, b| (&a.check, &a.target).cmp(&(&b.check, &b.target)));
     assert_eq!(checks, &stored);
+    // The API's list and the host's detail read the same states, runs included.
+    let listed: Vec<CheckState> = store
+        .list_checks(&CheckQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap()
+        .checks
+        .into_iter()
+        .map(|(_, state)| state)
+        .collect();
+    assert_eq!(checks, &listed);
+    let detail = store.host_detail("a").unwrap().unwrap();
+    assert_eq!(checks, &detail.checks);
     let summary: Vec<(&str, &str, &str, i64, i64, usize)> = checks
         .iter()
         .map(|c| {

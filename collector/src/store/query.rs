@@ -6,9 +6,14 @@
 
 use super::{CheckQuery, EventQuery, FieldFilter, HostCursor, HostQuery, Liveness, ValuePattern};
 
-/// The columns of `check_results` in the order `check_from_row` of each backend reads them.
+/// The columns of PostgreSQL's `check_results` in the order its `check_from_row` reads them.
 pub(super) const CHECK_COLUMNS: &str = "host_id, check_name, kind, target, outcome, reason, \
     since_ms, received_ms, started_ms, duration_seconds, measurements";
+
+/// The columns of SQLite's `check_results`, which keeps the outcome of each check and target;
+/// the latest run of each is in the host's `check_runs` row.
+pub(super) const SQLITE_CHECK_COLUMNS: &str =
+    "host_id, check_name, kind, target, outcome, reason, since_ms";
 
 /// The columns of `agent_tokens` in the order `token_from_row` of each backend reads them.
 pub(super) const TOKEN_COLUMNS: &str =
@@ -456,15 +461,24 @@ pub(super) fn host_window_end(
 /// `GET /api/v1/checks`: the latest result of every check matching the filters, with the
 /// host's name as the last column, in (host, check, target) order.
 pub(super) fn checks(dialect: Dialect, query: &CheckQuery) -> ListQuery {
-    let columns: Vec<String> = CHECK_COLUMNS
+    // SQLite: the host's runs ride along; its reader picks each check's run out of them.
+    let (columns, runs_column, runs_join) = match dialect {
+        Dialect::Sqlite => (
+            SQLITE_CHECK_COLUMNS,
+            ", r.runs",
+            " LEFT JOIN check_runs r ON r.host_id = c.host_id",
+        ),
+        Dialect::Postgres => (CHECK_COLUMNS, "", ""),
+    };
+    let columns: Vec<String> = columns
         .split(',')
         .map(|column| format!("c.{}", column.trim()))
         .collect();
     let mut sql = SqlBuilder::new(
         dialect,
         format!(
-            "SELECT {}, h.hostname FROM check_results c JOIN hosts h ON h.id = c.host_id \
-             WHERE TRUE",
+            "SELECT {}{runs_column}, h.hostname FROM check_results c \
+             JOIN hosts h ON h.id = c.host_id{runs_join} WHERE TRUE",
             columns.join(", ")
         ),
     );

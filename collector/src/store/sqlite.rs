@@ -4,7 +4,7 @@
 
 use super::host_page::{FilterCounts, HostPageReader, read_host_page};
 use super::query::{
-    self, CHECK_COLUMNS, Dialect, HostPlan, ListQuery, SqlArg, TOKEN_COLUMNS, split_page,
+    self, Dialect, HostPlan, ListQuery, SQLITE_CHECK_COLUMNS, SqlArg, TOKEN_COLUMNS, split_page,
 };
 use super::{
     ChangePage, ChangeQuery, ChangeRecord, CheckEvent, CheckPage, CheckQuery, CheckState,
@@ -13,10 +13,10 @@ use super::{
     WriteOutcome, WritePolicy,
 };
 use crate::document::{self, ChangeKind};
-use estate_proto::v1::{CheckResult, HostIdentity, Inventory, ReportRequest};
+use estate_proto::v1::{CheckResult, HostIdentity, Inventory, Measurement, ReportRequest};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, LazyLock, Mutex};
 use std::time::Duration;
@@ -151,6 +151,27 @@ CREATE INDEX hosts_by_hostname ON hosts (
     manufacturer, model, serial_number, vmsystem, chassis_type,
     os_name, os_version, os_full_name, kernel_version, arch, fqdn
 );
+"#,
+    // A heartbeat renews every check's run (when it started, how long it took, what it
+    // measured) but rarely changes an outcome. The runs of a host are kept in one row, so a
+    // heartbeat rewrites that row instead of one row per check; `check_results` keeps the
+    // outcome of each check and target, rewritten only when it changes.
+    r#"
+CREATE TABLE check_runs (
+    host_id TEXT PRIMARY KEY REFERENCES hosts (id) ON DELETE CASCADE,
+    runs TEXT NOT NULL
+);
+INSERT INTO check_runs (host_id, runs)
+    SELECT host_id, json_group_array(json_object(
+        'check', check_name, 'target', target, 'received_ms', received_ms,
+        'started_ms', started_ms, 'duration_seconds', duration_seconds,
+        'measurements', json(measurements)))
+    FROM (SELECT * FROM check_results ORDER BY host_id, check_name, target)
+    GROUP BY host_id;
+ALTER TABLE check_results DROP COLUMN received_ms;
+ALTER TABLE check_results DROP COLUMN started_ms;
+ALTER TABLE check_results DROP COLUMN duration_seconds;
+ALTER TABLE check_results DROP COLUMN measurements;
 "#,
 ];
 
@@ -616,8 +637,8 @@ static LOAD_HOST_SQL: LazyLock<String> =
 /// `INSERT` of a new check result, made once (as [`LOAD_HOST_SQL`]).
 static INSERT_CHECK_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO check_results ({CHECK_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        "INSERT INTO check_results ({SQLITE_CHECK_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
     )
 });
 
@@ -898,89 +919,199 @@ fn record_changes(
     Ok(())
 }
 
-fn check_from_row(row: &Row<'_>) -> rusqlite::Result<CheckState> {
-    let measurements: String = row.get(10)?;
-    Ok(CheckState {
-        host_id: row.get(0)?,
-        check: row.get(1)?,
-        kind: row.get(2)?,
-        target: row.get(3)?,
-        outcome: row.get(4)?,
-        reason: row.get(5)?,
-        since_ms: row.get(6)?,
-        received_ms: row.get(7)?,
-        started_ms: row.get(8)?,
-        duration_seconds: row.get(9)?,
-        measurements: serde_json::from_str(&measurements).unwrap_or_default(),
-    })
+/// The latest run of one check target, as kept in its host's `check_runs` row (a JSON array
+/// sorted by check and target).
+#[derive(Debug, serde::Deserialize)]
+struct CheckRun {
+    check: String,
+    target: String,
+    received_ms: i64,
+    started_ms: i64,
+    duration_seconds: f64,
+    measurements: Vec<Measurement>,
+}
+
+/// A [`CheckRun`] written from a check's state without copying it.
+#[derive(serde::Serialize)]
+struct CheckRunOf<'a> {
+    check: &'a str,
+    target: &'a str,
+    received_ms: i64,
+    started_ms: i64,
+    duration_seconds: f64,
+    measurements: &'a [Measurement],
+}
+
+/// A host's runs in key order. Written by this store; unreadable only if edited by hand, and
+/// then its checks read as never run until the next report rewrites the row.
+fn decode_runs(text: &str) -> Vec<CheckRun> {
+    let mut runs: Vec<CheckRun> = serde_json::from_str(text).unwrap_or_default();
+    runs.sort_unstable_by(|a, b| (&a.check, &a.target).cmp(&(&b.check, &b.target)));
+    runs
+}
+
+fn find_run<'a>(runs: &'a [CheckRun], (check, target): CheckKey<'_>) -> Option<&'a CheckRun> {
+    runs.binary_search_by(|run| (run.check.as_str(), run.target.as_str()).cmp(&(check, target)))
+        .ok()
+        .map(|index| &runs[index])
+}
+
+fn load_runs(connection: &Connection, host_id: &str) -> rusqlite::Result<Vec<CheckRun>> {
+    let text: Option<String> = connection
+        .prepare_cached("SELECT runs FROM check_runs WHERE host_id = ?1")?
+        .query_row([host_id], |row| row.get(0))
+        .optional()?;
+    Ok(text.as_deref().map(decode_runs).unwrap_or_default())
+}
+
+/// Writes the host's runs: one row, whatever the number of checks.
+fn save_runs(tx: &Connection, host_id: &str, checks: &[CheckState]) -> rusqlite::Result<()> {
+    if checks.is_empty() {
+        tx.prepare_cached("DELETE FROM check_runs WHERE host_id = ?1")?
+            .execute([host_id])?;
+        return Ok(());
+    }
+    let runs: Vec<CheckRunOf<'_>> = checks
+        .iter()
+        .map(|state| CheckRunOf {
+            check: &state.check,
+            target: &state.target,
+            received_ms: state.received_ms,
+            started_ms: state.started_ms,
+            duration_seconds: state.duration_seconds,
+            measurements: &state.measurements,
+        })
+        .collect();
+    let text = serde_json::to_string(&runs).unwrap_or_else(|_| "[]".into());
+    tx.prepare_cached(
+        "INSERT INTO check_runs (host_id, runs) VALUES (?1, ?2) \
+         ON CONFLICT (host_id) DO UPDATE SET runs = excluded.runs",
+    )?
+    .execute(params![host_id, text])?;
+    Ok(())
+}
+
+/// Reads check rows ([`SQLITE_CHECK_COLUMNS`], then their host's runs) in host order,
+/// decoding each host's runs once.
+#[derive(Default)]
+struct CheckRowReader {
+    host_id: String,
+    runs: Vec<CheckRun>,
+}
+
+impl CheckRowReader {
+    /// The column of the host's runs.
+    const RUNS: usize = 7;
+
+    fn state(&mut self, row: &Row<'_>) -> rusqlite::Result<CheckState> {
+        let host_id: String = row.get(0)?;
+        if host_id != self.host_id {
+            let text: Option<String> = row.get(Self::RUNS)?;
+            self.runs = text.as_deref().map(decode_runs).unwrap_or_default();
+            self.host_id.clone_from(&host_id);
+        }
+        let check: String = row.get(1)?;
+        let target: String = row.get(3)?;
+        let run = find_run(&self.runs, (&check, &target));
+        Ok(CheckState {
+            host_id,
+            kind: row.get(2)?,
+            outcome: row.get(4)?,
+            reason: row.get(5)?,
+            since_ms: row.get(6)?,
+            received_ms: run.map_or(0, |run| run.received_ms),
+            started_ms: run.map_or(0, |run| run.started_ms),
+            duration_seconds: run.map_or(0.0, |run| run.duration_seconds),
+            measurements: run.map(|run| run.measurements.clone()).unwrap_or_default(),
+            check,
+            target,
+        })
+    }
+}
+
+/// `SELECT` of check rows with their host's runs; `filter` and `order` complete it.
+fn check_rows_sql(filter: &str, order: &str) -> String {
+    let columns: Vec<String> = SQLITE_CHECK_COLUMNS
+        .split(',')
+        .map(|column| format!("c.{}", column.trim()))
+        .collect();
+    format!(
+        "SELECT {}, r.runs FROM check_results c \
+         LEFT JOIN check_runs r ON r.host_id = c.host_id {filter} ORDER BY {order}",
+        columns.join(", ")
+    )
 }
 
 fn load_host_checks(connection: &Connection, host_id: &str) -> rusqlite::Result<Vec<CheckState>> {
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| check_rows_sql("WHERE c.host_id = ?1", "c.check_name, c.target"));
+    let mut reader = CheckRowReader::default();
     connection
-        .prepare_cached(&format!(
-            "SELECT {CHECK_COLUMNS} FROM check_results WHERE host_id = ?1 \
-             ORDER BY check_name, target"
-        ))?
-        .query_map([host_id], check_from_row)?
+        .prepare_cached(&SQL)?
+        .query_map([host_id], |row| reader.state(row))?
         .collect()
 }
 
 /// What the writer needs of a stored check result to apply the next one: whether the outcome
-/// changed (and since when it holds) and which run it came from.
+/// or its reason changed, and since when the outcome holds.
 struct StoredCheck {
+    check: String,
+    target: String,
+    kind: String,
     outcome: String,
+    reason: String,
     since_ms: i64,
-    started_ms: i64,
 }
 
-type CheckKey = (String, String);
+impl StoredCheck {
+    fn key(&self) -> CheckKey<'_> {
+        (self.check.as_str(), self.target.as_str())
+    }
+}
 
-/// The host's stored results, only the columns that decide what a new result changes.
+/// (check, target), borrowed from a report or a stored row.
+type CheckKey<'a> = (&'a str, &'a str);
+
+/// The host's stored results in key order.
 fn load_stored_checks(
     connection: &Connection,
     host_id: &str,
-) -> rusqlite::Result<BTreeMap<CheckKey, StoredCheck>> {
+) -> rusqlite::Result<Vec<StoredCheck>> {
     let mut statement = connection.prepare_cached(
-        "SELECT check_name, target, outcome, since_ms, started_ms FROM check_results \
-         WHERE host_id = ?1",
+        "SELECT check_name, target, kind, outcome, reason, since_ms FROM check_results \
+         WHERE host_id = ?1 ORDER BY check_name, target",
     )?;
     let mut rows = statement.query([host_id])?;
-    let mut stored = BTreeMap::new();
+    let mut stored = Vec::new();
     while let Some(row) = rows.next()? {
-        stored.insert(
-            (row.get(0)?, row.get(1)?),
-            StoredCheck {
-                outcome: row.get(2)?,
-                since_ms: row.get(3)?,
-                started_ms: row.get(4)?,
-            },
-        );
+        stored.push(StoredCheck {
+            check: row.get(0)?,
+            target: row.get(1)?,
+            kind: row.get(2)?,
+            outcome: row.get(3)?,
+            reason: row.get(4)?,
+            since_ms: row.get(5)?,
+        });
     }
     Ok(stored)
 }
 
-fn load_check(
-    connection: &Connection,
-    host_id: &str,
-    (check, target): &CheckKey,
-) -> rusqlite::Result<Option<CheckState>> {
-    connection
-        .prepare_cached(&format!(
-            "SELECT {CHECK_COLUMNS} FROM check_results \
-             WHERE host_id = ?1 AND check_name = ?2 AND target = ?3"
-        ))?
-        .query_row(params![host_id, check, target], check_from_row)
-        .optional()
+fn find_stored<'a>(stored: &'a [StoredCheck], key: CheckKey<'_>) -> Option<&'a StoredCheck> {
+    stored
+        .binary_search_by(|row| row.key().cmp(&key))
+        .ok()
+        .map(|index| &stored[index])
 }
 
 /// Keeps the latest result per (check, target), records an event whenever a target's outcome
 /// changes, and forgets checks the agent no longer has and targets a check no longer reports
 /// (a DC removed from DNS). Returns the host's complete set when anything may have changed.
 ///
-/// Per heartbeat this reads only the few columns that decide the outcome's history, and
-/// rewrites each reported row in place (an `UPDATE` by key that leaves the outcome index alone
-/// unless the outcome changed); the complete set is the reported results, plus the rows of any
-/// stored result this report neither renewed nor removed (rare, read in full).
+/// A heartbeat reads the host's check rows (outcome, reason, since when) and rewrites only
+/// those whose outcome, reason or kind changed; the runs (times, duration, measurements) are
+/// rewritten as the host's one `check_runs` row. The stored runs are read only when some
+/// stored result is not in this report. The writer is the one thread every report passes
+/// through, so keys are borrowed, not copied.
 fn store_checks(
     tx: &Transaction<'_>,
     host_id: &str,
@@ -989,10 +1120,10 @@ fn store_checks(
 ) -> rusqlite::Result<Option<Vec<CheckState>>> {
     let stored = load_stored_checks(tx, host_id)?;
     let configured: HashSet<&str> = report.check_names.iter().map(String::as_str).collect();
-    let mut removed: Vec<CheckKey> = stored
-        .keys()
-        .filter(|(check, _)| !configured.contains(check.as_str()))
-        .cloned()
+    let mut removed: HashSet<CheckKey<'_>> = stored
+        .iter()
+        .filter(|row| !configured.contains(row.check.as_str()))
+        .map(StoredCheck::key)
         .collect();
     if report.checks.is_empty() && removed.is_empty() {
         return Ok(None);
@@ -1011,29 +1142,39 @@ fn store_checks(
          new_outcome, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut insert = tx.prepare_cached(&INSERT_CHECK_SQL)?;
-    let mut renew = tx.prepare_cached(
-        "UPDATE check_results SET kind = ?4, reason = ?5, since_ms = ?6, received_ms = ?7, \
-         started_ms = ?8, duration_seconds = ?9, measurements = ?10 \
-         WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
-    )?;
     let mut change = tx.prepare_cached(
-        "UPDATE check_results SET kind = ?4, reason = ?5, since_ms = ?6, received_ms = ?7, \
-         started_ms = ?8, duration_seconds = ?9, measurements = ?10, outcome = ?11 \
+        "UPDATE check_results SET kind = ?4, outcome = ?5, reason = ?6, since_ms = ?7 \
          WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
     )?;
-    // The results of this report, by key; a later run of one target replaces an earlier one.
-    let mut fresh: BTreeMap<CheckKey, CheckState> = BTreeMap::new();
+    // The results of this report with the time their outcome holds since; a later run of one
+    // target replaces an earlier one in its slot.
+    let mut fresh: Vec<(&CheckResult, i64)> = Vec::with_capacity(results.len());
+    let mut fresh_slot: HashMap<CheckKey<'_>, usize> = HashMap::with_capacity(results.len());
     for result in results {
         let outcome = estate_proto::outcome_name(result.outcome);
-        let key = (result.check.clone(), result.target.clone());
-        let previous = match fresh.get(&key) {
-            Some(state) => Some((state.outcome.as_str(), state.since_ms)),
-            None => stored
-                .get(&key)
-                .map(|state| (state.outcome.as_str(), state.since_ms)),
+        let key = (result.check.as_str(), result.target.as_str());
+        // The row as stored before this result: (kind, outcome, reason, since).
+        let previous = match fresh_slot.get(&key) {
+            Some(&slot) => {
+                let (earlier, since) = fresh[slot];
+                Some((
+                    earlier.kind.as_str(),
+                    estate_proto::outcome_name(earlier.outcome),
+                    earlier.reason.as_str(),
+                    since,
+                ))
+            }
+            None => find_stored(&stored, key).map(|row| {
+                (
+                    row.kind.as_str(),
+                    row.outcome.as_str(),
+                    row.reason.as_str(),
+                    row.since_ms,
+                )
+            }),
         };
         let since = match previous {
-            Some((previous, since)) if previous == outcome => since,
+            Some((_, previous, _, since)) if previous == outcome => since,
             _ => {
                 record_event.execute(params![
                     host_id,
@@ -1041,99 +1182,129 @@ fn store_checks(
                     result.kind,
                     result.target,
                     now,
-                    previous.map(|(outcome, _)| outcome),
+                    previous.map(|(_, outcome, _, _)| outcome),
                     outcome,
                     result.reason
                 ])?;
                 now
             }
         };
-        let measurements =
-            serde_json::to_string(&result.measurements).unwrap_or_else(|_| "[]".into());
+        let row = params![
+            host_id,
+            result.check,
+            result.target,
+            result.kind,
+            outcome,
+            result.reason,
+            since
+        ];
         match previous {
-            None => insert.execute(params![
-                host_id,
-                result.check,
-                result.kind,
-                result.target,
-                outcome,
-                result.reason,
-                since,
-                now,
-                result.started_unix_ms,
-                result.duration_seconds,
-                measurements
-            ])?,
-            Some((previous, _)) => {
-                let key_and_values = params![
+            None => {
+                insert.execute(params![
                     host_id,
                     result.check,
-                    result.target,
                     result.kind,
+                    result.target,
+                    outcome,
                     result.reason,
-                    since,
-                    now,
-                    result.started_unix_ms,
-                    result.duration_seconds,
-                    measurements
-                ];
-                if previous == outcome {
-                    renew.execute(key_and_values)?
-                } else {
-                    let mut with_outcome = key_and_values.to_vec();
-                    with_outcome.push(&outcome);
-                    change.execute(with_outcome.as_slice())?
-                }
+                    since
+                ])?;
             }
+            Some((kind, previous, reason, _))
+                if kind != result.kind || previous != outcome || reason != result.reason =>
+            {
+                change.execute(row)?;
+            }
+            Some(_) => {}
+        }
+        match fresh_slot.entry(key) {
+            std::collections::hash_map::Entry::Occupied(slot) => {
+                fresh[*slot.get()] = (result, since);
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(fresh.len());
+                fresh.push((result, since));
+            }
+        }
+    }
+    // The runs of stored results this report did not renew, which are kept as they were.
+    let carried = stored
+        .iter()
+        .any(|row| !fresh_slot.contains_key(&row.key()));
+    let stored_runs = if carried {
+        load_runs(tx, host_id)?
+    } else {
+        Vec::new()
+    };
+    // Targets the latest run of a reported check no longer has.
+    let outdated = |key: CheckKey<'_>, started_ms: i64| {
+        latest_run
+            .get(key.0)
+            .is_some_and(|latest| started_ms < *latest)
+    };
+    for row in &stored {
+        let started_ms = match fresh_slot.get(&row.key()) {
+            Some(&slot) => fresh[slot].0.started_unix_ms,
+            None => find_run(&stored_runs, row.key()).map_or(i64::MIN, |run| run.started_ms),
         };
-        let state = CheckState {
+        if outdated(row.key(), started_ms) {
+            removed.insert(row.key());
+        }
+    }
+    for (result, _) in &fresh {
+        let key = (result.check.as_str(), result.target.as_str());
+        if outdated(key, result.started_unix_ms) {
+            removed.insert(key);
+        }
+    }
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM check_results WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
+    )?;
+    for (check, target) in &removed {
+        delete.execute(params![host_id, check, target])?;
+    }
+
+    let mut complete = Vec::with_capacity(fresh.len());
+    for (result, since) in fresh {
+        if removed.contains(&(result.check.as_str(), result.target.as_str())) {
+            continue;
+        }
+        complete.push(CheckState {
             host_id: host_id.to_owned(),
             check: result.check.clone(),
             kind: result.kind.clone(),
             target: result.target.clone(),
-            outcome: outcome.to_owned(),
+            outcome: estate_proto::outcome_name(result.outcome).to_owned(),
             reason: result.reason.clone(),
             since_ms: since,
             received_ms: now,
             started_ms: result.started_unix_ms,
             duration_seconds: result.duration_seconds,
             measurements: result.measurements.clone(),
-        };
-        fresh.insert(key, state);
+        });
     }
-    // Targets the latest run of a reported check no longer has.
-    let started_ms = |key: &CheckKey| match fresh.get(key) {
-        Some(state) => state.started_ms,
-        None => stored[key].started_ms,
-    };
-    removed.extend(
-        stored
-            .keys()
-            .chain(fresh.keys().filter(|key| !stored.contains_key(*key)))
-            .filter(|key| {
-                latest_run
-                    .get(key.0.as_str())
-                    .is_some_and(|latest| started_ms(key) < *latest)
-            })
-            .cloned(),
-    );
-    let mut delete = tx.prepare_cached(
-        "DELETE FROM check_results WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
-    )?;
-    for key in &removed {
-        delete.execute(params![host_id, key.0, key.1])?;
-        fresh.remove(key);
-    }
-    let removed: HashSet<&CheckKey> = removed.iter().collect();
-    for key in stored.keys() {
-        if !fresh.contains_key(key)
-            && !removed.contains(key)
-            && let Some(state) = load_check(tx, host_id, key)?
-        {
-            fresh.insert(key.clone(), state);
+    for row in &stored {
+        if fresh_slot.contains_key(&row.key()) || removed.contains(&row.key()) {
+            continue;
         }
+        let run = find_run(&stored_runs, row.key());
+        complete.push(CheckState {
+            host_id: host_id.to_owned(),
+            received_ms: run.map_or(0, |run| run.received_ms),
+            started_ms: run.map_or(0, |run| run.started_ms),
+            duration_seconds: run.map_or(0.0, |run| run.duration_seconds),
+            measurements: run.map(|run| run.measurements.clone()).unwrap_or_default(),
+            check: row.check.clone(),
+            target: row.target.clone(),
+            kind: row.kind.clone(),
+            outcome: row.outcome.clone(),
+            reason: row.reason.clone(),
+            since_ms: row.since_ms,
+        });
     }
-    Ok(Some(fresh.into_values().collect()))
+    complete.sort_unstable_by(|a, b| (&a.check, &a.target).cmp(&(&b.check, &b.target)));
+    save_runs(tx, host_id, &complete)?;
+    Ok(Some(complete))
 }
 
 impl Store for SqliteStore {
@@ -1263,9 +1434,10 @@ impl Store for SqliteStore {
 
     fn load_checks(&self) -> Result<Vec<CheckState>, StoreError> {
         self.read("load check results", |connection| {
+            let mut reader = CheckRowReader::default();
             connection
-                .prepare(&format!("SELECT {CHECK_COLUMNS} FROM check_results"))?
-                .query_map([], check_from_row)?
+                .prepare(&check_rows_sql("", "c.host_id, c.check_name, c.target"))?
+                .query_map([], |row| reader.state(row))?
                 .collect()
         })
     }
@@ -1273,10 +1445,13 @@ impl Store for SqliteStore {
     fn list_checks(&self, query: &CheckQuery) -> Result<CheckPage, StoreError> {
         let ListQuery { text, args, limit } = query::checks(Dialect::Sqlite, query);
         let mut checks = self.read("list check results", |connection| {
+            let mut reader = CheckRowReader::default();
             connection
                 .prepare_cached(&text)?
                 .query_map(rusqlite::params_from_iter(sqlite_args(args)), |row| {
-                    Ok((row.get::<_, String>(11)?, check_from_row(row)?))
+                    // After the check's columns and its host's runs.
+                    let hostname = row.get::<_, String>(CheckRowReader::RUNS + 1)?;
+                    Ok((hostname, reader.state(row)?))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
@@ -1869,5 +2044,79 @@ mod tests {
         // The migration's pages were folded into the database file at open.
         let wal = std::fs::metadata(dir.path().join("estate.db-wal")).map_or(0, |m| m.len());
         assert_eq!(wal, 0, "the WAL still holds the migration ({wal} bytes)");
+    }
+
+    /// Check results stored one row per check and target, runs included, keep their runs
+    /// when the runs move to one row per host.
+    #[test]
+    fn a_database_with_runs_in_check_rows_keeps_them_in_the_hosts_run_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("estate.db");
+        {
+            let connection = Connection::open(&path).unwrap();
+            for migration in &MIGRATIONS[..5] {
+                connection.execute_batch(migration).unwrap();
+            }
+            connection.pragma_update(None, "user_version", 5).unwrap();
+            connection
+                .execute_batch(
+                    r#"INSERT INTO hosts (id, hostname, first_seen_ms, last_seen_ms, last_sequence)
+                       VALUES ('a', 'host-a', 0, 0, 1), ('b', 'host-b', 0, 0, 1);
+                       INSERT INTO check_results VALUES
+                         ('a', 'web', 'www:443', 'https', 'pass', '', 100, 900, 850, 0.25,
+                          '[{"name":"status","value":200.0,"text":""}]'),
+                         ('a', 'dns', 'ns1', 'dns', 'fail', 'timed out', 200, 910, 860, 5.0, '[]'),
+                         ('b', 'web', 'www:443', 'https', 'pass', '', 300, 920, 870, 0.5, '[]');"#,
+                )
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let summary: Vec<String> = store
+            .load_checks()
+            .unwrap()
+            .into_iter()
+            .map(|c| {
+                format!(
+                    "{} {} {} {} since {} received {} started {} took {} measured {}",
+                    c.host_id,
+                    c.check,
+                    c.target,
+                    c.outcome,
+                    c.since_ms,
+                    c.received_ms,
+                    c.started_ms,
+                    c.duration_seconds,
+                    c.measurements.len()
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "a dns ns1 fail since 200 received 910 started 860 took 5 measured 0",
+                "a web www:443 pass since 100 received 900 started 850 took 0.25 measured 1",
+                "b web www:443 pass since 300 received 920 started 870 took 0.5 measured 0",
+            ]
+        );
+        let columns: Vec<String> = store
+            .read("list the check rows' columns", |connection| {
+                connection
+                    .prepare("SELECT name FROM pragma_table_info('check_results') ORDER BY cid")?
+                    .query_map([], |row| row.get(0))?
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(
+            columns,
+            [
+                "host_id",
+                "check_name",
+                "target",
+                "kind",
+                "outcome",
+                "reason",
+                "since_ms"
+            ]
+        );
     }
 }
