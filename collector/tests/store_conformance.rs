@@ -931,13 +931,56 @@ pub fn check_outcomes_are_kept_and_changes_become_events(store: &dyn Store) {
     assert_eq!(failing.checks[0].0, "host-a");
     assert_eq!(failing.checks[0].1.reason, "timed out after 5s");
 
+    // A new reason for the same outcome replaces the stored one, without an event.
+    write(
+        store,
+        2_500,
+        vec![heartbeat(
+            3,
+            vec![
+                check_result("ldap", "dc1:389", Outcome::Fail, "connection refused", 35),
+                check_result("web", "www:443", Outcome::Pass, "", 35),
+            ],
+            &names,
+        )],
+    );
+    let failing = store
+        .list_checks(&CheckQuery {
+            outcome: Some("fail".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        (
+            failing.checks[0].1.reason.as_str(),
+            failing.checks[0].1.since_ms,
+            failing.checks[0].1.received_ms,
+            failing.checks[0].1.started_ms
+        ),
+        ("connection refused", 2_000, 2_500, 35)
+    );
+    let events_now = store
+        .list_events(&EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap()
+        .events
+        .len();
+    assert_eq!(
+        events_now,
+        events.len(),
+        "no event without a change of outcome"
+    );
+
     // A run that no longer reports a target drops it; a check removed from the agent's config
     // disappears.
     let outcome = write(
         store,
         3_000,
         vec![heartbeat(
-            3,
+            4,
             vec![check_result("ldap", "dc2:389", Outcome::Pass, "", 40)],
             &["ldap"],
         )],
@@ -953,7 +996,7 @@ pub fn check_outcomes_are_kept_and_changes_become_events(store: &dyn Store) {
         vec![("ldap".into(), "dc2:389".into(), "pass".into(), 3_000)]
     );
     // A heartbeat without results leaves the state alone.
-    let outcome = write(store, 4_000, vec![heartbeat(4, vec![], &["ldap"])]);
+    let outcome = write(store, 4_000, vec![heartbeat(5, vec![], &["ldap"])]);
     assert!(matches!(
         outcome[0],
         WriteOutcome::Stored { checks: None, .. }

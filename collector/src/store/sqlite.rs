@@ -16,7 +16,6 @@ use crate::document::{self, ChangeKind};
 use estate_proto::v1::{CheckResult, HostIdentity, Inventory, Measurement, ReportRequest};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, LazyLock, Mutex};
 use std::time::Duration;
@@ -1052,9 +1051,11 @@ fn load_host_checks(connection: &Connection, host_id: &str) -> rusqlite::Result<
         .collect()
 }
 
-/// What the writer needs of a stored check result to apply the next one: whether the outcome
-/// or its reason changed, and since when the outcome holds.
-struct StoredCheck {
+/// (check, target), borrowed from a report or a stored row.
+type CheckKey<'a> = (&'a str, &'a str);
+
+/// A stored check result the report has no run of: kept (with its stored run) unless removed.
+struct UnreportedCheck {
     check: String,
     target: String,
     kind: String,
@@ -1063,44 +1064,30 @@ struct StoredCheck {
     since_ms: i64,
 }
 
-impl StoredCheck {
-    fn key(&self) -> CheckKey<'_> {
-        (self.check.as_str(), self.target.as_str())
-    }
+/// What is stored for a check target, as it compares with the report's first run of it.
+struct StoredTarget {
+    /// The stored outcome when it differs from that run's (the event's old outcome).
+    other_outcome: Option<String>,
+    /// Kind and reason are that run's.
+    same_kind_and_reason: bool,
+    since_ms: i64,
 }
 
-/// (check, target), borrowed from a report or a stored row.
-type CheckKey<'a> = (&'a str, &'a str);
-
-/// The host's stored results in key order.
-fn load_stored_checks(
-    connection: &Connection,
-    host_id: &str,
-) -> rusqlite::Result<Vec<StoredCheck>> {
-    let mut statement = connection.prepare_cached(
-        "SELECT check_name, target, kind, outcome, reason, since_ms FROM check_results \
-         WHERE host_id = ?1 ORDER BY check_name, target",
-    )?;
-    let mut rows = statement.query([host_id])?;
-    let mut stored = Vec::new();
-    while let Some(row) = rows.next()? {
-        stored.push(StoredCheck {
-            check: row.get(0)?,
-            target: row.get(1)?,
-            kind: row.get(2)?,
-            outcome: row.get(3)?,
-            reason: row.get(4)?,
-            since_ms: row.get(5)?,
-        });
-    }
-    Ok(stored)
+/// A check target the report has runs of.
+struct ReportedTarget<'r> {
+    key: CheckKey<'r>,
+    /// Its earliest run in the report, the one compared with what is stored.
+    first: &'r CheckResult,
+    stored: Option<StoredTarget>,
+    /// The latest run applied so far, and since when its outcome holds.
+    applied: Option<(&'r CheckResult, i64)>,
 }
 
-fn find_stored<'a>(stored: &'a [StoredCheck], key: CheckKey<'_>) -> Option<&'a StoredCheck> {
-    stored
-        .binary_search_by(|row| row.key().cmp(&key))
-        .ok()
-        .map(|index| &stored[index])
+/// A stored text column, borrowed from the row.
+fn text_column<'a>(row: &'a Row<'_>, index: usize) -> rusqlite::Result<&'a str> {
+    row.get_ref(index)?.as_str().map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, error.into())
+    })
 }
 
 /// Keeps the latest result per (check, target), records an event whenever a target's outcome
@@ -1111,32 +1098,86 @@ fn find_stored<'a>(stored: &'a [StoredCheck], key: CheckKey<'_>) -> Option<&'a S
 /// those whose outcome, reason or kind changed; the runs (times, duration, measurements) are
 /// rewritten as the host's one `check_runs` row. The stored runs are read only when some
 /// stored result is not in this report. The writer is the one thread every report passes
-/// through, so keys are borrowed, not copied.
+/// through, so a stored row is compared where SQLite holds it, in key order against the
+/// report's targets, and copied only when it differs or the report has no run of it.
 fn store_checks(
     tx: &Transaction<'_>,
     host_id: &str,
     now: i64,
     report: &ReportRequest,
 ) -> rusqlite::Result<Option<Vec<CheckState>>> {
-    let stored = load_stored_checks(tx, host_id)?;
-    let configured: HashSet<&str> = report.check_names.iter().map(String::as_str).collect();
-    let mut removed: HashSet<CheckKey<'_>> = stored
-        .iter()
-        .filter(|row| !configured.contains(row.check.as_str()))
-        .map(StoredCheck::key)
-        .collect();
-    if report.checks.is_empty() && removed.is_empty() {
-        return Ok(None);
-    }
+    let mut configured: Vec<&str> = report.check_names.iter().map(String::as_str).collect();
+    configured.sort_unstable();
+    let is_configured = |check: &str| configured.binary_search(&check).is_ok();
 
     // Oldest first, so that of two runs in one report the later one wins.
     let mut results: Vec<&CheckResult> = report.checks.iter().collect();
     results.sort_by_key(|result| result.started_unix_ms);
-    let mut latest_run: HashMap<&str, i64> = HashMap::new();
-    for result in &results {
-        let started = latest_run.entry(result.check.as_str()).or_insert(i64::MIN);
-        *started = (*started).max(result.started_unix_ms);
+    let mut reported: Vec<ReportedTarget<'_>> = results
+        .iter()
+        .map(|result| ReportedTarget {
+            key: (result.check.as_str(), result.target.as_str()),
+            first: result,
+            stored: None,
+            applied: None,
+        })
+        .collect();
+    // Stable: of one target's runs the earliest stays first, and is kept.
+    reported.sort_by(|a, b| a.key.cmp(&b.key));
+    reported.dedup_by(|later, earlier| later.key == earlier.key);
+    let slot = |reported: &[ReportedTarget<'_>], key: CheckKey<'_>| {
+        reported
+            .binary_search_by(|target| target.key.cmp(&key))
+            .ok()
+    };
+
+    // The stored rows, in the same key order as `reported`.
+    let mut unreported: Vec<UnreportedCheck> = Vec::new();
+    let mut unconfigured_stored = false;
+    {
+        let mut statement = tx.prepare_cached(
+            "SELECT check_name, target, kind, outcome, reason, since_ms FROM check_results \
+             WHERE host_id = ?1 ORDER BY check_name, target",
+        )?;
+        let mut rows = statement.query([host_id])?;
+        let mut next = 0;
+        while let Some(row) = rows.next()? {
+            let key = (text_column(row, 0)?, text_column(row, 1)?);
+            unconfigured_stored |= !is_configured(key.0);
+            while next < reported.len() && reported[next].key < key {
+                next += 1;
+            }
+            let (kind, outcome, reason) = (
+                text_column(row, 2)?,
+                text_column(row, 3)?,
+                text_column(row, 4)?,
+            );
+            let since_ms: i64 = row.get(5)?;
+            match reported.get_mut(next) {
+                Some(target) if target.key == key => {
+                    let first = target.first;
+                    target.stored = Some(StoredTarget {
+                        other_outcome: (outcome != estate_proto::outcome_name(first.outcome))
+                            .then(|| outcome.to_owned()),
+                        same_kind_and_reason: kind == first.kind && reason == first.reason,
+                        since_ms,
+                    });
+                }
+                _ => unreported.push(UnreportedCheck {
+                    check: key.0.to_owned(),
+                    target: key.1.to_owned(),
+                    kind: kind.to_owned(),
+                    outcome: outcome.to_owned(),
+                    reason: reason.to_owned(),
+                    since_ms,
+                }),
+            }
+        }
     }
+    if report.checks.is_empty() && !unconfigured_stored {
+        return Ok(None);
+    }
+
     let mut record_event = tx.prepare_cached(
         "INSERT INTO check_events (host_id, check_name, kind, target, at_ms, old_outcome, \
          new_outcome, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -1146,35 +1187,35 @@ fn store_checks(
         "UPDATE check_results SET kind = ?4, outcome = ?5, reason = ?6, since_ms = ?7 \
          WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
     )?;
-    // The results of this report with the time their outcome holds since; a later run of one
-    // target replaces an earlier one in its slot.
-    let mut fresh: Vec<(&CheckResult, i64)> = Vec::with_capacity(results.len());
-    let mut fresh_slot: HashMap<CheckKey<'_>, usize> = HashMap::with_capacity(results.len());
-    for result in results {
+    for &result in &results {
         let outcome = estate_proto::outcome_name(result.outcome);
         let key = (result.check.as_str(), result.target.as_str());
-        // The row as stored before this result: (kind, outcome, reason, since).
-        let previous = match fresh_slot.get(&key) {
-            Some(&slot) => {
-                let (earlier, since) = fresh[slot];
+        let Some(index) = slot(&reported, key) else {
+            continue;
+        };
+        let target = &mut reported[index];
+        // The outcome before this run, whether the row already holds this run's kind, outcome
+        // and reason, and since when that outcome holds.
+        let previous: Option<(&str, bool, i64)> = match (&target.applied, &target.stored) {
+            (Some((earlier, since)), _) => {
+                let earlier_outcome = estate_proto::outcome_name(earlier.outcome);
                 Some((
-                    earlier.kind.as_str(),
-                    estate_proto::outcome_name(earlier.outcome),
-                    earlier.reason.as_str(),
-                    since,
+                    earlier_outcome,
+                    earlier_outcome == outcome
+                        && earlier.kind == result.kind
+                        && earlier.reason == result.reason,
+                    *since,
                 ))
             }
-            None => find_stored(&stored, key).map(|row| {
-                (
-                    row.kind.as_str(),
-                    row.outcome.as_str(),
-                    row.reason.as_str(),
-                    row.since_ms,
-                )
-            }),
+            (None, Some(stored)) => Some((
+                stored.other_outcome.as_deref().unwrap_or(outcome),
+                stored.other_outcome.is_none() && stored.same_kind_and_reason,
+                stored.since_ms,
+            )),
+            (None, None) => None,
         };
         let since = match previous {
-            Some((_, previous, _, since)) if previous == outcome => since,
+            Some((previous, _, since)) if previous == outcome => since,
             _ => {
                 record_event.execute(params![
                     host_id,
@@ -1182,22 +1223,13 @@ fn store_checks(
                     result.kind,
                     result.target,
                     now,
-                    previous.map(|(_, outcome, _, _)| outcome),
+                    previous.map(|(outcome, _, _)| outcome),
                     outcome,
                     result.reason
                 ])?;
                 now
             }
         };
-        let row = params![
-            host_id,
-            result.check,
-            result.target,
-            result.kind,
-            outcome,
-            result.reason,
-            since
-        ];
         match previous {
             None => {
                 insert.execute(params![
@@ -1210,63 +1242,52 @@ fn store_checks(
                     since
                 ])?;
             }
-            Some((kind, previous, reason, _))
-                if kind != result.kind || previous != outcome || reason != result.reason =>
-            {
-                change.execute(row)?;
+            Some((_, false, _)) => {
+                change.execute(params![
+                    host_id,
+                    result.check,
+                    result.target,
+                    result.kind,
+                    outcome,
+                    result.reason,
+                    since
+                ])?;
             }
-            Some(_) => {}
+            Some((_, true, _)) => {}
         }
-        match fresh_slot.entry(key) {
-            std::collections::hash_map::Entry::Occupied(slot) => {
-                fresh[*slot.get()] = (result, since);
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(fresh.len());
-                fresh.push((result, since));
-            }
-        }
-    }
-    // The runs of stored results this report did not renew, which are kept as they were.
-    let carried = stored
-        .iter()
-        .any(|row| !fresh_slot.contains_key(&row.key()));
-    let stored_runs = if carried {
-        load_runs(tx, host_id)?
-    } else {
-        Vec::new()
-    };
-    // Targets the latest run of a reported check no longer has.
-    let outdated = |key: CheckKey<'_>, started_ms: i64| {
-        latest_run
-            .get(key.0)
-            .is_some_and(|latest| started_ms < *latest)
-    };
-    for row in &stored {
-        let started_ms = match fresh_slot.get(&row.key()) {
-            Some(&slot) => fresh[slot].0.started_unix_ms,
-            None => find_run(&stored_runs, row.key()).map_or(i64::MIN, |run| run.started_ms),
-        };
-        if outdated(row.key(), started_ms) {
-            removed.insert(row.key());
-        }
-    }
-    for (result, _) in &fresh {
-        let key = (result.check.as_str(), result.target.as_str());
-        if outdated(key, result.started_unix_ms) {
-            removed.insert(key);
-        }
-    }
-    let mut delete = tx.prepare_cached(
-        "DELETE FROM check_results WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
-    )?;
-    for (check, target) in &removed {
-        delete.execute(params![host_id, check, target])?;
+        target.applied = Some((result, since));
     }
 
-    let mut complete = Vec::with_capacity(fresh.len());
-    for (result, since) in fresh {
-        if removed.contains(&(result.check.as_str(), result.target.as_str())) {
+    // The latest run of each reported check: a target whose run is older is no longer one
+    // of the check's.
+    let mut latest_run: Vec<(&str, i64)> = results
+        .iter()
+        .map(|result| (result.check.as_str(), result.started_unix_ms))
+        .collect();
+    latest_run.sort_unstable();
+    latest_run.reverse();
+    latest_run.dedup_by_key(|(check, _)| *check);
+    let outdated = |check: &str, started_ms: i64| {
+        latest_run
+            .binary_search_by(|(name, _)| check.cmp(name))
+            .is_ok_and(|index| started_ms < latest_run[index].1)
+    };
+    // The runs of stored results this report did not renew, kept as they were.
+    let stored_runs = if unreported.is_empty() {
+        Vec::new()
+    } else {
+        load_runs(tx, host_id)?
+    };
+    let mut removed: Vec<CheckKey<'_>> = Vec::new();
+    let mut complete = Vec::with_capacity(reported.len() + unreported.len());
+    for target in &reported {
+        let Some((result, since)) = target.applied else {
+            continue;
+        };
+        if (target.stored.is_some() && !is_configured(target.key.0))
+            || outdated(target.key.0, result.started_unix_ms)
+        {
+            removed.push(target.key);
             continue;
         }
         complete.push(CheckState {
@@ -1283,26 +1304,36 @@ fn store_checks(
             measurements: result.measurements.clone(),
         });
     }
-    for row in &stored {
-        if fresh_slot.contains_key(&row.key()) || removed.contains(&row.key()) {
+    for stored in &unreported {
+        let key = (stored.check.as_str(), stored.target.as_str());
+        let run = find_run(&stored_runs, key);
+        if !is_configured(key.0) || outdated(key.0, run.map_or(i64::MIN, |run| run.started_ms)) {
+            removed.push(key);
             continue;
         }
-        let run = find_run(&stored_runs, row.key());
         complete.push(CheckState {
             host_id: host_id.to_owned(),
+            check: stored.check.clone(),
+            kind: stored.kind.clone(),
+            target: stored.target.clone(),
+            outcome: stored.outcome.clone(),
+            reason: stored.reason.clone(),
+            since_ms: stored.since_ms,
             received_ms: run.map_or(0, |run| run.received_ms),
             started_ms: run.map_or(0, |run| run.started_ms),
             duration_seconds: run.map_or(0.0, |run| run.duration_seconds),
             measurements: run.map(|run| run.measurements.clone()).unwrap_or_default(),
-            check: row.check.clone(),
-            target: row.target.clone(),
-            kind: row.kind.clone(),
-            outcome: row.outcome.clone(),
-            reason: row.reason.clone(),
-            since_ms: row.since_ms,
         });
     }
-    complete.sort_unstable_by(|a, b| (&a.check, &a.target).cmp(&(&b.check, &b.target)));
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM check_results WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
+    )?;
+    for (check, target) in &removed {
+        delete.execute(params![host_id, check, target])?;
+    }
+    if !unreported.is_empty() {
+        complete.sort_unstable_by(|a, b| (&a.check, &a.target).cmp(&(&b.check, &b.target)));
+    }
     save_runs(tx, host_id, &complete)?;
     Ok(Some(complete))
 }
