@@ -160,11 +160,15 @@ CREATE TABLE check_runs (
     host_id TEXT PRIMARY KEY REFERENCES hosts (id) ON DELETE CASCADE,
     runs TEXT NOT NULL
 );
+-- Each run as `store::sqlite::StoredRun` reads it.
 INSERT INTO check_runs (host_id, runs)
-    SELECT host_id, json_group_array(json_object(
-        'check', check_name, 'target', target, 'received_ms', received_ms,
-        'started_ms', started_ms, 'duration_seconds', duration_seconds,
-        'measurements', json(measurements)))
+    SELECT host_id, json_group_array(json_array(
+        check_name, target, received_ms, started_ms, duration_seconds,
+        (SELECT json_group_array(json_array(
+             coalesce(json_extract(m.value, '$.name'), ''),
+             coalesce(json_extract(m.value, '$.value'), 0.0),
+             coalesce(json_extract(m.value, '$.text'), '')))
+         FROM json_each(measurements) m)))
     FROM (SELECT * FROM check_results ORDER BY host_id, check_name, target)
     GROUP BY host_id;
 ALTER TABLE check_results DROP COLUMN received_ms;
@@ -918,9 +922,8 @@ fn record_changes(
     Ok(())
 }
 
-/// The latest run of one check target, as kept in its host's `check_runs` row (a JSON array
-/// sorted by check and target).
-#[derive(Debug, serde::Deserialize)]
+/// The latest run of one check target, as kept in its host's `check_runs` row.
+#[derive(Debug)]
 struct CheckRun {
     check: String,
     target: String,
@@ -930,21 +933,62 @@ struct CheckRun {
     measurements: Vec<Measurement>,
 }
 
-/// A [`CheckRun`] written from a check's state without copying it.
-#[derive(serde::Serialize)]
-struct CheckRunOf<'a> {
-    check: &'a str,
-    target: &'a str,
-    received_ms: i64,
-    started_ms: i64,
-    duration_seconds: f64,
-    measurements: &'a [Measurement],
+/// A run in the row's JSON: `[check, target, received_ms, started_ms, duration_seconds,
+/// [[name, value, text], …]]`. Positional, not named, because a heartbeat rewrites the whole
+/// row: names would double its size, and so the pages each commit writes.
+type StoredRun = (String, String, i64, i64, f64, Vec<(String, f64, String)>);
+
+impl From<StoredRun> for CheckRun {
+    fn from(
+        (check, target, received_ms, started_ms, duration_seconds, measurements): StoredRun,
+    ) -> Self {
+        CheckRun {
+            check,
+            target,
+            received_ms,
+            started_ms,
+            duration_seconds,
+            measurements: measurements
+                .into_iter()
+                .map(|(name, value, text)| Measurement { name, value, text })
+                .collect(),
+        }
+    }
+}
+
+/// A check's run written as a [`StoredRun`] from its state, without copying it.
+struct RunOf<'a>(&'a CheckState);
+
+impl serde::Serialize for RunOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        struct Measurements<'a>(&'a [Measurement]);
+        impl serde::Serialize for Measurements<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(
+                    self.0
+                        .iter()
+                        .map(|m| (m.name.as_str(), m.value, m.text.as_str())),
+                )
+            }
+        }
+        let state = self.0;
+        let mut run = serializer.serialize_tuple(6)?;
+        run.serialize_element(&state.check)?;
+        run.serialize_element(&state.target)?;
+        run.serialize_element(&state.received_ms)?;
+        run.serialize_element(&state.started_ms)?;
+        run.serialize_element(&state.duration_seconds)?;
+        run.serialize_element(&Measurements(&state.measurements))?;
+        run.end()
+    }
 }
 
 /// A host's runs in key order. Written by this store; unreadable only if edited by hand, and
 /// then its checks read as never run until the next report rewrites the row.
 fn decode_runs(text: &str) -> Vec<CheckRun> {
-    let mut runs: Vec<CheckRun> = serde_json::from_str(text).unwrap_or_default();
+    let runs: Vec<StoredRun> = serde_json::from_str(text).unwrap_or_default();
+    let mut runs: Vec<CheckRun> = runs.into_iter().map(CheckRun::from).collect();
     runs.sort_unstable_by(|a, b| (&a.check, &a.target).cmp(&(&b.check, &b.target)));
     runs
 }
@@ -970,17 +1014,7 @@ fn save_runs(tx: &Connection, host_id: &str, checks: &[CheckState]) -> rusqlite:
             .execute([host_id])?;
         return Ok(());
     }
-    let runs: Vec<CheckRunOf<'_>> = checks
-        .iter()
-        .map(|state| CheckRunOf {
-            check: &state.check,
-            target: &state.target,
-            received_ms: state.received_ms,
-            started_ms: state.started_ms,
-            duration_seconds: state.duration_seconds,
-            measurements: &state.measurements,
-        })
-        .collect();
+    let runs: Vec<RunOf<'_>> = checks.iter().map(RunOf).collect();
     let text = serde_json::to_string(&runs).unwrap_or_else(|_| "[]".into());
     tx.prepare_cached(
         "INSERT INTO check_runs (host_id, runs) VALUES (?1, ?2) \
@@ -2095,7 +2129,7 @@ mod tests {
                        VALUES ('a', 'host-a', 0, 0, 1), ('b', 'host-b', 0, 0, 1);
                        INSERT INTO check_results VALUES
                          ('a', 'web', 'www:443', 'https', 'pass', '', 100, 900, 850, 0.25,
-                          '[{"name":"status","value":200.0,"text":""}]'),
+                          '[{"name":"status","value":200.0,"text":"ok"}]'),
                          ('a', 'dns', 'ns1', 'dns', 'fail', 'timed out', 200, 910, 860, 5.0, '[]'),
                          ('b', 'web', 'www:443', 'https', 'pass', '', 300, 920, 870, 0.5, '[]');"#,
                 )
@@ -2108,7 +2142,7 @@ mod tests {
             .into_iter()
             .map(|c| {
                 format!(
-                    "{} {} {} {} since {} received {} started {} took {} measured {}",
+                    "{} {} {} {} since {} received {} started {} took {} measured {:?}",
                     c.host_id,
                     c.check,
                     c.target,
@@ -2117,16 +2151,20 @@ mod tests {
                     c.received_ms,
                     c.started_ms,
                     c.duration_seconds,
-                    c.measurements.len()
+                    c.measurements
+                        .iter()
+                        .map(|m| format!("{}={}{}", m.name, m.value, m.text))
+                        .collect::<Vec<_>>()
                 )
             })
             .collect();
         assert_eq!(
             summary,
             [
-                "a dns ns1 fail since 200 received 910 started 860 took 5 measured 0",
-                "a web www:443 pass since 100 received 900 started 850 took 0.25 measured 1",
-                "b web www:443 pass since 300 received 920 started 870 took 0.5 measured 0",
+                "a dns ns1 fail since 200 received 910 started 860 took 5 measured []",
+                "a web www:443 pass since 100 received 900 started 850 took 0.25 \
+                 measured [\"status=200ok\"]",
+                "b web www:443 pass since 300 received 920 started 870 took 0.5 measured []",
             ]
         );
         let columns: Vec<String> = store

@@ -768,14 +768,13 @@ mod unix {
                         })
                         .collect();
                     host.execute(rusqlite::params_from_iter(values))?;
+                    // As the store writes a run: [check, target, received_ms, started_ms,
+                    // duration_seconds, [[name, value, text]]].
                     let run_list: Vec<String> = (0..CHECKS_PER_REPORT)
                         .map(|index| {
                             format!(
-                                "{{\"check\":\"check-{index:02}\",\
-                                 \"target\":\"server-{index:02}.example.org:443\",\
-                                 \"received_ms\":{sequence},\"started_ms\":{sequence},\
-                                 \"duration_seconds\":0.002,\"measurements\":\
-                                 [{{\"name\":\"connect_seconds\",\"value\":0.002,\"text\":\"\"}}]}}"
+                                "[\"check-{index:02}\",\"server-{index:02}.example.org:443\",\
+                                 {sequence},{sequence},0.002,[[\"connect_seconds\",0.002,\"\"]]]"
                             )
                         })
                         .collect();
