@@ -718,6 +718,22 @@ mod tests {
         url
     }
 
+    /// The delivery failed after one attempt that may have reached the collector.
+    fn assert_one_unanswered_attempt(outcome: DeliveryOutcome) {
+        assert!(
+            matches!(
+                outcome.result,
+                Err(SendError::Unreachable {
+                    reached: Reached::Maybe,
+                    ..
+                })
+            ),
+            "{:?}",
+            outcome.result
+        );
+        assert_eq!(outcome.unanswered_attempts, 1);
+    }
+
     #[tokio::test]
     async fn a_request_that_times_out_may_have_been_stored() {
         use tokio::io::AsyncReadExt;
@@ -734,19 +750,7 @@ mod tests {
             .timeout(Duration::from_millis(300))
             .connect_lazy();
         sender.collectors[0].client = IngestClient::new(channel);
-        let outcome = sender.deliver(ReportRequest::default()).await;
-        assert!(
-            matches!(
-                outcome.result,
-                Err(SendError::Unreachable {
-                    reached: Reached::Maybe,
-                    ..
-                })
-            ),
-            "{:?}",
-            outcome.result
-        );
-        assert_eq!(outcome.unanswered_attempts, 1);
+        assert_one_unanswered_attempt(sender.deliver(ReportRequest::default()).await);
     }
 
     #[tokio::test]
@@ -759,19 +763,7 @@ mod tests {
         })
         .await;
         let mut sender = sender(&[&url]);
-        let outcome = sender.deliver(ReportRequest::default()).await;
-        assert!(
-            matches!(
-                outcome.result,
-                Err(SendError::Unreachable {
-                    reached: Reached::Maybe,
-                    ..
-                })
-            ),
-            "{:?}",
-            outcome.result
-        );
-        assert_eq!(outcome.unanswered_attempts, 1);
+        assert_one_unanswered_attempt(sender.deliver(ReportRequest::default()).await);
     }
 
     /// A collector that answers every report with `answer` and counts what it received.

@@ -895,6 +895,12 @@ mod tests {
         max_age: Duration::from_secs(7 * 24 * 3600),
     };
 
+    /// Reports older than a minute are dropped (all but the newest).
+    const MINUTE_OLD_AT_MOST: SpoolLimits = SpoolLimits {
+        max_age: Duration::from_secs(60),
+        ..LARGE
+    };
+
     fn report(sequence: u64) -> ReportRequest {
         ReportRequest {
             identity: Some(HostIdentity {
@@ -1037,10 +1043,7 @@ mod tests {
     #[test]
     fn the_age_bound_drops_old_reports_but_never_the_newest() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = SpoolLimits {
-            max_age: Duration::from_secs(60),
-            ..LARGE
-        };
+        let limits = MINUTE_OLD_AT_MOST;
         let mut spool = Spool::open(dir.path(), limits, at(0)).unwrap();
         spool.push(report(1), at(0)).unwrap();
         spool.push(report(2), at(30)).unwrap();
@@ -1055,10 +1058,7 @@ mod tests {
     #[test]
     fn the_report_being_sent_is_never_dropped_by_the_bounds() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = SpoolLimits {
-            max_age: Duration::from_secs(60),
-            ..LARGE
-        };
+        let limits = MINUTE_OLD_AT_MOST;
         let mut spool = Spool::open(dir.path(), limits, at(0)).unwrap();
         spool.push(report(1), at(0)).unwrap();
         spool.push(report(2), at(10)).unwrap();
@@ -1096,10 +1096,7 @@ mod tests {
     #[test]
     fn a_report_dropped_after_an_ambiguous_delivery_is_counted_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = SpoolLimits {
-            max_age: Duration::from_secs(60),
-            ..LARGE
-        };
+        let limits = MINUTE_OLD_AT_MOST;
         let mut spool = Spool::open(dir.path(), limits, at(0)).unwrap();
         spool.push(report(1), at(0)).unwrap();
         spool.push(report(2), at(1)).unwrap();
@@ -1133,10 +1130,7 @@ mod tests {
     #[test]
     fn drop_counts_carried_by_a_report_dropped_after_an_ambiguous_delivery_are_recounted() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = SpoolLimits {
-            max_age: Duration::from_secs(60),
-            ..LARGE
-        };
+        let limits = MINUTE_OLD_AT_MOST;
         let mut spool = Spool::open(dir.path(), limits, at(0)).unwrap();
         spool.push(report(1), at(0)).unwrap();
         spool.discard(1).unwrap();
@@ -1163,10 +1157,7 @@ mod tests {
     #[test]
     fn a_delivery_under_way_when_the_agent_stops_is_ambiguous_once() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = SpoolLimits {
-            max_age: Duration::from_secs(60),
-            ..LARGE
-        };
+        let limits = MINUTE_OLD_AT_MOST;
         let mut spool = Spool::open(dir.path(), limits, at(0)).unwrap();
         spool.push(report(1), at(0)).unwrap();
         spool.push(report(2), at(1)).unwrap();

@@ -920,16 +920,19 @@ pub fn check_outcomes_are_kept_and_changes_become_events(store: &dyn Store) {
     assert_eq!(events[0].hostname, "host-a");
 
     // Failing checks, by outcome.
-    let failing = store
-        .list_checks(&CheckQuery {
-            outcome: Some("fail".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(failing.checks.len(), 1);
-    assert_eq!(failing.checks[0].0, "host-a");
-    assert_eq!(failing.checks[0].1.reason, "timed out after 5s");
+    let failing = || {
+        store
+            .list_checks(&CheckQuery {
+                outcome: Some("fail".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .checks
+    };
+    assert_eq!(failing().len(), 1);
+    assert_eq!(failing()[0].0, "host-a");
+    assert_eq!(failing()[0].1.reason, "timed out after 5s");
 
     // A new reason for the same outcome replaces the stored one, without an event.
     write(
@@ -944,21 +947,18 @@ pub fn check_outcomes_are_kept_and_changes_become_events(store: &dyn Store) {
             &names,
         )],
     );
-    let failing = store
-        .list_checks(&CheckQuery {
-            outcome: Some("fail".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(
+    let dc1 = |failing: &[(String, CheckState)]| {
+        let state = &failing[0].1;
         (
-            failing.checks[0].1.reason.as_str(),
-            failing.checks[0].1.since_ms,
-            failing.checks[0].1.received_ms,
-            failing.checks[0].1.started_ms
-        ),
-        ("connection refused", 2_000, 2_500, 35)
+            state.reason.clone(),
+            state.since_ms,
+            state.received_ms,
+            state.started_ms,
+        )
+    };
+    assert_eq!(
+        dc1(&failing()),
+        ("connection refused".into(), 2_000, 2_500, 35)
     );
     let events_now = store
         .list_events(&EventQuery {
@@ -974,13 +974,40 @@ pub fn check_outcomes_are_kept_and_changes_become_events(store: &dyn Store) {
         "no event without a change of outcome"
     );
 
+    // A target this report has no run of stays, with its run, while the check's latest run in
+    // the report started before it (a run that finished late).
+    write(
+        store,
+        2_700,
+        vec![heartbeat(
+            4,
+            vec![
+                check_result("ldap", "dc0:389", Outcome::Pass, "", 30),
+                check_result("web", "www:443", Outcome::Pass, "", 36),
+            ],
+            &names,
+        )],
+    );
+    assert_eq!(
+        outcomes(store),
+        vec![
+            ("ldap".into(), "dc0:389".into(), "pass".into(), 2_700),
+            ("ldap".into(), "dc1:389".into(), "fail".into(), 2_000),
+            ("web".into(), "www:443".into(), "pass".into(), 1_000),
+        ]
+    );
+    assert_eq!(
+        dc1(&failing()),
+        ("connection refused".into(), 2_000, 2_500, 35)
+    );
+
     // A run that no longer reports a target drops it; a check removed from the agent's config
     // disappears.
     let outcome = write(
         store,
         3_000,
         vec![heartbeat(
-            4,
+            5,
             vec![check_result("ldap", "dc2:389", Outcome::Pass, "", 40)],
             &["ldap"],
         )],
@@ -996,7 +1023,7 @@ pub fn check_outcomes_are_kept_and_changes_become_events(store: &dyn Store) {
         vec![("ldap".into(), "dc2:389".into(), "pass".into(), 3_000)]
     );
     // A heartbeat without results leaves the state alone.
-    let outcome = write(store, 4_000, vec![heartbeat(5, vec![], &["ldap"])]);
+    let outcome = write(store, 4_000, vec![heartbeat(6, vec![], &["ldap"])]);
     assert!(matches!(
         outcome[0],
         WriteOutcome::Stored { checks: None, .. }

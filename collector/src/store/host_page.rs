@@ -223,6 +223,23 @@ pub(super) fn crossover(limit: usize, hosts: i64) -> i64 {
     (((limit as f64 + 1.0) * hosts as f64).sqrt().ceil() as i64).max(1)
 }
 
+/// A page of `limit` hosts filtered by `(field, pattern)` pairs, as the API parses them: what
+/// the backends' plan tests ask for.
+#[cfg(test)]
+pub(super) fn field_query(fields: &[(&str, &str)], limit: usize) -> HostQuery {
+    HostQuery {
+        fields: fields
+            .iter()
+            .map(|(field, pattern)| FieldFilter {
+                field: (*field).into(),
+                pattern: super::ValuePattern::parse(pattern),
+            })
+            .collect(),
+        limit,
+        ..HostQuery::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

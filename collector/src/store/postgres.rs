@@ -2159,7 +2159,7 @@ fn quote_identifier(name: &str) -> String {
 mod tests {
     use super::*;
     use crate::store::host_page::HostPath;
-    use crate::store::{FieldFilter, ValuePattern};
+    use crate::store::host_page::field_query;
 
     /// A database of its own on the server of `ESTATE_TEST_POSTGRES_URL`, dropped at the end.
     struct ScratchDatabase {
@@ -2209,31 +2209,25 @@ mod tests {
             .unwrap();
     }
 
-    fn query(fields: &[(&str, &str)], limit: usize) -> HostQuery {
-        HostQuery {
-            fields: fields
-                .iter()
-                .map(|(field, pattern)| FieldFilter {
-                    field: (*field).into(),
-                    pattern: ValuePattern::parse(pattern),
-                })
-                .collect(),
-            limit,
-            ..HostQuery::default()
-        }
-    }
-
     /// The plan PostgreSQL runs `query` with `plan` by, in the reader's settings for it.
     fn explain(
         reader: &mut PostgresHostReader<'_, '_, '_>,
-
         query: &HostQuery,
         plan: &HostPlan,
     ) -> String {
         let (text, args) = reader.host_statement(query, plan).unwrap();
+        explain_statement(reader, &text, &args)
+    }
+
+    /// The plan of the statement `text` with `args`, in the reader's settings.
+    fn explain_statement(
+        reader: &mut PostgresHostReader<'_, '_, '_>,
+        text: &str,
+        args: &Params,
+    ) -> String {
         reader
             .tx
-            .query(&format!("EXPLAIN (COSTS OFF) {text}"), &param_refs(&args))
+            .query(&format!("EXPLAIN (COSTS OFF) {text}"), &param_refs(args))
             .unwrap()
             .iter()
             .map(|row| row.get::<_, String>(0))
@@ -2256,7 +2250,7 @@ mod tests {
         let counts = FilterCounts::default();
         let mut page = |fields: &[(&str, &str)], limit: usize| {
             let (hosts, path) =
-                read_host_page(&mut reader, &query(fields, limit), &counts).unwrap();
+                read_host_page(&mut reader, &field_query(fields, limit), &counts).unwrap();
             (
                 hosts.into_iter().map(|host| host.id).collect::<Vec<_>>(),
                 path,
@@ -2292,7 +2286,7 @@ mod tests {
 
         // The walk reads the host order and stops at the page, probing each host by index,
         // even where the planner would rather read the window and sort it.
-        let dell = query(&[("bios.smanufacturer", "Dell*")], 10);
+        let dell = field_query(&[("bios.smanufacturer", "Dell*")], 10);
         let until = Some(HostCursor {
             hostname: "host-0148".into(),
             id: "h0148".into(),
@@ -2320,26 +2314,18 @@ mod tests {
         assert!(!counted.contains("Join"), "{counted}");
 
         let (text, args) = query::host_window_end(Dialect::Postgres, None, 149);
-        let args = postgres_args(args);
-        let window = reader
-            .tx
-            .query(&format!("EXPLAIN (COSTS OFF) {text}"), &param_refs(&args))
-            .unwrap()
-            .iter()
-            .map(|row| row.get::<_, String>(0))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let window = explain_statement(&mut reader, &text, &postgres_args(args));
         assert!(window.contains("using hosts_by_hostname"), "{window}");
         assert!(!window.contains("Sort"), "{window}");
         // The collect looks its few matches up by key and sorts them, even where the planner
         // would rather walk (the same statement with the other filter broad).
-        let acme = query(&[("bios.smanufacturer", "Acme"), ("bios.ssn", "SN*")], 10);
+        let acme = field_query(&[("bios.smanufacturer", "Acme"), ("bios.ssn", "SN*")], 10);
         let collect = explain(&mut reader, &acme, &HostPlan::Collect { driver: 0 });
         assert!(collect.contains("inventory_fields_by_value"), "{collect}");
         assert!(collect.contains("hosts_pkey"), "{collect}");
         assert!(collect.contains("Sort"), "{collect}");
         assert!(!collect.contains("hosts_by_hostname"), "{collect}");
-        let serial = query(&[("bios.ssn", "*0019*")], 10);
+        let serial = field_query(&[("bios.ssn", "*0019*")], 10);
         let collect = explain(&mut reader, &serial, &HostPlan::Collect { driver: 0 });
         assert!(collect.contains("Seq Scan on hosts"), "{collect}");
         assert!(collect.contains("hosts_pkey"), "{collect}");

@@ -993,10 +993,24 @@ fn decode_runs(text: &str) -> Vec<CheckRun> {
     runs
 }
 
-fn find_run<'a>(runs: &'a [CheckRun], (check, target): CheckKey<'_>) -> Option<&'a CheckRun> {
+fn find_run<'a>(
+    runs: &'a mut [CheckRun],
+    (check, target): CheckKey<'_>,
+) -> Option<&'a mut CheckRun> {
     runs.binary_search_by(|run| (run.check.as_str(), run.target.as_str()).cmp(&(check, target)))
         .ok()
-        .map(|index| &runs[index])
+        .map(|index| &mut runs[index])
+}
+
+/// Sets a check's run fields from its stored run, whose measurements it takes (a run belongs
+/// to one check row); a check without a stored run reads as never run.
+fn set_run(state: &mut CheckState, run: Option<&mut CheckRun>) {
+    if let Some(run) = run {
+        state.received_ms = run.received_ms;
+        state.started_ms = run.started_ms;
+        state.duration_seconds = run.duration_seconds;
+        state.measurements = std::mem::take(&mut run.measurements);
+    }
 }
 
 fn load_runs(connection: &Connection, host_id: &str) -> rusqlite::Result<Vec<CheckRun>> {
@@ -1043,22 +1057,19 @@ impl CheckRowReader {
             self.runs = text.as_deref().map(decode_runs).unwrap_or_default();
             self.host_id.clone_from(&host_id);
         }
-        let check: String = row.get(1)?;
-        let target: String = row.get(3)?;
-        let run = find_run(&self.runs, (&check, &target));
-        Ok(CheckState {
+        let mut state = CheckState {
             host_id,
+            check: row.get(1)?,
             kind: row.get(2)?,
+            target: row.get(3)?,
             outcome: row.get(4)?,
             reason: row.get(5)?,
             since_ms: row.get(6)?,
-            received_ms: run.map_or(0, |run| run.received_ms),
-            started_ms: run.map_or(0, |run| run.started_ms),
-            duration_seconds: run.map_or(0.0, |run| run.duration_seconds),
-            measurements: run.map(|run| run.measurements.clone()).unwrap_or_default(),
-            check,
-            target,
-        })
+            ..CheckState::default()
+        };
+        let run = find_run(&mut self.runs, (&state.check, &state.target));
+        set_run(&mut state, run);
+        Ok(state)
     }
 }
 
@@ -1307,7 +1318,7 @@ fn store_checks(
             .is_ok_and(|index| started_ms < latest_run[index].1)
     };
     // The runs of stored results this report did not renew, kept as they were.
-    let stored_runs = if unreported.is_empty() {
+    let mut stored_runs = if unreported.is_empty() {
         Vec::new()
     } else {
         load_runs(tx, host_id)?
@@ -1340,12 +1351,13 @@ fn store_checks(
     }
     for stored in &unreported {
         let key = (stored.check.as_str(), stored.target.as_str());
-        let run = find_run(&stored_runs, key);
-        if !is_configured(key.0) || outdated(key.0, run.map_or(i64::MIN, |run| run.started_ms)) {
+        let run = find_run(&mut stored_runs, key);
+        let started_ms = run.as_ref().map_or(i64::MIN, |run| run.started_ms);
+        if !is_configured(key.0) || outdated(key.0, started_ms) {
             removed.push(key);
             continue;
         }
-        complete.push(CheckState {
+        let mut state = CheckState {
             host_id: host_id.to_owned(),
             check: stored.check.clone(),
             kind: stored.kind.clone(),
@@ -1353,11 +1365,10 @@ fn store_checks(
             outcome: stored.outcome.clone(),
             reason: stored.reason.clone(),
             since_ms: stored.since_ms,
-            received_ms: run.map_or(0, |run| run.received_ms),
-            started_ms: run.map_or(0, |run| run.started_ms),
-            duration_seconds: run.map_or(0.0, |run| run.duration_seconds),
-            measurements: run.map(|run| run.measurements.clone()).unwrap_or_default(),
-        });
+            ..CheckState::default()
+        };
+        set_run(&mut state, run);
+        complete.push(state);
     }
     let mut delete = tx.prepare_cached(
         "DELETE FROM check_results WHERE host_id = ?1 AND check_name = ?2 AND target = ?3",
@@ -1733,6 +1744,7 @@ fn sqlite_args(args: Vec<SqlArg>) -> Vec<rusqlite::types::Value> {
 mod tests {
     use super::*;
     use crate::store::host_page::HostPath;
+    use crate::store::host_page::field_query;
     use crate::store::{FieldFilter, ValuePattern};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1821,20 +1833,9 @@ mod tests {
         fields: &[(&str, &str)],
         limit: usize,
     ) -> (Vec<String>, HostPath) {
-        let query = HostQuery {
-            fields: fields
-                .iter()
-                .map(|(field, pattern)| FieldFilter {
-                    field: (*field).into(),
-                    pattern: ValuePattern::parse(pattern),
-                })
-                .collect(),
-            limit,
-            ..HostQuery::default()
-        };
         let (hosts, path) = read_host_page(
             &mut SqliteHostReader(connection),
-            &query,
+            &field_query(fields, limit),
             &FilterCounts::default(),
         )
         .unwrap();
