@@ -42,15 +42,17 @@ mod unix {
     use std::time::{Duration, Instant};
     use tokio::net::TcpListener;
 
-    const USAGE: &str =
-        "usage: estate-bench [--agents N] [--reports N] [--runs N] [--database postgres://…]";
+    const USAGE: &str = "usage: estate-bench [--agents N] [--reports N] [--rounds N] [--runs N] [--database postgres://…]";
 
     #[derive(Debug, Clone)]
     struct Settings {
         /// Simulated agents, each on its own connection.
         agents: usize,
-        /// Reports per agent: the first carries the full inventory, the rest are heartbeats.
+        /// Timed heartbeats per agent, into each server (the collector and the ceiling).
         reports: usize,
+        /// The timed heartbeats go in this many rounds, alternating between the ceiling and
+        /// the collector, so that the machine's other tenants slow both alike.
+        rounds: usize,
         /// Repetitions of each inventory measurement (the median is printed).
         runs: usize,
         /// A PostgreSQL server to ingest into instead of a SQLite file; the benchmark creates
@@ -74,6 +76,7 @@ mod unix {
         let mut settings = Settings {
             agents: 50,
             reports: 100,
+            rounds: 5,
             runs: 5,
             postgres: None,
         };
@@ -81,6 +84,7 @@ mod unix {
             match flag {
                 "--agents" => settings.agents = flags::count(flag, text)?,
                 "--reports" => settings.reports = flags::count(flag, text)?,
+                "--rounds" => settings.rounds = flags::count(flag, text)?,
                 "--runs" => settings.runs = flags::count(flag, text)?,
                 "--database" => {
                     estate_collector::store::postgres::check_url(text)?;
@@ -89,10 +93,18 @@ mod unix {
                 other => bail!("unknown argument `{other}`\n{USAGE}"),
             }
         }
+        if settings.rounds == 0 || settings.rounds > settings.reports {
+            bail!(
+                "--rounds {} must be between 1 and --reports ({})\n{USAGE}",
+                settings.rounds,
+                settings.reports
+            );
+        }
         println!(
-            "estate-bench: {} agents, {} reports each, {} runs, {}",
+            "estate-bench: {} agents, {} reports each in {} rounds, {} runs, {}",
             settings.agents,
             settings.reports,
+            settings.rounds,
             settings.runs,
             settings.postgres.as_deref().map_or_else(
                 || "SQLite".to_owned(),
@@ -264,42 +276,102 @@ mod unix {
         Ok(clients)
     }
 
-    /// Sends, timed, `settings.reports` heartbeats from each agent, one after the other: the
-    /// rate a collector sustains in steady state, and the CPU time of this whole process
-    /// (client and server) meanwhile.
+    type Clients = Vec<(usize, IngestClient<tonic::transport::Channel>)>;
+
+    /// Sends, timed, `reports` heartbeats from each agent (sequences from `first_sequence`), one
+    /// after the other: the rate a server sustains in steady state, and the CPU time of this
+    /// whole process (client and server) meanwhile. Gives the clients back for the next round.
     async fn drive(
-        clients: Vec<(usize, IngestClient<tonic::transport::Channel>)>,
-        settings: &Settings,
-    ) -> anyhow::Result<IngestFigures> {
+        clients: Clients,
+        first_sequence: u64,
+        reports: usize,
+    ) -> anyhow::Result<(Clients, IngestFigures)> {
         let cpu_before = cpu_time(UsageWho::RUSAGE_SELF)?;
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        let reports = settings.reports;
         for (agent, mut client) in clients {
             tasks.spawn(async move {
                 let mut latencies = Vec::with_capacity(reports);
-                for sequence in 2..=reports as u64 + 1 {
+                for sequence in first_sequence..first_sequence + reports as u64 {
                     let report = simulated_report(agent, sequence, None);
                     let sent = Instant::now();
                     client.report(report).await?;
                     latencies.push(sent.elapsed());
                 }
-                anyhow::Ok(latencies)
+                anyhow::Ok((agent, client, latencies))
             });
         }
+        let mut clients = Vec::with_capacity(tasks.len());
         let mut latencies = Vec::new();
         while let Some(result) = tasks.join_next().await {
-            latencies.extend(result??);
+            let (agent, client, agent_latencies) = result??;
+            clients.push((agent, client));
+            latencies.extend(agent_latencies);
         }
         let elapsed = started.elapsed();
         let cpu = cpu_time(UsageWho::RUSAGE_SELF)? - cpu_before;
-        latencies.sort();
-        Ok(IngestFigures {
-            reports: latencies.len(),
-            elapsed,
-            cpu,
-            latencies,
-        })
+        Ok((
+            clients,
+            IngestFigures {
+                reports: latencies.len(),
+                elapsed,
+                cpu,
+                latencies,
+            },
+        ))
+    }
+
+    impl IngestFigures {
+        fn empty() -> Self {
+            IngestFigures {
+                reports: 0,
+                elapsed: Duration::ZERO,
+                cpu: Duration::ZERO,
+                latencies: Vec::new(),
+            }
+        }
+
+        fn add(&mut self, round: IngestFigures) {
+            self.reports += round.reports;
+            self.elapsed += round.elapsed;
+            self.cpu += round.cpu;
+            self.latencies.extend(round.latencies);
+        }
+    }
+
+    /// The timed heartbeats, in `settings.rounds` rounds, each the ceiling's then the
+    /// collector's: both totals, and each round's ratio of rates.
+    async fn alternate_rounds(
+        mut noop_clients: Clients,
+        mut collector_clients: Clients,
+        settings: &Settings,
+    ) -> anyhow::Result<(IngestFigures, IngestFigures, Vec<f64>)> {
+        let (mut ceiling, mut ours) = (IngestFigures::empty(), IngestFigures::empty());
+        let mut ratios = Vec::with_capacity(settings.rounds);
+        // Each agent's first report (sequence 1) was its inventory.
+        let mut next_sequence = 2;
+        for round in 0..settings.rounds {
+            let reports = settings.reports * (round + 1) / settings.rounds
+                - settings.reports * round / settings.rounds;
+            let (clients, noop_round) = drive(noop_clients, next_sequence, reports).await?;
+            noop_clients = clients;
+            let (clients, collector_round) =
+                drive(collector_clients, next_sequence, reports).await?;
+            collector_clients = clients;
+            next_sequence += reports as u64;
+            ratios.push(collector_round.per_second() / noop_round.per_second());
+            ceiling.add(noop_round);
+            ours.add(collector_round);
+        }
+        ceiling.latencies.sort();
+        ours.latencies.sort();
+        Ok((ceiling, ours, ratios))
+    }
+
+    fn median(values: &[f64]) -> f64 {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
     }
 
     /// What the collector's group-commit writer did during a run, from its `/metrics`.
@@ -395,10 +467,7 @@ mod unix {
                     },
                 ),
         );
-        let clients = connect_agents(noop_address, settings, &inventory).await?;
-        let ceiling = drive(clients, settings).await?;
-        let _ = stop_noop.send(());
-        noop.await??;
+        let noop_clients = connect_agents(noop_address, settings, &inventory).await?;
 
         // The collector, with its store in a temporary directory or a scratch database.
         let dir = tempfile::tempdir()?;
@@ -437,18 +506,22 @@ mod unix {
         let collector = tokio::spawn(estate_collector::run(config, grpc, http, async {
             let _ = collector_stopped.await;
         }));
-        let clients = connect_agents(collector_address, settings, &inventory).await?;
+        let collector_clients = connect_agents(collector_address, settings, &inventory).await?;
         let writer_before = writer_figures(http_address).await?;
-        let ours = drive(clients, settings).await?;
+        let (ceiling, ours, round_ratios) =
+            alternate_rounds(noop_clients, collector_clients, settings).await?;
         let writer = writer_figures(http_address).await?.since(&writer_before);
+        let _ = stop_noop.send(());
+        noop.await??;
         let _ = stop_collector.send(());
         collector.await??;
 
         println!();
         println!(
-            "== ingest: {} agents x {} heartbeats with 12 check results, timed (each agent's first report, a {:.1} KiB inventory, is sent before the clock starts)",
+            "== ingest: {} agents x {} heartbeats with 12 check results, timed, in {} rounds alternating between the ceiling and the collector (each agent's first report, a {:.1} KiB inventory, is sent before the clock starts)",
             settings.agents,
             settings.reports,
+            settings.rounds,
             inventory_bytes as f64 / 1024.0
         );
         println!(
@@ -467,8 +540,14 @@ mod unix {
             );
         }
         println!(
-            "ratio reports/s collector/ceiling: {:.2}",
-            ours.per_second() / ceiling.per_second()
+            "ratio reports/s collector/ceiling: {:.2} (all rounds; each round: {}; median {:.2})",
+            ours.per_second() / ceiling.per_second(),
+            round_ratios
+                .iter()
+                .map(|ratio| format!("{ratio:.2}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            median(&round_ratios)
         );
         // On a machine whose cores are all busy, the rates follow the CPU each report costs;
         // this ratio is what the rates' ratio would be, less moved by other processes.
