@@ -461,7 +461,16 @@ mod unix {
             tonic::transport::Server::builder()
                 .add_service(IngestServer::new(NoopIngest).max_decoding_message_size(16 << 20))
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    // As the collector's listener does: each answer goes out at once.
+                    tokio_stream::StreamExt::map(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        |accepted| {
+                            if let Ok(stream) = &accepted {
+                                let _ = stream.set_nodelay(true);
+                            }
+                            accepted
+                        },
+                    ),
                     async {
                         let _ = noop_stopped.await;
                     },
