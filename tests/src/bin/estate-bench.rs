@@ -180,7 +180,7 @@ mod unix {
         }
     }
 
-    #[derive(Debug)]
+    #[derive(Debug, Default)]
     struct IngestFigures {
         reports: usize,
         elapsed: Duration,
@@ -197,6 +197,14 @@ mod unix {
         fn percentile(&self, fraction: f64) -> Duration {
             let index = ((self.latencies.len() as f64 - 1.0) * fraction).round() as usize;
             self.latencies[index]
+        }
+
+        /// Adds one round's figures to these.
+        fn add(&mut self, round: IngestFigures) {
+            self.reports += round.reports;
+            self.elapsed += round.elapsed;
+            self.cpu += round.cpu;
+            self.latencies.extend(round.latencies);
         }
     }
 
@@ -321,24 +329,6 @@ mod unix {
         ))
     }
 
-    impl IngestFigures {
-        fn empty() -> Self {
-            IngestFigures {
-                reports: 0,
-                elapsed: Duration::ZERO,
-                cpu: Duration::ZERO,
-                latencies: Vec::new(),
-            }
-        }
-
-        fn add(&mut self, round: IngestFigures) {
-            self.reports += round.reports;
-            self.elapsed += round.elapsed;
-            self.cpu += round.cpu;
-            self.latencies.extend(round.latencies);
-        }
-    }
-
     /// The timed heartbeats, in `settings.rounds` rounds, each the ceiling's then the
     /// collector's: both totals, and each round's ratio of rates.
     async fn alternate_rounds(
@@ -346,7 +336,7 @@ mod unix {
         mut collector_clients: Clients,
         settings: &Settings,
     ) -> anyhow::Result<(IngestFigures, IngestFigures, Vec<f64>)> {
-        let (mut ceiling, mut ours) = (IngestFigures::empty(), IngestFigures::empty());
+        let (mut ceiling, mut ours) = (IngestFigures::default(), IngestFigures::default());
         let mut ratios = Vec::with_capacity(settings.rounds);
         // Each agent's first report (sequence 1) was its inventory.
         let mut next_sequence = 2;
